@@ -1,0 +1,253 @@
+"""Run configuration: dataclasses with a docstring per field, the one source of defaults.
+
+Precedence is defaults < config file (TOML or YAML) < command line. The CLI builds its options from these
+fields (name, type, docstring), so a new field is a new flag with no other edit. The resolved config is saved
+with every run.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scalerec.errors import UserError
+
+DATASETS = ("ml-100k", "ncf", "synthetic")
+MODELS = ("neumf", "gmf", "mlp", "mf")
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["ml-100k", "ncf", "synthetic"] = "ml-100k"
+    """Which data: ml-100k (MovieLens-100K, fetched on first use), ncf (the NCF paper's files, give --data
+    PREFIX), synthetic (generated, with a planted preference structure)."""
+    data: str | None = None
+    """A local file instead of the download: u.data, RecBole's ml-100k.inter, or the ml-100k zip or folder;
+    for --dataset ncf the prefix of NAME.train.rating / NAME.test.rating / NAME.test.negative."""
+    data_dir: str | None = None
+    """Folder for downloaded and cached data (default: $SCALEREC_DATA_DIR, else $XDG_CACHE_HOME/scalerec,
+    else ~/.cache/scalerec)."""
+    eval_negatives: int = 100
+    """Sampled negatives per test user for evaluation (100 by default, 99 for the NCF paper's protocol).
+    Ignored for --dataset ncf with a .test.negative file, whose negatives are used as they are."""
+    data_seed: int = 0
+    """Seed for the evaluation negatives and the synthetic data, fixed apart from the training seed so that
+    runs with different training seeds are scored on the same candidates."""
+    synthetic_users: int = 2000
+    """Synthetic data: number of users."""
+    synthetic_items: int = 1000
+    """Synthetic data: number of items."""
+    synthetic_interactions: int = 30
+    """Synthetic data: mean interactions per user (at least 2 each)."""
+
+    def __post_init__(self) -> None:
+        if self.eval_negatives < 1:
+            raise ValueError(f"eval_negatives must be at least 1, got {self.eval_negatives}")
+        if self.dataset == "ncf" and not self.data:
+            raise ValueError("--dataset ncf needs --data PREFIX (the path before .train.rating)")
+        if min(self.synthetic_users, self.synthetic_items) < 2 or self.synthetic_interactions < 2:
+            raise ValueError("synthetic sizes must be at least 2 users, 2 items and 2 interactions per user")
+
+
+@dataclass
+class ModelConfig:
+    model: Literal["neumf", "gmf", "mlp", "mf"] = "neumf"
+    """Model: neumf (GMF + MLP fused by a linear layer), gmf, mlp, or mf (dot product plus biases)."""
+    factors: int = 64
+    """Embedding size of the GMF branch (and of mf)."""
+    layers: tuple[int, ...] = (256, 256, 128, 64)
+    """MLP layer sizes; the first is the concatenated user+item MLP embedding, so each is half of it."""
+    dropout: float = 0.0
+    """Dropout probability after each hidden MLP layer."""
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(x) for x in self.layers)
+        if self.factors < 1:
+            raise ValueError(f"factors must be at least 1, got {self.factors}")
+        if len(self.layers) < 1 or any(x < 1 for x in self.layers) or self.layers[0] % 2:
+            raise ValueError(f"layers must be positive sizes with an even first size, got {list(self.layers)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Optimizer: adam or sgd (with --momentum and --nesterov)."""
+    lr: float = 0.002
+    """Learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (the notebook uses 0.9)."""
+    nesterov: bool = False
+    """SGD: use Nesterov momentum."""
+    weight_decay: float = 0.0
+    """L2 weight decay applied by the optimizer."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"Invalid learning rate: {self.lr} (must be > 0)")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs --optimizer sgd and a momentum > 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    """Number of training epochs."""
+    batch_size: int = 1024
+    """Training samples (positives + negatives) per step."""
+    negatives: int = 4
+    """Train negatives drawn per positive, fresh every epoch."""
+    seed: int = 0
+    """Seed for initialisation, train negatives and shuffling; the same seed gives identical metrics on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Training device: auto picks cuda when available."""
+    threads: int | None = None
+    """CPU threads for PyTorch (default: PyTorch's choice, one per core)."""
+    output: str | None = None
+    """Run folder for config.json and metrics.jsonl (default: runs/<time>-<dataset>-<model>)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.negatives < 0:
+            raise ValueError(f"negatives must be >= 0, got {self.negatives}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+
+@dataclass
+class EvalConfig:
+    topk: tuple[int, ...] = (10,)
+    """Cut-offs K for HR@K and NDCG@K; the first one picks the best epoch."""
+    eval_batch_size: int = 1024
+    """Test users scored per evaluation batch."""
+
+    def __post_init__(self) -> None:
+        self.topk = tuple(int(k) for k in self.topk)
+        if not self.topk or min(self.topk) < 1:
+            raise ValueError(f"topk must be one or more positive integers, got {list(self.topk)}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# Section name -> its dataclass, e.g. "optim" -> OptimConfig.
+SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source (used as the CLI help)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def field_owner() -> dict[str, str]:
+    """Field name -> section name; field names are unique across sections so flags stay flat."""
+    owner: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in owner, f"duplicate config field {f.name}"
+            owner[f.name] = section
+    return owner
+
+
+def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML or YAML file into {section: {field: value}}; sections are optional in the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # optional dependency, only for YAML config files
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            raw = tomllib.loads(text)
+    except ModuleNotFoundError as e:
+        raise UserError(f"{path}: reading YAML needs PyYAML (pip install 'scalerec[yaml]')") from e
+    except Exception as e:  # the parsers' own errors carry the line and column
+        raise UserError(f"{path}: not a valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'TOML'} file: {e}")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a table of options at the top level")
+    owner = field_owner()
+    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in raw.items():
+        key = key.replace("-", "_")
+        if key in SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                k = k.replace("-", "_")
+                if owner.get(k) != key:
+                    raise UserError(f"{path}: unknown option '{k}' in section [{key}]")
+                out[key][k] = v
+        elif key in owner:
+            out[owner[key]][key] = value
+        else:
+            raise UserError(f"{path}: unknown option '{key}'")
+    return out
+
+
+def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
+    """Make a Config from {section: {field: value}} over the defaults; bad values raise UserError."""
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = overrides.get(name, {})
+        hints = typing.get_type_hints(cls)
+        for k, v in values.items():
+            choices = _choices(hints[k])
+            if choices and v not in choices:
+                raise UserError(f"invalid value for {k}: {v!r} (expected one of {', '.join(choices)})")
+        try:
+            sections[name] = cls(**values)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"invalid configuration: {e}") from e
+    return Config(**sections)
+
+
+def _choices(hint: Any) -> tuple[str, ...] | None:
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None

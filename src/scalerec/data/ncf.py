@@ -1,0 +1,103 @@
+"""The NCF paper's files (He et al. 2017): NAME.train.rating, NAME.test.rating, NAME.test.negative.
+
+All are tab-separated without a header; ids are already contiguous from 0 and are used as they are, so that
+results compare with the paper. The .test.negative file holds `(user,item)` then 99 negative item ids per line.
+
+Known quirk of the upstream ml-1m file: in 156 lines the held-out item also appears among its own 99
+negatives. The paper's evaluation code keys scores by item id, so such a repeat is scored once; we do the same
+by blanking the repeat (-1, never counted), and say how many were blanked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalerec.data.movielens import read_table
+from scalerec.data.prepare import Dataset, sample_eval_negatives
+from scalerec.errors import UserError
+
+RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
+
+
+def _read_rating(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (expected the NCF paper's tab-separated {path.name.split('.', 1)[1]})")
+    return read_table(path, str(path), "\t", RATING_COLUMNS, {"rating", "timestamp"}, False)
+
+
+def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, positives, negatives[n_rows, 99]) from a .test.negative file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = [ln for ln in lines if ln.strip()]
+    if len(lines) != n_rows:
+        raise UserError(f"{path}: {len(lines)} lines, expected one per test user ({n_rows})")
+    users, positives, negatives = [], [], []
+    width = None
+    for lineno, line in enumerate(lines, start=1):
+        head, *rest = line.rstrip("\t\r").split("\t")
+        try:
+            u, i = head.strip("()").split(",")
+            users.append(int(u))
+            positives.append(int(i))
+            negs = [int(x) for x in rest]
+        except ValueError:
+            raise UserError(
+                f"{path}, line {lineno}: expected '(user,item)' then tab-separated integer item ids, got {line[:80]!r}"
+            ) from None
+        if width is None:
+            width = len(negs)
+        if len(negs) != width or width == 0:
+            raise UserError(f"{path}, line {lineno}: {len(negs)} negatives, expected {width or 'at least 1'}")
+        negatives.append(negs)
+    return np.array(users, np.int64), np.array(positives, np.int64), np.array(negatives, np.int64)
+
+
+def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
+    prefix = Path(prefix)
+    train_path = Path(f"{prefix}.train.rating")
+    test_path = Path(f"{prefix}.test.rating")
+    neg_path = Path(f"{prefix}.test.negative")
+    train, test = _read_rating(train_path), _read_rating(test_path)
+    tu, ti = train["user"].to_numpy(np.int64), train["item"].to_numpy(np.int64)
+    su, si = test["user"].to_numpy(np.int64), test["item"].to_numpy(np.int64)
+    for path, arr in ((train_path, tu), (train_path, ti), (test_path, su), (test_path, si)):
+        if arr.min() < 0:
+            raise UserError(f"{path}: negative id {int(arr.min())}; the NCF files number ids from 0")
+    if len(np.unique(su)) != len(su):
+        raise UserError(f"{test_path}: a user has more than one test row; leave-one-out expects exactly one")
+    n_users = int(max(tu.max(), su.max())) + 1
+    n_items = int(max(ti.max(), si.max())) + 1
+    notes = []
+    if neg_path.is_file():
+        nu, npos, negs = _read_negatives(neg_path, len(su))
+        if not (np.array_equal(nu, su) and np.array_equal(npos, si)):
+            bad = int(np.flatnonzero((nu != su) | (npos != si))[0])
+            raise UserError(
+                f"{neg_path}, line {bad + 1}: ({nu[bad]},{npos[bad]}) does not match {test_path} line {bad + 1} "
+                f"({su[bad]},{si[bad]})"
+            )
+        if negs.min() < 0 or negs.max() >= n_items:
+            raise UserError(f"{neg_path}: item id {int(negs.max())} outside the items of the rating files")
+        repeats = negs == si[:, None]
+        if repeats.any():
+            negs = np.where(repeats, -1, negs)
+            notes.append(
+                f"{int(repeats.sum())} negatives in {neg_path.name} equal the user's held-out item; scored once, "
+                "as the paper's evaluation code does"
+            )
+        source = f"the NCF paper's files {prefix}.{{train,test}}.rating and its {negs.shape[1]} test negatives"
+    else:
+        keys = np.unique(np.concatenate([tu * n_items + ti, su * n_items + si]))
+        negs = sample_eval_negatives(su, n_items, keys, eval_negatives, seed)
+        source = f"the NCF paper's files {prefix}.{{train,test}}.rating"
+        notes.append(
+            f"{neg_path.name} not found: {eval_negatives} negatives per user sampled with seed {seed}; "
+            "these are not the paper's negatives"
+        )
+    return Dataset(
+        name=f"NCF {prefix.name}", source=source, n_users=n_users, n_items=n_items,
+        train_users=tu, train_items=ti, test_users=su, test_items=si, eval_negatives=negs, notes=notes,
+    )

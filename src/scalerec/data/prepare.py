@@ -1,0 +1,212 @@
+"""From raw interactions to a Dataset: implicit feedback, id remap, leave-one-out, evaluation negatives, cache.
+
+Conventions (see DESIGN.md, "Numbers that define correct"):
+- every row is a positive (implicit feedback), whatever its rating;
+- a user-item pair that occurs more than once is kept once, at its latest time;
+- leave-one-out: each user's latest interaction is the test item; among rows with the same latest timestamp
+  the one that comes last in the file wins (a stable, documented order);
+- users with a single interaction have nothing to train on and are dropped, with a count in the log;
+- evaluation negatives: N items per test user, drawn once with a fixed seed, without duplicates, never an
+  item the user interacted with (train or test). A slot holding -1 means "no candidate" and never counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scalerec.errors import UserError
+
+CACHE_VERSION = 1  # bump when the processing changes, so old caches are rebuilt
+
+
+@dataclass
+class Dataset:
+    """A leave-one-out split with contiguous ids (users 0..n_users-1, items 0..n_items-1)."""
+
+    name: str
+    """Human name, e.g. MovieLens-100K."""
+    source: str
+    """Where the data came from."""
+    n_users: int
+    n_items: int
+    train_users: np.ndarray
+    """int64, one per training positive, grouped by user."""
+    train_items: np.ndarray
+    """int64, aligned with train_users."""
+    test_users: np.ndarray
+    """int64, the users that have a held-out item."""
+    test_items: np.ndarray
+    """int64, each test user's held-out item."""
+    eval_negatives: np.ndarray
+    """int64 (len(test_users), N) candidates scored against the test item; -1 marks an empty slot."""
+    user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Raw user id of each contiguous user id (empty when the file's ids are used as they are)."""
+    item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Raw item id of each contiguous item id (empty when the file's ids are used as they are)."""
+    notes: list[str] = field(default_factory=list)
+    """What was dropped or adjusted while preparing, said once in the log."""
+
+    def summary(self) -> str:
+        return (
+            f"Data: {self.name} from {self.source}. #user={self.n_users}, #item={self.n_items}, "
+            f"#train={len(self.train_users)}, #test={len(self.test_users)}"
+        )
+
+    def positive_keys(self) -> np.ndarray:
+        """Sorted user * n_items + item of every known interaction (train and test)."""
+        keys = np.concatenate([self.train_users * self.n_items + self.train_items,
+                               self.test_users * self.n_items + self.test_items])
+        return np.unique(keys)
+
+    _ARRAYS = ("train_users", "train_items", "test_users", "test_items", "eval_negatives", "user_ids", "item_ids")
+
+    def save(self, path: Path) -> None:
+        """Write to `path` atomically: a temporary file in the same folder, then a rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "source": self.source, "n_users": self.n_users, "n_items": self.n_items,
+                "notes": self.notes, "version": CACHE_VERSION}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **{k: getattr(self, k) for k in self._ARRAYS})
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> Dataset:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.pop("version", None) != CACHE_VERSION:
+                raise ValueError("stale cache version")
+            return cls(**meta, **{k: z[k] for k in cls._ARRAYS})
+
+
+def is_member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Boolean mask: which queries occur in sorted_keys (binary search, no dense matrix)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(queries.shape, bool)
+    pos = np.searchsorted(sorted_keys, queries)
+    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == queries
+
+
+def sample_eval_negatives(
+    users: np.ndarray, n_items: int, positive_keys: np.ndarray, n: int, seed: int
+) -> np.ndarray:
+    """For each user, n distinct items it never interacted with, uniformly at random, deterministic for a seed.
+
+    Vectorized rejection: draw a row of candidates per user, drop positives and repeats (keeping first
+    occurrences, so the kept ones are a uniform sample without replacement), take the first n; rows that came
+    up short are drawn again with more candidates. Users with fewer than 2n free items are drawn exactly.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.full((len(users), n), -1, np.int64)
+    counts = np.bincount(positive_keys // n_items, minlength=int(users.max(initial=0)) + 1)[users]
+    free = n_items - counts
+    if (free < n).any():
+        i = int(np.flatnonzero(free < n)[0])
+        raise UserError(
+            f"user {int(users[i])} has interacted with {counts[i]} of {n_items} items, leaving {free[i]} "
+            f"for {n} evaluation negatives; lower --eval-negatives"
+        )
+    exact = np.flatnonzero(free < 2 * n)
+    for i in exact:  # rare: users who interacted with most of the catalogue
+        taken = positive_keys[(positive_keys >= users[i] * n_items) & (positive_keys < (users[i] + 1) * n_items)]
+        out[i] = rng.choice(np.setdiff1d(np.arange(n_items), taken - users[i] * n_items), n, replace=False)
+    pending = np.setdiff1d(np.arange(len(users)), exact)
+    width = 2 * n + 16
+    while len(pending):
+        for chunk in np.array_split(pending, max(1, len(pending) * width // (1 << 24))):
+            cand = rng.integers(0, n_items, (len(chunk), width))
+            keep = ~is_member(positive_keys, users[chunk, None] * n_items + cand)
+            order = np.argsort(cand, axis=1, kind="stable")
+            ranked = np.take_along_axis(cand, order, 1)
+            repeat = np.zeros_like(keep)
+            np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], 1)
+            keep &= ~repeat
+            first = np.argsort(~keep, axis=1, kind="stable")[:, :n]
+            ok = keep.sum(1) >= n
+            out[chunk[ok]] = np.take_along_axis(cand, first, 1)[ok]
+        pending = pending[(out[pending] < 0).any(1)]
+        width *= 2
+    return out
+
+
+def from_interactions(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, name: str, source: str,
+    eval_negatives: int, seed: int,
+) -> Dataset:
+    """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives."""
+    notes = []
+    n_rows = len(users)
+    user_ids, u = np.unique(users, return_inverse=True)
+    item_ids, i = np.unique(items, return_inverse=True)
+    u, i = u.astype(np.int64), i.astype(np.int64)
+    n_items = len(item_ids)
+    # Sort by user, then time, then file position: the last row of a user is its test item.
+    order = np.lexsort((np.arange(n_rows), timestamps, u))
+    u, i = u[order], i[order]
+    # Repeated user-item pairs: keep the latest (the last in this order).
+    key = u * n_items + i
+    _, last_from_end = np.unique(key[::-1], return_index=True)
+    keep = np.zeros(n_rows, bool)
+    keep[n_rows - 1 - last_from_end] = True
+    if not keep.all():
+        notes.append(f"{n_rows - keep.sum()} repeated user-item rows kept once, at their latest time")
+        u, i = u[keep], i[keep]
+    counts = np.bincount(u, minlength=len(user_ids))
+    single = counts == 1
+    if single.any():
+        notes.append(f"{int(single.sum())} users with a single interaction dropped (nothing left to train on)")
+        kept_users = np.flatnonzero(~single)
+        if len(kept_users) == 0:
+            raise UserError(f"{source}: every user has a single interaction; leave-one-out needs at least two")
+        remap = np.full(len(user_ids), -1, np.int64)
+        remap[kept_users] = np.arange(len(kept_users))
+        rows = ~single[u]
+        u, i, user_ids = remap[u[rows]], i[rows], user_ids[kept_users]
+        counts = counts[kept_users]
+        # Items seen only by dropped users keep their ids: they stay valid candidates and negatives.
+    last = np.cumsum(counts) - 1
+    is_test = np.zeros(len(u), bool)
+    is_test[last] = True
+    ds = Dataset(
+        name=name, source=source, n_users=len(user_ids), n_items=n_items,
+        train_users=u[~is_test], train_items=i[~is_test], test_users=u[is_test], test_items=i[is_test],
+        eval_negatives=np.zeros((0, 0), np.int64), user_ids=user_ids, item_ids=item_ids, notes=notes,
+    )
+    ds.eval_negatives = sample_eval_negatives(ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed)
+    return ds
+
+
+def cached(
+    cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: Callable[[str], None]
+) -> Dataset:
+    """Load the Dataset cached under a key of `identity` (source file stats and options), or build and cache it."""
+    key = hashlib.sha256(json.dumps({**identity, "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
+    path = cache_dir / f"{identity.get('name', 'data')}-{key[:16]}.npz"
+    if path.is_file():
+        try:
+            return Dataset.load(path)
+        except Exception as e:  # a cache we cannot read is rebuilt, never trusted
+            log(f"Cache {path} unreadable ({e}); rebuilding")
+    ds = build()
+    try:
+        ds.save(path)
+    except OSError as e:
+        log(f"Could not write the cache {path} ({e}); continuing without it")
+    return ds
+
+
+def file_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

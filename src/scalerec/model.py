@@ -1,0 +1,126 @@
+"""NeuMF (GMF + MLP, He et al. 2017), GMF and MLP alone, and a plain MF baseline (Rendle et al. 2020).
+
+Each model maps (users, items) to logits and nothing else: no devices, no loss. Scoring is split into
+`encode_users`, `encode_items` and `interact` so that evaluation can encode each user and each item once and
+score all their candidate pairs with broadcasting; `forward` is exactly interact(encode_users, encode_items).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Encoding = tuple[torch.Tensor, ...]
+
+
+class NeuMF(nn.Module):
+    """GMF branch (elementwise product of embeddings) and MLP branch (concatenated embeddings through ReLU
+    layers), fused by one linear layer; with gmf=False or mlp=False it is MLP or GMF alone."""
+
+    def __init__(
+        self, n_users: int, n_items: int, factors: int = 64, layers: tuple[int, ...] = (256, 256, 128, 64),
+        dropout: float = 0.0, gmf: bool = True, mlp: bool = True,
+    ) -> None:
+        super().__init__()
+        if not (gmf or mlp):
+            raise ValueError("NeuMF needs the GMF branch, the MLP branch, or both")
+        if mlp and len(layers) < 2:
+            raise ValueError(f"the MLP needs at least two layer sizes (embedding, hidden), got {list(layers)}")
+        self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
+        out = 0
+        if gmf:
+            self.gmf_user = nn.Embedding(n_users, factors)
+            self.gmf_item = nn.Embedding(n_items, factors)
+            out += factors
+        if mlp:
+            half = layers[0] // 2
+            self.mlp_user = nn.Embedding(n_users, half)
+            self.mlp_item = nn.Embedding(n_items, half)
+            # The first layer on concat(user, item) is W_u @ user + W_i @ item + b: kept as two halves so that
+            # evaluation computes each half once per user and once per item. Same FLOPs in training.
+            self.first_user = nn.Linear(half, layers[1])
+            self.first_item = nn.Linear(half, layers[1], bias=False)
+            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(layers[1:-1], layers[2:]))
+            out += layers[-1]
+        self.predict = nn.Linear(out, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Embeddings N(0, 0.01); linear layers Glorot uniform with zero biases (as in the NCF paper's code)."""
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.use_mlp:  # Glorot over the whole first layer (fan_in = both halves), then split
+            w = torch.empty(self.first_user.out_features, 2 * self.first_user.in_features)
+            nn.init.xavier_uniform_(w)
+            with torch.no_grad():
+                self.first_user.weight.copy_(w[:, : self.first_user.in_features])
+                self.first_item.weight.copy_(w[:, self.first_user.in_features :])
+
+    def encode_users(self, users: torch.Tensor) -> Encoding:
+        gmf = self.gmf_user(users) if self.use_gmf else users.new_empty(0)
+        mlp = self.first_user(self.mlp_user(users)) if self.use_mlp else users.new_empty(0)
+        return gmf, mlp
+
+    def encode_items(self, items: torch.Tensor) -> Encoding:
+        gmf = self.gmf_item(items) if self.use_gmf else items.new_empty(0)
+        mlp = self.first_item(self.mlp_item(items)) if self.use_mlp else items.new_empty(0)
+        return gmf, mlp
+
+    def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
+        parts = []
+        if self.use_gmf:
+            parts.append(user[0] * item[0])
+        if self.use_mlp:
+            h = F.dropout(F.relu(user[1] + item[1]), self.dropout, self.training)
+            for layer in self.hidden:
+                h = F.dropout(F.relu(layer(h)), self.dropout, self.training)
+            parts.append(h)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return self.predict(x).squeeze(-1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.interact(self.encode_users(users), self.encode_items(items))
+
+
+class MF(nn.Module):
+    """Matrix factorisation: dot(user, item) + user bias + item bias + global bias."""
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 64) -> None:
+        super().__init__()
+        self.user = nn.Embedding(n_users, factors)
+        self.item = nn.Embedding(n_items, factors)
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.bias = nn.Parameter(torch.zeros(()))
+        nn.init.normal_(self.user.weight, 0.0, 0.01)
+        nn.init.normal_(self.item.weight, 0.0, 0.01)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+
+    def encode_users(self, users: torch.Tensor) -> Encoding:
+        return self.user(users), self.user_bias(users).squeeze(-1)
+
+    def encode_items(self, items: torch.Tensor) -> Encoding:
+        return self.item(items), self.item_bias(items).squeeze(-1)
+
+    def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
+        return (user[0] * item[0]).sum(-1) + user[1] + item[1] + self.bias
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.interact(self.encode_users(users), self.encode_items(items))
+
+
+def build_model(
+    name: str, n_users: int, n_items: int, factors: int, layers: tuple[int, ...], dropout: float
+) -> nn.Module:
+    if name == "mf":
+        return MF(n_users, n_items, factors)
+    if name not in ("neumf", "gmf", "mlp"):
+        raise ValueError(f"unknown model {name!r} (expected neumf, gmf, mlp or mf)")
+    return NeuMF(n_users, n_items, factors, layers, dropout, gmf=name != "mlp", mlp=name != "gmf")

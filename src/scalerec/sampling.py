@@ -1,0 +1,55 @@
+"""Per-epoch training data on the training device: fresh negatives, a shuffle, and batches as slices.
+
+Negatives are exact: never an item the user interacted with (train or held-out test, so the test item is
+never shown to the model in any form). Membership is a binary search in the sorted keys user * n_items + item,
+so no dense users x items matrix is ever built. Rejected draws are redrawn until none is left; that loop
+syncs with the host once per round, a few times per epoch, never per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class EpochSampler:
+    def __init__(
+        self, train_users, train_items, positive_keys, n_items: int, negatives: int,
+        device: torch.device, seed: int,
+    ) -> None:
+        self.users = torch.as_tensor(train_users, dtype=torch.int64).to(device)
+        self.items = torch.as_tensor(train_items, dtype=torch.int64).to(device)
+        self.keys = torch.as_tensor(positive_keys, dtype=torch.int64).to(device)  # sorted
+        self.n_items, self.negatives, self.device = n_items, negatives, device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        n = len(self.users) * (1 + negatives)
+        self.labels = torch.zeros(n, dtype=torch.float32, device=device)
+        self.labels[: len(self.users)] = 1.0
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return len(self.labels)
+
+    def negatives_for(self, users: torch.Tensor) -> torch.Tensor:
+        """One uniformly drawn non-interacted item per entry of `users`."""
+        items = torch.randint(0, self.n_items, users.shape, device=self.device, generator=self.generator)
+        bad = self.is_positive(users, items)
+        while bool(bad.any()):  # host sync, a few rounds per epoch
+            idx = bad.nonzero().squeeze(1)
+            redraw = torch.randint(0, self.n_items, idx.shape, device=self.device, generator=self.generator)
+            items[idx] = redraw
+            bad[idx] = self.is_positive(users[idx], redraw)
+        return items
+
+    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        q = users * self.n_items + items
+        pos = torch.searchsorted(self.keys, q).clamp_(max=len(self.keys) - 1)
+        return self.keys[pos] == q
+
+    def epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, items, labels) for one epoch: positives and fresh negatives, shuffled together."""
+        neg_users = self.users.repeat(self.negatives)
+        users = torch.cat([self.users, neg_users])
+        items = torch.cat([self.items, self.negatives_for(neg_users)])
+        perm = torch.randperm(len(users), device=self.device, generator=self.generator)
+        return users[perm], items[perm], self.labels[perm]

@@ -1,0 +1,138 @@
+"""train(config) -> summary: one loop that reads top to bottom.
+
+Per epoch: fresh negatives and a shuffle on the device, then batches as slices of device tensors. The epoch's
+loss is summed on the device; the only host syncs are at the end of the epoch (loss, metrics) and inside the
+sampler's rejection rounds. Every epoch appends one JSON line to <run>/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from scalerec.config import Config
+from scalerec.data import load_dataset
+from scalerec.errors import UserError
+from scalerec.evaluate import evaluate
+from scalerec.model import build_model
+from scalerec.sampling import EpochSampler
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_step(model, optimizer, users, items, labels) -> torch.Tensor:
+    """One SGD step on a batch; returns the batch's mean loss as a device tensor (no host sync)."""
+    logits = model(users, items)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.dataset}-{cfg.model.model}"
+
+
+def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """Train and evaluate every epoch; returns the summary also written to <run>/summary.json."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    ds = load_dataset(cfg.data, log)
+    log(ds.summary())
+    for note in ds.notes:
+        log(f"Note: {note}")
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers,
+                        cfg.model.dropout).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items,
+                           cfg.train.negatives, device, cfg.train.seed)
+    test_users = torch.as_tensor(ds.test_users, device=device)
+    test_items = torch.as_tensor(ds.test_items, device=device)
+    test_negatives = torch.as_tensor(ds.eval_negatives, device=device)
+
+    run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("")
+    k = cfg.eval.topk[0]
+    bs = cfg.train.batch_size
+    n = sampler.samples_per_epoch
+    log(f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
+        f"{cfg.optim.optimizer} lr={cfg.optim.lr:g}, batch {bs}, {n:,} samples per epoch; run folder {run_dir}")
+
+    best = {"epoch": -1, f"HR@{k}": -1.0}
+    history = []
+    for epoch in range(cfg.train.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        users, items, labels = sampler.epoch()
+        loss_sum = torch.zeros((), device=device)
+        with tqdm(total=n, disable=not sys.stderr.isatty(), leave=False, unit="sample", unit_scale=True,
+                  mininterval=0.5, desc=f"Epoch {epoch}") as bar:
+            for s in range(0, n, bs):
+                e = min(s + bs, n)
+                loss = train_step(model, optimizer, users[s:e], items[s:e], labels[s:e])
+                loss_sum += loss * (e - s)
+                bar.update(e - s)
+        epoch_loss = loss_sum.item() / n  # sync point: the epoch is done
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        metrics = evaluate(model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk,
+                           cfg.eval.eval_batch_size)
+        val_s = time.perf_counter() - t1
+        hr, nd = metrics[f"HR@{k}"], metrics[f"NDCG@{k}"]
+        log(f"Epoch {epoch}: HR@{k} = {hr:.4f}, NDCG@{k} = {nd:.4f}, loss = {epoch_loss:.4f}, "
+            f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s")
+        if hr > best[f"HR@{k}"]:
+            best = {"epoch": epoch, **metrics}
+            log(f"New best HR@{k}!")
+        row = {"epoch": epoch, "loss": epoch_loss, **metrics, "train_s": train_s, "eval_s": val_s,
+               "samples_per_s": n / train_s, "lr": optimizer.param_groups[0]["lr"], "best_epoch": best["epoch"]}
+        history.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    summary = {"run_dir": str(run_dir), "dataset": ds.name, "best": best, "epochs": len(history),
+               "train_s": sum(r["train_s"] for r in history), "eval_s": sum(r["eval_s"] for r in history),
+               "mean_samples_per_s": n * len(history) / sum(r["train_s"] for r in history)}
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log(f"Best HR@{k} = {best[f'HR@{k}']:.4f}, NDCG@{k} = {best[f'NDCG@{k}']:.4f} at epoch {best['epoch']}; "
+        f"results in {run_dir}")
+    return summary

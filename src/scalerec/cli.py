@@ -31,8 +31,11 @@ def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: An
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train a model and evaluate it every epoch",
-                       description="Train NeuMF (or gmf, mlp, mf) and print HR@K, NDCG@K and throughput per epoch.")
+    p = sub.add_parser(
+        "train",
+        help="train a model and evaluate it every epoch",
+        description="Train NeuMF (or gmf, mlp, mf) and print HR@K, NDCG@K and throughput per epoch.",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML or YAML file of options; command-line flags override it")
     for section, cls in SECTIONS.items():
         group = p.add_argument_group(f"{section} options")

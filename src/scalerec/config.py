@@ -135,8 +135,8 @@ class TrainConfig:
 class EvalConfig:
     topk: tuple[int, ...] = (10,)
     """Cut-offs K for HR@K and NDCG@K; the first one picks the best epoch."""
-    eval_batch_size: int = 1024
-    """Test users scored per evaluation batch."""
+    eval_batch_size: int = 128
+    """Test users scored per evaluation batch (small batches keep the candidates' activations in cache)."""
 
     def __post_init__(self) -> None:
         self.topk = tuple(int(k) for k in self.topk)
@@ -211,8 +211,9 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
             raw = tomllib.loads(text)
     except ModuleNotFoundError as e:
         raise UserError(f"{path}: reading YAML needs PyYAML (pip install 'scalerec[yaml]')") from e
-    except Exception as e:  # the parsers' own errors carry the line and column
-        raise UserError(f"{path}: not a valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'TOML'} file: {e}")
+    except Exception as e:  # the parsers' own errors carry the line and column; keep them on one line
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "TOML"
+        raise UserError(f"{path}: not a valid {kind} file: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a table of options at the top level")
     owner = field_owner()
@@ -224,12 +225,55 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
                 k = k.replace("-", "_")
                 if owner.get(k) != key:
                     raise UserError(f"{path}: unknown option '{k}' in section [{key}]")
-                out[key][k] = v
+                out[key][k] = _coerce(path, k, typing.get_type_hints(SECTIONS[key])[k], v)
         elif key in owner:
-            out[owner[key]][key] = value
+            out[owner[key]][key] = _coerce(path, key, typing.get_type_hints(SECTIONS[owner[key]])[key], value)
         else:
             raise UserError(f"{path}: unknown option '{key}'")
     return out
+
+
+def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:
+    """A config-file value checked against its field's type (the CLI's values are typed by argparse)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    try:
+        if typing.get_origin(hint) is Literal:
+            return value  # build_config names the choices
+        if typing.get_origin(hint) is tuple:
+            if not isinstance(value, list | tuple):
+                raise TypeError
+            return tuple(_scalar(args[0], v) for v in value)
+        return _scalar(args[0] if args else hint, value)
+    except (TypeError, ValueError):
+        expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        what = (
+            f"a list of {expected[args[0]]}s"
+            if typing.get_origin(hint) is tuple
+            else expected.get(args[0] if args else hint, str(hint))
+        )
+        raise UserError(f"{path}: option '{name}' is {value!r}, expected {what}") from None
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if kind is float:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)  # YAML reads 1e-3 as a string; float() takes it
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    raise TypeError
 
 
 def build_config(overrides: dict[str, dict[str, Any]]) -> Config:

@@ -41,8 +41,12 @@ def metrics_from_ranks(rank: torch.Tensor, ks: tuple[int, ...]) -> dict[str, flo
 
 @torch.no_grad()
 def ranks(
-    model: nn.Module, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, n_items: int,
-    batch_users: int = 1024,
+    model: nn.Module,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    n_items: int,
+    batch_users: int = 128,
 ) -> torch.Tensor:
     """Rank of each user's positive among its negatives (-1 entries are empty slots), all on the device.
 
@@ -68,9 +72,13 @@ def ranks(
 
 
 def evaluate(
-    model: nn.Module, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, n_items: int,
-    ks: tuple[int, ...] = (10,), batch_users: int = 1024,
+    model: nn.Module,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    n_items: int,
+    ks: tuple[int, ...] = (10,),
+    batch_users: int = 128,
 ) -> dict[str, float]:
     """HR@K and NDCG@K for every K in `ks` (the float() calls are the host syncs)."""
     return metrics_from_ranks(ranks(model, users, positives, negatives, n_items, batch_users), ks)
-

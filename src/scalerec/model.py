@@ -19,8 +19,14 @@ class NeuMF(nn.Module):
     layers), fused by one linear layer; with gmf=False or mlp=False it is MLP or GMF alone."""
 
     def __init__(
-        self, n_users: int, n_items: int, factors: int = 64, layers: tuple[int, ...] = (256, 256, 128, 64),
-        dropout: float = 0.0, gmf: bool = True, mlp: bool = True,
+        self,
+        n_users: int,
+        n_items: int,
+        factors: int = 64,
+        layers: tuple[int, ...] = (256, 256, 128, 64),
+        dropout: float = 0.0,
+        gmf: bool = True,
+        mlp: bool = True,
     ) -> None:
         super().__init__()
         if not (gmf or mlp):

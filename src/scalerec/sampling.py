@@ -13,12 +13,18 @@ import torch
 
 class EpochSampler:
     def __init__(
-        self, train_users, train_items, positive_keys, n_items: int, negatives: int,
-        device: torch.device, seed: int,
+        self,
+        train_users,
+        train_items,
+        positive_keys,
+        n_items: int,
+        negatives: int,
+        device: torch.device,
+        seed: int,
     ) -> None:
-        self.users = torch.as_tensor(train_users, dtype=torch.int64).to(device)
-        self.items = torch.as_tensor(train_items, dtype=torch.int64).to(device)
-        self.keys = torch.as_tensor(positive_keys, dtype=torch.int64).to(device)  # sorted
+        self.users = torch.tensor(train_users, dtype=torch.int64, device=device)
+        self.items = torch.tensor(train_items, dtype=torch.int64, device=device)
+        self.keys = torch.tensor(positive_keys, dtype=torch.int64, device=device)  # sorted
         self.n_items, self.negatives, self.device = n_items, negatives, device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)

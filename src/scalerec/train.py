@@ -37,8 +37,9 @@ def resolve_device(name: str) -> torch.device:
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -74,14 +75,16 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         log(f"Note: {note}")
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers,
-                        cfg.model.dropout).to(device)
+    model = build_model(
+        cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers, cfg.model.dropout
+    ).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters())
-    sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items,
-                           cfg.train.negatives, device, cfg.train.seed)
-    test_users = torch.as_tensor(ds.test_users, device=device)
-    test_items = torch.as_tensor(ds.test_items, device=device)
-    test_negatives = torch.as_tensor(ds.eval_negatives, device=device)
+    sampler = EpochSampler(
+        ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, cfg.train.negatives, device, cfg.train.seed
+    )
+    test_users = torch.tensor(ds.test_users, device=device)
+    test_items = torch.tensor(ds.test_items, device=device)
+    test_negatives = torch.tensor(ds.eval_negatives, device=device)
 
     run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,8 +94,10 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     k = cfg.eval.topk[0]
     bs = cfg.train.batch_size
     n = sampler.samples_per_epoch
-    log(f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
-        f"{cfg.optim.optimizer} lr={cfg.optim.lr:g}, batch {bs}, {n:,} samples per epoch; run folder {run_dir}")
+    log(
+        f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
+        f"{cfg.optim.optimizer} lr={cfg.optim.lr:g}, batch {bs}, {n:,} samples per epoch; run folder {run_dir}"
+    )
 
     best = {"epoch": -1, f"HR@{k}": -1.0}
     history = []
@@ -101,8 +106,15 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         t0 = time.perf_counter()
         users, items, labels = sampler.epoch()
         loss_sum = torch.zeros((), device=device)
-        with tqdm(total=n, disable=not sys.stderr.isatty(), leave=False, unit="sample", unit_scale=True,
-                  mininterval=0.5, desc=f"Epoch {epoch}") as bar:
+        with tqdm(
+            total=n,
+            disable=not sys.stderr.isatty(),
+            leave=False,
+            unit="sample",
+            unit_scale=True,
+            mininterval=0.5,
+            desc=f"Epoch {epoch}",
+        ) as bar:
             for s in range(0, n, bs):
                 e = min(s + bs, n)
                 loss = train_step(model, optimizer, users[s:e], items[s:e], labels[s:e])
@@ -114,25 +126,44 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         train_s = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        metrics = evaluate(model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk,
-                           cfg.eval.eval_batch_size)
+        metrics = evaluate(
+            model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk, cfg.eval.eval_batch_size
+        )
         val_s = time.perf_counter() - t1
         hr, nd = metrics[f"HR@{k}"], metrics[f"NDCG@{k}"]
-        log(f"Epoch {epoch}: HR@{k} = {hr:.4f}, NDCG@{k} = {nd:.4f}, loss = {epoch_loss:.4f}, "
-            f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s")
+        log(
+            f"Epoch {epoch}: HR@{k} = {hr:.4f}, NDCG@{k} = {nd:.4f}, loss = {epoch_loss:.4f}, "
+            f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
+        )
         if hr > best[f"HR@{k}"]:
             best = {"epoch": epoch, **metrics}
             log(f"New best HR@{k}!")
-        row = {"epoch": epoch, "loss": epoch_loss, **metrics, "train_s": train_s, "eval_s": val_s,
-               "samples_per_s": n / train_s, "lr": optimizer.param_groups[0]["lr"], "best_epoch": best["epoch"]}
+        row = {
+            "epoch": epoch,
+            "loss": epoch_loss,
+            **metrics,
+            "train_s": train_s,
+            "eval_s": val_s,
+            "samples_per_s": n / train_s,
+            "lr": optimizer.param_groups[0]["lr"],
+            "best_epoch": best["epoch"],
+        }
         history.append(row)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    summary = {"run_dir": str(run_dir), "dataset": ds.name, "best": best, "epochs": len(history),
-               "train_s": sum(r["train_s"] for r in history), "eval_s": sum(r["eval_s"] for r in history),
-               "mean_samples_per_s": n * len(history) / sum(r["train_s"] for r in history)}
+    summary = {
+        "run_dir": str(run_dir),
+        "dataset": ds.name,
+        "best": best,
+        "epochs": len(history),
+        "train_s": sum(r["train_s"] for r in history),
+        "eval_s": sum(r["eval_s"] for r in history),
+        "mean_samples_per_s": n * len(history) / sum(r["train_s"] for r in history),
+    }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"Best HR@{k} = {best[f'HR@{k}']:.4f}, NDCG@{k} = {best[f'NDCG@{k}']:.4f} at epoch {best['epoch']}; "
-        f"results in {run_dir}")
+    log(
+        f"Best HR@{k} = {best[f'HR@{k}']:.4f}, NDCG@{k} = {best[f'NDCG@{k}']:.4f} at epoch {best['epoch']}; "
+        f"results in {run_dir}"
+    )
     return summary

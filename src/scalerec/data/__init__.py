@@ -21,14 +21,14 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         users, items, ts = synthetic.generate(
             cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions, cfg.data_seed
         )
-        source = (f"the synthetic generator (seed {cfg.data_seed}, {cfg.synthetic_users} users, "
-                  f"{cfg.synthetic_items} items)")
+        source = (
+            f"the synthetic generator (seed {cfg.data_seed}, {cfg.synthetic_users} users, {cfg.synthetic_items} items)"
+        )
         return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed)
     if cfg.dataset == "ncf":
         prefix = Path(cfg.data)
         files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]
-        identity = {"name": f"ncf-{prefix.name}", **options,
-                    "files": [file_identity(f) for f in files if f.is_file()]}
+        identity = {"name": f"ncf-{prefix.name}", **options, "files": [file_identity(f) for f in files if f.is_file()]}
         return cached(cache_dir, identity, lambda: ncf.read_ncf(prefix, cfg.eval_negatives, cfg.data_seed), log)
     # MovieLens-100K: a local file, or the download
     if cfg.data:
@@ -39,8 +39,9 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
 
     def build() -> Dataset:
         raw = movielens.read_ml100k(path)
-        return from_interactions(raw.users, raw.items, raw.timestamps, "MovieLens-100K", source,
-                                 cfg.eval_negatives, cfg.data_seed)
+        return from_interactions(
+            raw.users, raw.items, raw.timestamps, "MovieLens-100K", source, cfg.eval_negatives, cfg.data_seed
+        )
 
     identity = {"name": "ml-100k", **options, "file": file_identity(path), "source": source}
     return cached(cache_dir, identity, build, log)

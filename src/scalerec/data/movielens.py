@@ -57,21 +57,34 @@ def read_table(
     """
     buf = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        df = pd.read_csv(buf, sep=sep, header=None, names=columns, skiprows=1 if header else 0, engine="c")
+        # index_col=False: never turn a surplus first column into an index; compression=None: never guess
+        # from the file name (a broken .zip must be reported as such, not half-parsed).
+        df = pd.read_csv(
+            buf, sep=sep, header=None, skiprows=1 if header else 0, engine="c", index_col=False, compression=None
+        )
     except pd.errors.EmptyDataError:
         df = pd.DataFrame(columns=columns)
     except pd.errors.ParserError as e:
-        msg = str(e).replace("Error tokenizing data. C error: ", "")
+        msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
         raise UserError(f"{name}: {msg} (expected {len(columns)} fields: {', '.join(columns)})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{name}: not a text file ({e})") from None
     if len(df) == 0:
         raise UserError(f"{name}: no rows (expected lines of {', '.join(columns)} separated by {sep!r})")
+    if df.shape[1] > len(columns):  # the first line had surplus fields; name the first row that has them
+        row = int(np.flatnonzero(df.iloc[:, len(columns) :].notna().any(axis=1).to_numpy())[0])
+        raise UserError(
+            f"{name}, line {_line_of_row(source, row, header)}: more than {len(columns)} fields "
+            f"(expected {', '.join(columns)} separated by {sep!r})"
+        )
+    df.columns = columns[: df.shape[1]]
+    for col in columns[df.shape[1] :]:
+        df[col] = np.nan  # too few fields on every line: reported below as the first line's error
     for col in columns:
         values = df[col]
         if values.dtype.kind not in "iu":
             numbers = pd.to_numeric(values, errors="coerce")
-            bad = numbers.isna().to_numpy()
+            bad = numbers.isna().to_numpy().copy()
             if col not in numeric_ok:
                 bad |= ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan)) | (numbers % 1 != 0).to_numpy()
             if bad.any():
@@ -84,7 +97,7 @@ def read_table(
                         f"{name}, line {line}: too few fields: no {col} (expected {len(columns)} fields: "
                         f"{', '.join(columns)} separated by {sep!r})"
                     )
-                raise UserError(f"{name}, line {line}: {col} is {value!r}, expected {what}")
+                raise UserError(f"{name}, line {line}: {col} is '{value}', expected {what}")
             df[col] = numbers if col in numeric_ok else numbers.astype(np.int64)
     return df
 
@@ -154,6 +167,8 @@ def read_ml100k(path: str | Path) -> Interactions:
     path = find_ml100k_file(path)
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (expected MovieLens-100K ratings)")
+    if path.suffix.lower() == ".zip" and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: broken or truncated zip file (expected the MovieLens-100K zip)")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:

@@ -28,15 +28,14 @@ def _read_rating(path: Path) -> pd.DataFrame:
     return read_table(path, str(path), "\t", RATING_COLUMNS, {"rating", "timestamp"}, False)
 
 
-def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, positives, negatives[n_rows, 99]) from a .test.negative file."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines = [ln for ln in lines if ln.strip()]
-    if len(lines) != n_rows:
-        raise UserError(f"{path}: {len(lines)} lines, expected one per test user ({n_rows})")
+def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(users, positives, negatives[n_rows, 99], file line of each row) from a .test.negative file."""
+    numbered = [(n, ln) for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
+    if len(numbered) != n_rows:
+        raise UserError(f"{path}: {len(numbered)} lines, expected one per test user ({n_rows})")
     users, positives, negatives = [], [], []
     width = None
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in numbered:
         head, *rest = line.rstrip("\t\r").split("\t")
         try:
             u, i = head.strip("()").split(",")
@@ -52,7 +51,8 @@ def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np
         if len(negs) != width or width == 0:
             raise UserError(f"{path}, line {lineno}: {len(negs)} negatives, expected {width or 'at least 1'}")
         negatives.append(negs)
-    return np.array(users, np.int64), np.array(positives, np.int64), np.array(negatives, np.int64)
+    lines = [n for n, _ in numbered]
+    return np.array(users, np.int64), np.array(positives, np.int64), np.array(negatives, np.int64), lines
 
 
 def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
@@ -72,11 +72,11 @@ def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
     n_items = int(max(ti.max(), si.max())) + 1
     notes = []
     if neg_path.is_file():
-        nu, npos, negs = _read_negatives(neg_path, len(su))
+        nu, npos, negs, lines = _read_negatives(neg_path, len(su))
         if not (np.array_equal(nu, su) and np.array_equal(npos, si)):
             bad = int(np.flatnonzero((nu != su) | (npos != si))[0])
             raise UserError(
-                f"{neg_path}, line {bad + 1}: ({nu[bad]},{npos[bad]}) does not match {test_path} line {bad + 1} "
+                f"{neg_path}, line {lines[bad]}: ({nu[bad]},{npos[bad]}) does not match {test_path} line {bad + 1} "
                 f"({su[bad]},{si[bad]})"
             )
         if negs.min() < 0 or negs.max() >= n_items:
@@ -98,6 +98,14 @@ def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
             "these are not the paper's negatives"
         )
     return Dataset(
-        name=f"NCF {prefix.name}", source=source, n_users=n_users, n_items=n_items,
-        train_users=tu, train_items=ti, test_users=su, test_items=si, eval_negatives=negs, notes=notes,
+        name=f"NCF {prefix.name}",
+        source=source,
+        n_users=n_users,
+        n_items=n_items,
+        train_users=tu,
+        train_items=ti,
+        test_users=su,
+        test_items=si,
+        eval_negatives=negs,
+        notes=notes,
     )

@@ -62,8 +62,9 @@ class Dataset:
 
     def positive_keys(self) -> np.ndarray:
         """Sorted user * n_items + item of every known interaction (train and test)."""
-        keys = np.concatenate([self.train_users * self.n_items + self.train_items,
-                               self.test_users * self.n_items + self.test_items])
+        keys = np.concatenate(
+            [self.train_users * self.n_items + self.train_items, self.test_users * self.n_items + self.test_items]
+        )
         return np.unique(keys)
 
     _ARRAYS = ("train_users", "train_items", "test_users", "test_items", "eval_negatives", "user_ids", "item_ids")
@@ -71,8 +72,14 @@ class Dataset:
     def save(self, path: Path) -> None:
         """Write to `path` atomically: a temporary file in the same folder, then a rename."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"name": self.name, "source": self.source, "n_users": self.n_users, "n_items": self.n_items,
-                "notes": self.notes, "version": CACHE_VERSION}
+        meta = {
+            "name": self.name,
+            "source": self.source,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "notes": self.notes,
+            "version": CACHE_VERSION,
+        }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -99,9 +106,7 @@ def is_member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == queries
 
 
-def sample_eval_negatives(
-    users: np.ndarray, n_items: int, positive_keys: np.ndarray, n: int, seed: int
-) -> np.ndarray:
+def sample_eval_negatives(users: np.ndarray, n_items: int, positive_keys: np.ndarray, n: int, seed: int) -> np.ndarray:
     """For each user, n distinct items it never interacted with, uniformly at random, deterministic for a seed.
 
     Vectorized rejection: draw a row of candidates per user, drop positives and repeats (keeping first
@@ -142,8 +147,13 @@ def sample_eval_negatives(
 
 
 def from_interactions(
-    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, name: str, source: str,
-    eval_negatives: int, seed: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray,
+    name: str,
+    source: str,
+    eval_negatives: int,
+    seed: int,
 ) -> Dataset:
     """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives."""
     notes = []
@@ -180,17 +190,24 @@ def from_interactions(
     is_test = np.zeros(len(u), bool)
     is_test[last] = True
     ds = Dataset(
-        name=name, source=source, n_users=len(user_ids), n_items=n_items,
-        train_users=u[~is_test], train_items=i[~is_test], test_users=u[is_test], test_items=i[is_test],
-        eval_negatives=np.zeros((0, 0), np.int64), user_ids=user_ids, item_ids=item_ids, notes=notes,
+        name=name,
+        source=source,
+        n_users=len(user_ids),
+        n_items=n_items,
+        train_users=u[~is_test],
+        train_items=i[~is_test],
+        test_users=u[is_test],
+        test_items=i[is_test],
+        eval_negatives=np.zeros((0, 0), np.int64),
+        user_ids=user_ids,
+        item_ids=item_ids,
+        notes=notes,
     )
     ds.eval_negatives = sample_eval_negatives(ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed)
     return ds
 
 
-def cached(
-    cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: Callable[[str], None]
-) -> Dataset:
+def cached(cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: Callable[[str], None]) -> Dataset:
     """Load the Dataset cached under a key of `identity` (source file stats and options), or build and cache it."""
     key = hashlib.sha256(json.dumps({**identity, "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"{identity.get('name', 'data')}-{key[:16]}.npz"

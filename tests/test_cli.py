@@ -1,0 +1,491 @@
+"""The command line, run for real: scalerec.cli.main([...]) in process, and `python -m scalerec` in a
+subprocess.
+
+Training runs are tiny (a few hundred samples, one thread); data comes from the synthetic generator or a
+u.data written to tmp_path, never from the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scalerec
+from scalerec.cli import main
+
+METRIC_KEYS = {"epoch", "loss", "HR@10", "NDCG@10", "samples_per_s", "train_s", "eval_s", "best_epoch"}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Cache and default run folder in tmp_path; torch's thread count restored after --threads 1."""
+    monkeypatch.setenv("SCALEREC_DATA_DIR", str(tmp_path / "data_dir"))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(out: Path, epochs: int = 2) -> list[str]:
+    """Options for a run of a second or so: small model, small batches, one thread, CPU."""
+    return [
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "256",
+        "--layers",
+        "16",
+        "16",
+        "8",
+        "--factors",
+        "8",
+        "--eval-negatives",
+        "20",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
+
+
+SYNTHETIC = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-users",
+    "200",
+    "--synthetic-items",
+    "100",
+    "--synthetic-interactions",
+    "10",
+]
+
+
+def run_main(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """main(argv) as the console script runs it: (exit code, stdout, stderr)."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: --help, --version, bad option syntax
+        rc = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def write_udata(path: Path, n_users: int = 60, n_items: int = 80, per_user: int = 8, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, n_users + 1):
+        for i in rng.choice(np.arange(1, n_items + 1), per_user, replace=False):
+            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + rng.integers(0, 10**6)}\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def check_run_folder(out: Path, epochs: int) -> tuple[dict, list[dict]]:
+    config = json.loads((out / "config.json").read_text())
+    assert set(config) == {"data", "model", "optim", "train", "eval"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(epochs))
+    for r in rows:
+        assert METRIC_KEYS <= set(r), set(r)
+        assert 0 < r["loss"] < 10 and np.isfinite(r["loss"])
+        assert 0 <= r["NDCG@10"] <= r["HR@10"] <= 1
+        assert r["samples_per_s"] > 0 and r["train_s"] > 0 and r["eval_s"] >= 0
+    hrs = [r["HR@10"] for r in rows]
+    for n, r in enumerate(rows):  # best so far: the first epoch with the highest HR@10
+        assert r["best_epoch"] == int(np.argmax(hrs[: n + 1]))
+    return config, rows
+
+
+def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
+    assert rc != 0
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("scalerec: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+# ---------------------------------------------------------------- version, help
+
+
+def test_version(capsys):
+    rc, out, _ = run_main(capsys, ["--version"])
+    assert rc == 0
+    assert out.strip() == f"scalerec {scalerec.__version__}"
+
+
+def test_train_help_lists_options(capsys):
+    rc, out, _ = run_main(capsys, ["train", "--help"])
+    assert rc == 0
+    for flag in (
+        "--config",
+        "--dataset",
+        "--data",
+        "--data-dir",
+        "--eval-negatives",
+        "--model",
+        "--factors",
+        "--layers",
+        "--lr",
+        "--optimizer",
+        "--nesterov",
+        "--no-nesterov",
+        "--epochs",
+        "--batch-size",
+        "--negatives",
+        "--seed",
+        "--device",
+        "--output",
+        "--topk",
+    ):
+        assert f"{flag} " in out or f"{flag}\n" in out or f"{flag}," in out, flag
+    assert "{ml-100k,ncf,synthetic}" in out and "{neumf,gmf,mlp,mf}" in out
+    assert "(default: 0.002)" in " ".join(out.split())  # the help comes from the config fields
+
+
+def test_no_command_prints_help(capsys):
+    rc, out, _ = run_main(capsys, [])
+    assert rc == 2 and "usage: scalerec" in out and "train" in out
+
+
+# ---------------------------------------------------------------- user errors
+
+
+def test_missing_data_file(capsys, tmp_path):
+    rc, _, err = run_main(capsys, ["train", "--data", tmp_path / "nope.data", *tiny(tmp_path / "run")])
+    assert_one_line_error(rc, err, "nope.data", "no such file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_file(capsys, tmp_path):
+    (tmp_path / "u.data").write_text("")
+    rc, _, err = run_main(capsys, ["train", "--data", tmp_path / "u.data", *tiny(tmp_path / "run")])
+    assert_one_line_error(rc, err, str(tmp_path / "u.data"), "empty")
+
+
+def test_bad_line_reports_line_number(capsys, tmp_path):
+    path = write_udata(tmp_path / "u.data", n_users=3)
+    path.write_text(path.read_text() + "\n4\t5\t3\n")  # line 26: a blank line, then a line short of fields
+    rc, _, err = run_main(capsys, ["train", "--data", path, *tiny(tmp_path / "run")])
+    assert_one_line_error(rc, err, f"{path}, line 26:", "too few fields")
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        pytest.param("4\t5\t3\t880000000\t1\n", "line 25", id="too-many-fields"),
+        pytest.param("4\tfive\t3\t880000000\n", "line 25", id="non-numeric-item"),
+    ],
+)
+def test_bad_line_other_faults(capsys, tmp_path, bad, fragment):
+    path = write_udata(tmp_path / "u.data", n_users=3)
+    path.write_text(path.read_text() + bad)
+    rc, _, err = run_main(capsys, ["train", "--data", path, *tiny(tmp_path / "run")])
+    assert_one_line_error(rc, err, str(path), fragment)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--lr", "-1"], "learning rate"),
+        (["--lr", "0"], "learning rate"),
+        (["--epochs", "0"], "epochs"),
+        (["--layers", "15", "8"], "layers"),
+        (["--dropout", "1"], "dropout"),
+        (["--nesterov"], "nesterov"),
+        (["--eval-negatives", "0"], "eval_negatives"),
+        (["--eval-negatives", "95"], "--eval-negatives"),  # more than a synthetic user has free
+        (["--dataset", "ncf"], "--data PREFIX"),
+        (["--config", "missing.toml"], "missing.toml"),
+    ],
+)
+def test_bad_option_value(capsys, tmp_path, options, fragment):
+    argv = ["train", *SYNTHETIC, *tiny(tmp_path / "run"), *options]
+    rc, out, err = run_main(capsys, argv)
+    assert_one_line_error(rc, err, fragment)
+    assert "Epoch" not in out
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--model", "foo"], "argument --model: invalid choice: 'foo'"),
+        (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+        (["--epochs", "2.5"], "argument --epochs: invalid int value: '2.5'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_option_syntax(capsys, tmp_path, options, fragment):
+    # argparse's own errors: usage, then one "scalerec[ train]: error:" line, exit status 2
+    rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run"), *options])
+    assert rc == 2 and out == ""
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.match(r"scalerec( train)?: error: ", last) and fragment in last, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")
+def test_device_cuda_without_cuda(capsys, tmp_path):
+    rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run"), "--device", "cuda"])
+    assert_one_line_error(rc, err, "--device cuda")
+
+
+# ---------------------------------------------------------------- config files
+
+
+CONFIGS = {
+    "toml": """
+epochs = 1
+lr = 0.01
+
+[data]
+dataset = "synthetic"
+synthetic_users = 60
+synthetic_items = 50
+synthetic_interactions = 5
+eval_negatives = 20
+
+[model]
+model = "gmf"
+factors = 4
+
+[optim]
+optimizer = "sgd"
+momentum = 0.5
+""",
+    "yaml": """
+epochs: 1
+lr: 0.01
+data:
+  dataset: synthetic
+  synthetic-users: 60
+  synthetic_items: 50
+  synthetic_interactions: 5
+  eval_negatives: 20
+model:
+  model: gmf
+  factors: 4
+optim:
+  optimizer: sgd
+  momentum: 0.5
+""",
+}
+
+
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
+def test_config_file_sets_options_and_flags_override(capsys, tmp_path, fmt):
+    path = tmp_path / f"run.{fmt}"
+    path.write_text(CONFIGS[fmt])
+    out_dir = tmp_path / "run"
+    argv = [
+        "train",
+        "--config",
+        path,
+        "--lr",
+        "0.05",
+        "--factors",
+        "6",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--output",
+        out_dir,
+    ]
+    rc, out, err = run_main(capsys, argv)
+    assert rc == 0, err
+    config, _ = check_run_folder(out_dir, epochs=1)  # epochs from the file
+    assert config["data"]["dataset"] == "synthetic" and config["data"]["synthetic_users"] == 60
+    assert config["data"]["eval_negatives"] == 20
+    assert config["model"]["model"] == "gmf" and config["optim"]["optimizer"] == "sgd"
+    assert config["optim"]["momentum"] == 0.5
+    assert config["optim"]["lr"] == 0.05 and config["model"]["factors"] == 6  # flags win
+    assert config["model"]["layers"] == [256, 256, 128, 64]  # neither: the default
+    assert "Data: Synthetic" in out and "#user=60" in out and "Model gmf" in out and "sgd lr=0.05" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("c.toml", "epochs = 1\nlearning_rate = 0.1\n", "unknown option 'learning_rate'"),
+        ("c.toml", "[optim]\nepochs = 3\n", "unknown option 'epochs' in section [optim]"),
+        ("c.toml", "[training]\nepochs = 3\n", "unknown option 'training'"),
+        ("c.yaml", "epochs: 1\nlearning_rate: 0.1\n", "unknown option 'learning_rate'"),
+        ("c.yml", "model:\n  model: gmf\n  size: 3\n", "unknown option 'size' in section [model]"),
+    ],
+)
+def test_config_file_unknown_key(capsys, tmp_path, name, text, fragment):
+    path = tmp_path / name
+    path.write_text(text)
+    rc, out, err = run_main(capsys, ["train", "--config", path, *SYNTHETIC, *tiny(tmp_path / "run")])
+    assert_one_line_error(rc, err, str(path), fragment)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("c.toml", 'model = "foo"\n', "invalid value for model: 'foo'"),
+        ("c.toml", "epochs = \n", "not a valid TOML file"),
+        ("c.yaml", "- 1\n- 2\n", "expected a table"),
+        ("c.toml", "negatives = -1\n", "negatives must be >= 0"),
+        ("c.toml", "[optim]\nlr = -0.5\n", "learning rate"),
+    ],
+)
+def test_config_file_bad_content(capsys, tmp_path, name, text, fragment):
+    path = tmp_path / name
+    path.write_text(text)
+    rc, _, err = run_main(capsys, ["train", "--config", path, *SYNTHETIC, *tiny(tmp_path / "run")])
+    assert_one_line_error(rc, err, fragment)
+
+
+def test_config_file_yaml_syntax_error(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: [1\n")
+    rc, _, err = run_main(capsys, ["train", "--config", path, *SYNTHETIC, *tiny(tmp_path / "run")])
+    assert rc == 1 and "Traceback" not in err
+    # PyYAML's message spans several lines (it quotes the spot); the first names the file
+    assert err.startswith(f"scalerec: error: {path}: not a valid YAML file: "), err
+    assert "line 1, column 9" in err
+
+
+def test_config_file_float_epochs_is_a_user_error(capsys, tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("epochs = 2.5\n")
+    argv = [
+        "train",
+        "--config",
+        path,
+        *SYNTHETIC,
+        "--layers",
+        "8",
+        "8",
+        "--factors",
+        "4",
+        "--eval-negatives",
+        "20",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--output",
+        tmp_path / "run",
+    ]
+    rc, _, err = run_main(capsys, argv)
+    assert_one_line_error(rc, err, "epochs")
+
+
+def test_yaml_exponent_learning_rate(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\n")
+    rc, _, err = run_main(capsys, ["train", "--config", path, *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])
+    if rc == 0:
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["lr"] == 0.001
+    else:
+        assert_one_line_error(rc, err, "lr")
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_train_synthetic_end_to_end(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(out_dir)])
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("Data: Synthetic") and "#user=200, #item=100" in lines[0]
+    assert any(ln.startswith("Epoch 0: HR@10 = ") for ln in lines)
+    assert any(ln.startswith("Epoch 1: HR@10 = ") for ln in lines)
+    assert not any(ln.startswith("Epoch 2") for ln in lines)
+    config, rows = check_run_folder(out_dir, epochs=2)
+    assert config["data"]["dataset"] == "synthetic" and config["data"]["synthetic_users"] == 200
+    assert config["model"]["layers"] == [16, 16, 8] and config["model"]["factors"] == 8
+    assert config["train"]["batch_size"] == 256 and config["train"]["output"] == str(out_dir)
+    assert config["eval"]["topk"] == [10]
+    epoch0 = next(ln for ln in lines if ln.startswith("Epoch 0:"))
+    assert f"HR@10 = {rows[0]['HR@10']:.4f}" in epoch0  # the log and the metrics file agree
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["best"]["epoch"] == rows[-1]["best_epoch"]
+
+
+def test_same_seed_same_metrics(capsys, tmp_path):
+    for name in ("a", "b"):
+        rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / name, epochs=1)])
+        assert rc == 0, err
+    a, b = ((tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in ("a", "b"))
+    keep = ("loss", "HR@10", "NDCG@10")
+    assert [json.loads(x)[k] for x in a for k in keep] == [json.loads(x)[k] for x in b for k in keep]
+
+
+def test_train_udata_end_to_end(capsys, tmp_path):
+    path = write_udata(tmp_path / "u.data")
+    out_dir = tmp_path / "run"
+    rc, out, err = run_main(capsys, ["train", "--data", path, *tiny(out_dir)])
+    assert rc == 0, err
+    first = out.splitlines()[0]
+    assert first == f"Data: MovieLens-100K from {path}. #user=60, #item=80, #train=420, #test=60"
+    assert any(ln.startswith("Epoch 1: HR@10 = ") for ln in out.splitlines())
+    config, _ = check_run_folder(out_dir, epochs=2)
+    assert config["data"]["data"] == str(path) and config["data"]["dataset"] == "ml-100k"
+    # the prepared data was cached under $SCALEREC_DATA_DIR, not ~/.cache
+    assert len(list((tmp_path / "data_dir" / "cache").glob("ml-100k-*.npz"))) == 1
+
+
+def test_default_run_folder_under_runs(capsys, tmp_path):
+    argv = ["train", *SYNTHETIC, *tiny(tmp_path / "x", epochs=1)]
+    argv = argv[: argv.index("--output")]
+    rc, _, err = run_main(capsys, argv)
+    assert rc == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()  # the cwd is tmp_path
+    assert run_dir.name.endswith("-synthetic-neumf")
+    check_run_folder(run_dir, epochs=1)
+
+
+# ---------------------------------------------------------------- the real executable
+
+
+def run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SCALEREC_DATA_DIR": str(cwd / "data_dir"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "scalerec", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_subprocess_version(tmp_path):
+    result = run_module(["--version"], tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"scalerec {scalerec.__version__}"
+
+
+def test_subprocess_train_piped_has_no_progress_bar(tmp_path):
+    path = write_udata(tmp_path / "u.data")
+    out_dir = tmp_path / "run"
+    result = run_module(["train", "--data", path, *tiny(out_dir)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Data: MovieLens-100K from {path}.")
+    assert "Epoch 1: HR@10 = " in result.stdout
+    check_run_folder(out_dir, epochs=2)
+    # stderr is a pipe, not a TTY: no tqdm bar (carriage returns, bar blocks, rates)
+    for mark in ("\r", "█", "%|", "sample/s", "it/s"):
+        assert mark not in result.stderr, repr(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_subprocess_user_error_exit_status(tmp_path):
+    (tmp_path / "u.data").write_text("1\t2\t3\t4\n1\t3\n")
+    result = run_module(["train", "--data", tmp_path / "u.data", *tiny(tmp_path / "run")], tmp_path)
+    assert result.returncode == 1
+    assert_one_line_error(result.returncode, result.stderr, f"{tmp_path / 'u.data'}, line 2:")

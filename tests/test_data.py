@@ -1,0 +1,571 @@
+"""Data: readers (u.data, RecBole .inter, zip, NCF files), leave-one-out preparation, evaluation negatives,
+the cache, and the synthetic generator. Every test makes its own tiny data in tmp_path; the real datasets
+are only read (never copied) and those tests skip when ../shared/data is absent."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalerec.config import DataConfig
+from scalerec.data import load_dataset, synthetic
+from scalerec.data.movielens import read_ml100k, read_udata
+from scalerec.data.ncf import read_ncf
+from scalerec.data.prepare import Dataset, cached, from_interactions, sample_eval_negatives
+from scalerec.errors import UserError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def udata(rows) -> str:
+    """u.data text: one tab-separated line per (user, item, rating, timestamp)."""
+    return "".join("\t".join(str(x) for x in row) + "\n" for row in rows)
+
+
+ROWS = [(196, 242, 3, 881250949), (186, 302, 3, 891717742), (22, 377, 1, 878887116), (196, 51, 2, 880606923)]
+
+
+def assert_line_error(exc: pytest.ExceptionInfo, name: str, line: int) -> None:
+    msg = str(exc.value)
+    assert name in msg, msg
+    assert re.search(rf"\bline {line}\b", msg), msg
+    others = {int(n) for n in re.findall(r"\bline (\d+)\b", msg)} - {line}
+    assert not others, f"message names another line too: {msg}"
+
+
+# ---------------------------------------------------------------- u.data / .inter / zip
+
+
+def test_read_udata_file_and_bytes(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text(udata(ROWS))
+    for raw in (read_ml100k(path), read_udata(path.read_bytes(), "u.data")):
+        np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
+        np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
+        np.testing.assert_array_equal(raw.timestamps, [881250949, 891717742, 878887116, 880606923])
+        assert raw.users.dtype == np.int64 and raw.items.dtype == np.int64
+        assert raw.timestamps.dtype == np.float64
+
+
+def test_read_ml100k_folder_finds_udata(tmp_path):
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.data").write_text(udata(ROWS))
+    np.testing.assert_array_equal(read_ml100k(tmp_path).items, [242, 302, 377, 51])
+
+
+GOOD = "1\t10\t5\t100\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        pytest.param(GOOD + "2\t20\t3\n", 2, id="too-few-fields"),
+        pytest.param(GOOD + "2\t20\t3\t200\t9\n", 2, id="too-many-fields"),
+        pytest.param(GOOD + GOOD + "2\t20\t3\tsoon\n", 3, id="non-numeric-timestamp"),
+        pytest.param(GOOD + "\n2\t20\t3\n", 3, id="blank-line-then-too-few"),
+        pytest.param(GOOD + "\n\n2\t20\t3\t200\t9\n", 4, id="blank-lines-then-too-many"),
+        pytest.param(GOOD + "\n3\t4\t5\tx\n", 3, id="blank-line-then-non-numeric-timestamp"),
+        pytest.param(GOOD + "abc\t20\t3\t200\n", 2, id="non-numeric-user"),
+        pytest.param(GOOD + "2\t1.5\t3\t200\n", 2, id="non-integer-item"),
+        pytest.param(GOOD + "\n2\t1.5\t3\t200\n", 3, id="blank-line-then-non-integer-item"),
+        pytest.param("1\t10\t5\t100\t7\n" + GOOD, 1, id="too-many-fields-on-first-line"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, content, line):
+    path = tmp_path / "ratings.data"
+    path.write_text(content)
+    with pytest.raises(UserError) as exc:
+        read_ml100k(path)
+    assert_line_error(exc, str(path), line)
+
+
+def test_extra_column_on_every_line_is_an_error(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text("1\t10\t5\t100\t7\n2\t20\t3\t200\t8\n")
+    with pytest.raises(UserError):
+        read_ml100k(path)
+
+
+@pytest.mark.parametrize(("content", "word"), [("", "empty"), ("\n\n", "no rows")])
+def test_empty_file(tmp_path, content, word):
+    path = tmp_path / "u.data"
+    path.write_text(content)
+    with pytest.raises(UserError, match=word) as exc:
+        read_ml100k(path)
+    assert str(path) in str(exc.value)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope" / "u.data"
+    with pytest.raises(UserError, match="no such file") as exc:
+        read_ml100k(path)
+    assert str(path) in str(exc.value)
+
+
+def test_recbole_inter_with_typed_header(tmp_path):
+    path = tmp_path / "ml-100k.inter"
+    path.write_text(INTER_HEADER + udata(ROWS))
+    raw = read_ml100k(path)
+    np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
+    np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
+    np.testing.assert_array_equal(raw.timestamps, [881250949, 891717742, 878887116, 880606923])
+
+
+def test_recbole_inter_bad_line_counts_the_header(tmp_path):
+    path = tmp_path / "ml-100k.inter"
+    path.write_text(INTER_HEADER + udata(ROWS[:2]) + "3\t4\t5\tnever\n")
+    with pytest.raises(UserError) as exc:
+        read_ml100k(path)
+    assert_line_error(exc, str(path), 4)
+
+
+def test_recbole_inter_header_without_item_id(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text("user_id:token\tmovie:token\ttimestamp:float\n1\t2\t3\n")
+    with pytest.raises(UserError, match="item_id"):
+        read_ml100k(path)
+
+
+def make_zip(path: Path, members: dict[str, str]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in members.items():
+            zf.writestr(name, text)
+    return path
+
+
+def test_zip_with_udata(tmp_path):
+    members = {"ml-100k/u.item": "1|Toy Story\n", "ml-100k/u.data": udata(ROWS)}
+    path = make_zip(tmp_path / "ml-100k.zip", members)
+    raw = read_ml100k(path)
+    np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
+    np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
+
+
+def test_zip_bad_line_names_member_and_line(tmp_path):
+    path = make_zip(tmp_path / "ml-100k.zip", {"ml-100k/u.data": udata(ROWS) + "1\t2\n"})
+    with pytest.raises(UserError) as exc:
+        read_ml100k(path)
+    assert_line_error(exc, "ml-100k/u.data", 5)
+
+
+def test_zip_without_udata(tmp_path):
+    path = make_zip(tmp_path / "other.zip", {"readme.txt": "hello"})
+    with pytest.raises(UserError, match="no u.data"):
+        read_ml100k(path)
+
+
+def test_zip_with_damaged_member_header(tmp_path):
+    good = make_zip(tmp_path / "good.zip", {"ml-100k/u.data": udata(ROWS * 50)}).read_bytes()
+    path = tmp_path / "ml-100k.zip"
+    path.write_bytes(good[:20] + bytes(30) + good[50:])  # local header zeroed, central directory intact
+    with pytest.raises(UserError, match="broken zip") as exc:
+        read_ml100k(path)
+    assert str(path) in str(exc.value)
+
+
+def test_truncated_zip_is_a_user_error(tmp_path):
+    good = make_zip(tmp_path / "good.zip", {"ml-100k/u.data": udata(ROWS * 50)}).read_bytes()
+    path = tmp_path / "ml-100k.zip"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError) as exc:
+        read_ml100k(path)
+    assert str(path) in str(exc.value)
+
+
+# ---------------------------------------------------------------- from_interactions
+
+
+def prepare(rows, eval_negatives=1, seed=0) -> Dataset:
+    u, i, t = (np.array(c) for c in zip(*rows, strict=True))
+    return from_interactions(u, i, t.astype(float), "Test", "rows", eval_negatives, seed)
+
+
+def raw_pairs(ds: Dataset, which: str) -> list[tuple[int, int]]:
+    users, items = getattr(ds, f"{which}_users"), getattr(ds, f"{which}_items")
+    return sorted(zip(ds.user_ids[users].tolist(), ds.item_ids[items].tolist(), strict=True))
+
+
+def test_leave_one_out_holds_out_each_users_latest():
+    rows = [(7, 1, 30), (5, 2, 10), (7, 3, 10), (5, 4, 40), (7, 5, 20), (5, 1, 5), (9, 2, 1), (9, 6, 2)]
+    ds = prepare(rows)
+    assert raw_pairs(ds, "test") == [(5, 4), (7, 1), (9, 6)]
+    assert raw_pairs(ds, "train") == [(5, 1), (5, 2), (7, 3), (7, 5), (9, 2)]
+    assert ds.notes == []
+
+
+@pytest.mark.parametrize("last", [10, 20])
+def test_tie_on_latest_time_goes_to_the_row_last_in_file(last):
+    first = 30 - last
+    ds = prepare([(1, 5, 1), (1, first, 9), (1, last, 9), (2, 5, 1), (2, 6, 2)])
+    assert raw_pairs(ds, "test")[0] == (1, last)
+    assert (1, first) in raw_pairs(ds, "train")
+
+
+@pytest.mark.parametrize("order", ["latest-last", "latest-first"])
+def test_repeated_pair_kept_once_at_latest_time(order):
+    rows = [(1, 10, 1), (1, 20, 5), (1, 10, 9), (2, 10, 1), (2, 30, 2)]
+    if order == "latest-first":
+        rows = rows[::-1]
+    ds = prepare(rows)
+    assert raw_pairs(ds, "test") == [(1, 10), (2, 30)]  # the repeat's latest time (9) is the user's latest
+    assert raw_pairs(ds, "train") == [(1, 20), (2, 10)]  # and it is not in train as well
+    assert len(ds.train_users) + len(ds.test_users) == 4
+    assert any(n.startswith("1 repeated user-item rows kept once") for n in ds.notes), ds.notes
+
+
+def test_single_interaction_users_dropped_with_a_count():
+    rows = [(1, 10, 1), (1, 11, 2), (2, 12, 3), (3, 13, 4), (4, 10, 1), (4, 14, 2), (5, 15, 1), (5, 15, 2)]
+    ds = prepare(rows)
+    # users 2 and 3 have one row; user 5 has one distinct item once its repeat is merged
+    assert ds.user_ids.tolist() == [1, 4]
+    assert ds.n_users == 2
+    assert any(n.startswith("3 users with a single interaction dropped") for n in ds.notes), ds.notes
+    # their items keep their ids (still valid candidates)
+    assert ds.item_ids.tolist() == [10, 11, 12, 13, 14, 15]
+    assert ds.n_items == 6
+
+
+def test_every_user_single_is_an_error():
+    with pytest.raises(UserError, match="single interaction"):
+        prepare([(1, 10, 1), (2, 11, 1), (3, 10, 2)])
+
+
+def test_ids_remapped_contiguously():
+    rows = [(1000, 77, 1), (5, 3, 2), (1000, 9000, 3), (5, 77, 4), (42, 3, 5), (42, 12, 6)]
+    ds = prepare(rows)
+    assert ds.user_ids.tolist() == [5, 42, 1000]
+    assert ds.item_ids.tolist() == [3, 12, 77, 9000]
+    assert ds.n_users == 3 and ds.n_items == 4
+    for arr, n in ((ds.train_users, 3), (ds.test_users, 3), (ds.train_items, 4), (ds.test_items, 4)):
+        assert arr.dtype == np.int64 and arr.min() >= 0 and arr.max() < n
+    assert sorted(raw_pairs(ds, "train") + raw_pairs(ds, "test")) == sorted((u, i) for u, i, _ in rows)
+    np.testing.assert_array_equal(ds.test_users, [0, 1, 2])
+    assert np.all(np.diff(ds.train_users) >= 0)  # grouped by user
+
+
+def test_prepared_negatives_avoid_every_positive():
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), float(t)) for u in range(30) for t, i in enumerate(rng.choice(40, 8, replace=False))]
+    ds = prepare(rows, eval_negatives=10, seed=3)
+    assert ds.eval_negatives.shape == (30, 10)
+    users = np.concatenate([ds.train_users, ds.test_users]).tolist()
+    positives = set(zip(users, np.concatenate([ds.train_items, ds.test_items]).tolist(), strict=True))
+    for row, user in enumerate(ds.test_users.tolist()):
+        assert not any((user, int(x)) in positives for x in ds.eval_negatives[row])
+
+
+# ---------------------------------------------------------------- sample_eval_negatives
+
+
+def random_positives(n_users: int, n_items: int, per_user: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    keys = [u * n_items + rng.choice(n_items, per_user, replace=False) for u in range(n_users)]
+    return np.unique(np.concatenate(keys))
+
+
+def test_sample_eval_negatives_shape_distinct_and_never_positive():
+    n_users, n_items, n = 60, 200, 30
+    keys = random_positives(n_users, n_items, 25, seed=1)
+    users = np.arange(n_users)
+    out = sample_eval_negatives(users, n_items, keys, n, seed=7)
+    assert out.shape == (n_users, n) and out.dtype == np.int64
+    assert out.min() >= 0 and out.max() < n_items
+    for u in range(n_users):
+        assert len(set(out[u].tolist())) == n
+        taken = set((keys[keys // n_items == u] % n_items).tolist())
+        assert not taken & set(out[u].tolist())
+
+
+def test_sample_eval_negatives_seeded():
+    keys = random_positives(40, 100, 10, seed=2)
+    users = np.arange(40)
+    a = sample_eval_negatives(users, 100, keys, 20, seed=11)
+    np.testing.assert_array_equal(a, sample_eval_negatives(users, 100, keys, 20, seed=11))
+    assert not np.array_equal(a, sample_eval_negatives(users, 100, keys, 20, seed=12))
+
+
+def test_sample_eval_negatives_subset_of_users():
+    keys = random_positives(10, 50, 5, seed=4)
+    users = np.array([7, 2])
+    out = sample_eval_negatives(users, 50, keys, 10, seed=0)
+    for row, u in enumerate(users):
+        assert not set((keys[keys // 50 == u] % 50).tolist()) & set(out[row].tolist())
+
+
+def test_sample_eval_negatives_nearly_full_user_exact_path():
+    n_items, n = 100, 3
+    free0 = np.array([4, 17, 50, 81, 99])  # user 0 leaves 5 < 2n free: drawn exactly
+    user0 = np.setdiff1d(np.arange(n_items), free0)
+    keys = np.unique(np.concatenate([user0, 1 * n_items + np.arange(10)]))  # user 1: the sampling path
+    users = np.array([0, 1])
+    seen = set()
+    for seed in range(20):
+        out = sample_eval_negatives(users, n_items, keys, n, seed)
+        assert len(set(out[0].tolist())) == n and set(out[0].tolist()) <= set(free0.tolist())
+        assert len(set(out[1].tolist())) == n and out[1].min() >= 10
+        seen |= set(out[0].tolist())
+    assert seen == set(free0.tolist())  # every free item can come up
+
+
+def test_sample_eval_negatives_exactly_n_free():
+    free = np.array([3, 8])
+    keys = np.setdiff1d(np.arange(10), free)
+    out = sample_eval_negatives(np.array([0]), 10, keys, 2, seed=0)
+    assert sorted(out[0].tolist()) == free.tolist()
+
+
+def test_sample_eval_negatives_too_few_free_items():
+    keys = np.unique(np.concatenate([np.arange(5), 10 + np.arange(8)]))  # user 1 leaves 2 of 10 free
+    with pytest.raises(UserError, match="eval-negatives") as exc:
+        sample_eval_negatives(np.array([0, 1]), 10, keys, 3, seed=0)
+    assert "user 1" in str(exc.value)
+
+
+# ---------------------------------------------------------------- save / load / cache
+
+
+def small_dataset(seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    rows = [(u, int(i), float(t)) for u in range(20) for t, i in enumerate(rng.choice(30, 5, replace=False))]
+    rows.append((99, 0, 1.0))  # a dropped user, so there is a note
+    return prepare(rows, eval_negatives=5, seed=seed)
+
+
+def assert_same(a: Dataset, b: Dataset) -> None:
+    for k in ("name", "source", "n_users", "n_items", "notes"):
+        assert getattr(a, k) == getattr(b, k), k
+    for k in Dataset._ARRAYS:
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+        assert getattr(a, k).dtype == getattr(b, k).dtype, k
+
+
+def test_save_load_round_trip(tmp_path):
+    ds = small_dataset()
+    ds.eval_negatives[0, 0] = -1  # an empty slot survives too
+    path = tmp_path / "sub" / "d.npz"
+    ds.save(path)
+    assert_same(Dataset.load(path), ds)
+    assert [p.name for p in path.parent.iterdir()] == ["d.npz"]
+
+
+def test_save_failure_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    path = tmp_path / "d.npz"
+    with pytest.raises(OSError, match="disk full"):
+        small_dataset().save(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_builds_once_then_loads(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return small_dataset()
+
+    logs = []
+    first = cached(tmp_path, {"name": "t", "x": 1}, build, logs.append)
+    second = cached(tmp_path, {"name": "t", "x": 1}, build, logs.append)
+    assert len(calls) == 1
+    assert_same(second, first)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("t-") and files[0].endswith(".npz")
+    assert not list(tmp_path.glob("*.tmp"))
+    cached(tmp_path, {"name": "t", "x": 2}, build, logs.append)  # other options: another entry
+    assert len(calls) == 2 and len(list(tmp_path.glob("t-*.npz"))) == 2
+    assert logs == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_cached_rebuilds_a_corrupted_cache(tmp_path, damage):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return small_dataset()
+
+    identity = {"name": "t"}
+    cached(tmp_path, identity, build, print)
+    (path,) = tmp_path.glob("t-*.npz")
+    data = path.read_bytes()
+    damaged = {"garbage": b"not a cache" * 10, "truncated": data[: len(data) // 2], "empty": b""}
+    path.write_bytes(damaged[damage])
+    logs = []
+    ds = cached(tmp_path, identity, build, logs.append)
+    assert len(calls) == 2
+    assert any("unreadable" in m and "rebuilding" in m for m in logs), logs
+    assert_same(ds, small_dataset())
+    assert_same(Dataset.load(path), ds)  # and the rebuilt cache was written back
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_load_dataset_cache_follows_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), 3, 1000 + t) for u in range(1, 21) for t, i in enumerate(rng.choice(50, 6, replace=False))]
+    path = tmp_path / "u.data"
+    path.write_text(udata(rows))
+    cfg = DataConfig(data=str(path), data_dir=str(tmp_path / "dd"), eval_negatives=10)
+    a = load_dataset(cfg, log=print)
+    assert a.name == "MovieLens-100K" and a.source == str(path)
+    assert (a.n_users, len(a.train_users), len(a.test_users)) == (20, 100, 20)
+    assert len(list((tmp_path / "dd" / "cache").glob("ml-100k-*.npz"))) == 1
+    assert_same(load_dataset(cfg, log=print), a)
+    path.write_text(udata(rows + [(21, 1, 3, 5), (21, 2, 3, 6)]))  # the file changed: not the old cache
+    b = load_dataset(cfg, log=print)
+    assert (b.n_users, len(b.train_users)) == (21, 101)
+
+
+# ---------------------------------------------------------------- NCF files
+
+
+def write_ncf(prefix: Path, negatives: str | None = None) -> None:
+    # users 0..2, items 0..5; test items 2, 4, 1
+    Path(f"{prefix}.train.rating").write_text(
+        udata([(0, 0, 5, 1), (0, 1, 5, 2), (1, 2, 5, 1), (1, 3, 5, 2), (2, 0, 4, 1), (2, 5, 4, 3)])
+    )
+    Path(f"{prefix}.test.rating").write_text(udata([(0, 2, 5, 3), (1, 4, 5, 3), (2, 1, 4, 4)]))
+    if negatives is not None:
+        Path(f"{prefix}.test.negative").write_text(negatives)
+
+
+def test_read_ncf_uses_ids_and_negatives_as_given(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, "(0,2)\t3\t4\t5\n(1,4)\t0\t1\t5\n(2,1)\t2\t3\t4\n")
+    ds = read_ncf(prefix, 99, 0)
+    assert (ds.n_users, ds.n_items) == (3, 6)
+    np.testing.assert_array_equal(ds.train_users, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(ds.train_items, [0, 1, 2, 3, 0, 5])
+    np.testing.assert_array_equal(ds.test_users, [0, 1, 2])
+    np.testing.assert_array_equal(ds.test_items, [2, 4, 1])
+    np.testing.assert_array_equal(ds.eval_negatives, [[3, 4, 5], [0, 1, 5], [2, 3, 4]])
+    assert ds.notes == []
+    assert ds.name == "NCF tiny"
+
+
+def test_read_ncf_blanks_negative_equal_to_held_out_item(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, "(0,2)\t3\t2\t5\n(1,4)\t4\t1\t5\n(2,1)\t2\t3\t4\n")
+    ds = read_ncf(prefix, 99, 0)
+    np.testing.assert_array_equal(ds.eval_negatives, [[3, -1, 5], [-1, 1, 5], [2, 3, 4]])
+    assert len(ds.notes) == 1 and ds.notes[0].startswith("2 negatives in tiny.test.negative equal")
+
+
+def test_read_ncf_without_negative_file_samples(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix)
+    ds = read_ncf(prefix, 2, seed=5)
+    assert ds.eval_negatives.shape == (3, 2)
+    positives = {0: {0, 1, 2}, 1: {2, 3, 4}, 2: {0, 5, 1}}
+    for u in range(3):
+        row = set(ds.eval_negatives[u].tolist())
+        assert len(row) == 2 and not row & positives[u] and row <= set(range(6))
+    assert len(ds.notes) == 1
+    assert "tiny.test.negative not found" in ds.notes[0] and "not the paper's" in ds.notes[0]
+    np.testing.assert_array_equal(read_ncf(prefix, 2, seed=5).eval_negatives, ds.eval_negatives)
+
+
+@pytest.mark.parametrize(
+    ("negatives", "line"),
+    [
+        pytest.param("(0,2)\t3\t4\t5\n(1,4)\t0\tx\t5\n(2,1)\t2\t3\t4\n", 2, id="non-integer"),
+        pytest.param("(0,2)\t3\t4\t5\n(1,4)\t0\t1\t5\n2,1\t\n", 3, id="no-negatives"),
+        pytest.param("(0,2)\t3\t4\t5\n(1,4)\t0\t1\n(2,1)\t2\t3\t4\n", 2, id="short-row"),
+        pytest.param("(0,2)\t3\t4\t5\n\n(1,4)\t0\tx\t5\n(2,1)\t2\t3\t4\n", 3, id="blank-line-before"),
+    ],
+)
+def test_read_ncf_malformed_negative_line(tmp_path, negatives, line):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, negatives)
+    with pytest.raises(UserError) as exc:
+        read_ncf(prefix, 99, 0)
+    assert_line_error(exc, "tiny.test.negative", line)
+
+
+def test_read_ncf_negative_file_not_matching_test_rating(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, "(0,2)\t3\t4\t5\n(1,3)\t0\t1\t5\n(2,1)\t2\t3\t4\n")
+    with pytest.raises(UserError, match=r"line 2: \(1,3\) does not match .*tiny.test.rating line 2 \(1,4\)"):
+        read_ncf(prefix, 99, 0)
+
+
+@pytest.mark.parametrize(
+    "negatives",
+    ["(0,2)\t3\t4\t5\n(1,4)\t0\t1\t5\n", "(0,2)\t3\t4\t5\n(1,4)\t0\t1\t6\n(2,1)\t2\t3\t4\n"],
+    ids=["a-line-short", "item-out-of-range"],
+)
+def test_read_ncf_negative_file_inconsistent(tmp_path, negatives):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, negatives)
+    with pytest.raises(UserError, match="tiny.test.negative"):
+        read_ncf(prefix, 99, 0)
+
+
+def test_read_ncf_missing_train_file(tmp_path):
+    with pytest.raises(UserError, match=r"absent\.train\.rating: no such file"):
+        read_ncf(tmp_path / "absent", 99, 0)
+
+
+def test_read_ncf_two_test_rows_for_a_user(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix)
+    Path(f"{prefix}.test.rating").write_text(udata([(0, 2, 5, 3), (0, 4, 5, 3), (2, 1, 4, 4)]))
+    with pytest.raises(UserError, match="more than one test row"):
+        read_ncf(prefix, 99, 0)
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_deterministic_per_seed():
+    a = synthetic.generate(200, 100, 10, seed=3)
+    b = synthetic.generate(200, 100, 10, seed=3)
+    c = synthetic.generate(200, 100, 10, seed=4)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not (len(a[0]) == len(c[0]) and np.array_equal(a[1], c[1]))
+
+
+@pytest.mark.parametrize(("n_users", "n_items", "mean"), [(200, 100, 10), (50, 6, 2), (30, 400, 40)])
+def test_synthetic_shape(n_users, n_items, mean):
+    users, items, ts = synthetic.generate(n_users, n_items, mean, seed=0)
+    assert len(users) == len(items) == len(ts)
+    counts = np.bincount(users, minlength=n_users)
+    assert len(counts) == n_users and counts.min() >= 2
+    assert items.min() >= 0 and items.max() < n_items
+    assert len(np.unique(users * n_items + items)) == len(users)  # no repeated user-item pair
+    assert len(np.unique(ts)) == len(ts)  # a strict time order, so leave-one-out is unambiguous
+    ds = from_interactions(users, items, ts, "Synthetic", "gen", 1, 0)
+    assert ds.n_users == n_users and ds.notes == []
+
+
+# ---------------------------------------------------------------- the real datasets (read in place)
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "ml-100k" / "u.data").is_file(), reason=f"real data absent: {SHARED_DATA / 'ml-100k' / 'u.data'}"
+)
+def test_real_ml100k(tmp_path):
+    cfg = DataConfig(data=str(SHARED_DATA / "ml-100k" / "u.data"), data_dir=str(tmp_path))
+    ds = load_dataset(cfg, log=print)
+    assert (ds.n_users, ds.n_items, len(ds.train_users), len(ds.test_users)) == (943, 1682, 99057, 943)
+    assert ds.eval_negatives.shape == (943, 100) and ds.notes == []
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "ncf-ml-1m" / "ml-1m.test.negative").is_file(),
+    reason=f"real data absent: {SHARED_DATA / 'ncf-ml-1m'}",
+)
+def test_real_ncf_ml1m():
+    ds = read_ncf(SHARED_DATA / "ncf-ml-1m" / "ml-1m", 99, 0)
+    assert (ds.n_users, ds.n_items, len(ds.train_users), len(ds.test_users)) == (6040, 3706, 994169, 6040)
+    assert ds.eval_negatives.shape == (6040, 99)
+    assert int((ds.eval_negatives == -1).sum()) == 156
+    assert any(n.startswith("156 negatives in ml-1m.test.negative equal") for n in ds.notes), ds.notes

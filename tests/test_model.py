@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from scalerec.model import MF, NeuMF, build_model
+
+
+@pytest.mark.parametrize("name", ["neumf", "gmf", "mlp", "mf"])
+def test_forward_gives_one_logit_per_pair(name):
+    model = build_model(name, 10, 20, 8, (16, 32, 8), 0.0)
+    out = model(torch.tensor([0, 9, 3]), torch.tensor([19, 0, 5]))
+    assert out.shape == (3,)
+    assert out.dtype == torch.float32
+
+
+def test_neumf_shapes_and_init():
+    torch.manual_seed(0)
+    m = NeuMF(1000, 2000, factors=64, layers=(256, 256, 128, 64))
+    assert m.gmf_user.weight.shape == (1000, 64)
+    assert m.mlp_item.weight.shape == (2000, 128)
+    assert m.first_user.weight.shape == (256, 128) and m.first_item.weight.shape == (256, 128)
+    assert [layer.weight.shape for layer in m.hidden] == [(128, 256), (64, 128)]
+    assert m.predict.weight.shape == (1, 128)
+    assert m.gmf_user.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert abs(m.mlp_item.weight.mean().item()) < 1e-3
+    # Glorot uniform over the whole first layer: bound sqrt(6 / (fan_in + fan_out)) with fan_in = 256
+    bound = (6 / (256 + 256)) ** 0.5
+    w = torch.cat([m.first_user.weight, m.first_item.weight], 1)
+    assert w.abs().max().item() <= bound
+    assert w.abs().max().item() > 0.95 * bound
+    assert m.hidden[0].bias.abs().sum().item() == 0
+
+
+def test_split_first_layer_equals_linear_on_concatenation():
+    torch.manual_seed(0)
+    m = NeuMF(5, 6, factors=4, layers=(8, 6, 3), gmf=False)
+    u, i = torch.tensor([1, 4]), torch.tensor([5, 0])
+    concat = torch.cat([m.mlp_user(u), m.mlp_item(i)], 1)
+    w = torch.cat([m.first_user.weight, m.first_item.weight], 1)
+    full = torch.nn.functional.linear(concat, w, m.first_user.bias)
+    assert torch.allclose(m.first_user(m.mlp_user(u)) + m.first_item(m.mlp_item(i)), full, atol=1e-6)
+
+
+def test_gmf_alone_is_a_weighted_elementwise_product():
+    torch.manual_seed(0)
+    m = build_model("gmf", 5, 6, 4, (8, 4), 0.0)
+    u, i = torch.tensor([2]), torch.tensor([3])
+    expected = (m.gmf_user(u) * m.gmf_item(i)) @ m.predict.weight.T + m.predict.bias
+    assert torch.allclose(m(u, i), expected.squeeze(-1))
+
+
+def test_mf_is_dot_product_plus_biases():
+    m = MF(3, 4, factors=2)
+    with torch.no_grad():
+        m.user.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, 0.0]]))
+        m.item.weight.copy_(torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, -1.0]]))
+        m.user_bias.weight.fill_(0.5)
+        m.item_bias.weight.fill_(-0.25)
+        m.bias.fill_(1.0)
+    out = m(torch.tensor([0, 2]), torch.tensor([3, 1]))
+    assert out.tolist() == pytest.approx([1 - 2 + 0.5 - 0.25 + 1, 6 + 0.5 - 0.25 + 1])
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    m = build_model("mlp", 5, 5, 4, (8, 8, 4), 0.5)
+    u, i = torch.arange(5), torch.arange(5)
+    m.eval()
+    assert torch.equal(m(u, i), m(u, i))
+    m.train()
+    outs = {tuple(m(u, i).tolist()) for _ in range(5)}
+    assert len(outs) > 1
+
+
+def test_gradients_reach_every_parameter():
+    m = build_model("neumf", 4, 4, 4, (8, 8, 4), 0.0)
+    m(torch.tensor([0, 1]), torch.tensor([2, 3])).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())

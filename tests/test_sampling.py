@@ -1,0 +1,47 @@
+import numpy as np
+import torch
+
+from scalerec.sampling import EpochSampler
+
+
+def make(seed=0, negatives=4, n_items=30):
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(12), 8)
+    items = np.concatenate([rng.choice(n_items, 8, replace=False) for _ in range(12)])
+    test_items = np.array([next(i for i in range(n_items) if i not in set(items[users == u])) for u in range(12)])
+    keys = np.unique(np.concatenate([users * n_items + items, np.arange(12) * n_items + test_items]))
+    sampler = EpochSampler(users, items, keys, n_items, negatives, torch.device("cpu"), seed)
+    return sampler, users, items, test_items, keys
+
+
+def test_epoch_holds_positives_and_exact_negatives_shuffled():
+    sampler, users, items, test_items, keys = make()
+    u, i, y = sampler.epoch()
+    assert len(u) == len(users) * 5 == sampler.samples_per_epoch
+    assert y.sum().item() == len(users)
+    pos = sorted(zip(u[y == 1].tolist(), i[y == 1].tolist()))
+    assert pos == sorted(zip(users.tolist(), items.tolist()))
+    neg_keys = (u[y == 0] * 30 + i[y == 0]).numpy()
+    assert not np.isin(neg_keys, keys).any()  # never a train positive nor the held-out item
+    assert np.bincount(u[y == 0].numpy()).tolist() == [32] * 12  # 4 negatives per positive
+    assert not torch.equal(y, torch.sort(y, descending=True).values)  # shuffled, not positives first
+
+
+def test_same_seed_same_epochs_and_fresh_negatives_each_epoch():
+    a, *_ = make(seed=3)
+    b, *_ = make(seed=3)
+    e1a, e1b = a.epoch(), b.epoch()
+    assert all(torch.equal(x, y) for x, y in zip(e1a, e1b))
+    e2a = a.epoch()
+    assert not torch.equal(e1a[1], e2a[1])
+    c, *_ = make(seed=4)
+    assert not torch.equal(c.epoch()[1], e1a[1])
+
+
+def test_negatives_cover_every_free_item():
+    sampler, users, items, test_items, keys = make(negatives=50)
+    u, i, y = sampler.epoch()
+    for user in range(12):
+        drawn = set(i[(u == user) & (y == 0)].tolist())
+        free = set(range(30)) - set(items[users == user].tolist()) - {int(test_items[user])}
+        assert drawn == free  # 400 draws over 21 free items: all appear, nothing else does

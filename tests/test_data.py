@@ -13,7 +13,7 @@ import pytest
 
 from scalerec.config import DataConfig
 from scalerec.data import load_dataset, synthetic
-from scalerec.data.movielens import read_ml100k, read_udata
+from scalerec.data.movielens import read_ratings, read_ratings_file
 from scalerec.data.ncf import read_ncf
 from scalerec.data.prepare import Dataset, cached, from_interactions, sample_eval_negatives
 from scalerec.errors import UserError
@@ -41,10 +41,10 @@ def assert_line_error(exc: pytest.ExceptionInfo, name: str, line: int) -> None:
 # ---------------------------------------------------------------- u.data / .inter / zip
 
 
-def test_read_udata_file_and_bytes(tmp_path):
+def test_read_ratings_file_and_bytes(tmp_path):
     path = tmp_path / "u.data"
     path.write_text(udata(ROWS))
-    for raw in (read_ml100k(path), read_udata(path.read_bytes(), "u.data")):
+    for raw in (read_ratings_file(path), read_ratings(path.read_bytes(), "u.data")):
         np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
         np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
         np.testing.assert_array_equal(raw.timestamps, [881250949, 891717742, 878887116, 880606923])
@@ -52,10 +52,10 @@ def test_read_udata_file_and_bytes(tmp_path):
         assert raw.timestamps.dtype == np.float64
 
 
-def test_read_ml100k_folder_finds_udata(tmp_path):
+def test_read_ratings_file_folder_finds_udata(tmp_path):
     (tmp_path / "ml-100k").mkdir()
     (tmp_path / "ml-100k" / "u.data").write_text(udata(ROWS))
-    np.testing.assert_array_equal(read_ml100k(tmp_path).items, [242, 302, 377, 51])
+    np.testing.assert_array_equal(read_ratings_file(tmp_path).items, [242, 302, 377, 51])
 
 
 GOOD = "1\t10\t5\t100\n"
@@ -80,7 +80,7 @@ def test_malformed_line_names_file_and_line(tmp_path, content, line):
     path = tmp_path / "ratings.data"
     path.write_text(content)
     with pytest.raises(UserError) as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert_line_error(exc, str(path), line)
 
 
@@ -88,7 +88,7 @@ def test_extra_column_on_every_line_is_an_error(tmp_path):
     path = tmp_path / "u.data"
     path.write_text("1\t10\t5\t100\t7\n2\t20\t3\t200\t8\n")
     with pytest.raises(UserError):
-        read_ml100k(path)
+        read_ratings_file(path)
 
 
 @pytest.mark.parametrize(("content", "word"), [("", "empty"), ("\n\n", "no rows")])
@@ -96,21 +96,21 @@ def test_empty_file(tmp_path, content, word):
     path = tmp_path / "u.data"
     path.write_text(content)
     with pytest.raises(UserError, match=word) as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert str(path) in str(exc.value)
 
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope" / "u.data"
     with pytest.raises(UserError, match="no such file") as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert str(path) in str(exc.value)
 
 
 def test_recbole_inter_with_typed_header(tmp_path):
     path = tmp_path / "ml-100k.inter"
     path.write_text(INTER_HEADER + udata(ROWS))
-    raw = read_ml100k(path)
+    raw = read_ratings_file(path)
     np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
     np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
     np.testing.assert_array_equal(raw.timestamps, [881250949, 891717742, 878887116, 880606923])
@@ -120,7 +120,7 @@ def test_recbole_inter_bad_line_counts_the_header(tmp_path):
     path = tmp_path / "ml-100k.inter"
     path.write_text(INTER_HEADER + udata(ROWS[:2]) + "3\t4\t5\tnever\n")
     with pytest.raises(UserError) as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert_line_error(exc, str(path), 4)
 
 
@@ -128,7 +128,7 @@ def test_recbole_inter_header_without_item_id(tmp_path):
     path = tmp_path / "x.inter"
     path.write_text("user_id:token\tmovie:token\ttimestamp:float\n1\t2\t3\n")
     with pytest.raises(UserError, match="item_id"):
-        read_ml100k(path)
+        read_ratings_file(path)
 
 
 def make_zip(path: Path, members: dict[str, str]) -> Path:
@@ -141,7 +141,7 @@ def make_zip(path: Path, members: dict[str, str]) -> Path:
 def test_zip_with_udata(tmp_path):
     members = {"ml-100k/u.item": "1|Toy Story\n", "ml-100k/u.data": udata(ROWS)}
     path = make_zip(tmp_path / "ml-100k.zip", members)
-    raw = read_ml100k(path)
+    raw = read_ratings_file(path)
     np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
     np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
 
@@ -149,14 +149,14 @@ def test_zip_with_udata(tmp_path):
 def test_zip_bad_line_names_member_and_line(tmp_path):
     path = make_zip(tmp_path / "ml-100k.zip", {"ml-100k/u.data": udata(ROWS) + "1\t2\n"})
     with pytest.raises(UserError) as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert_line_error(exc, "ml-100k/u.data", 5)
 
 
 def test_zip_without_udata(tmp_path):
     path = make_zip(tmp_path / "other.zip", {"readme.txt": "hello"})
-    with pytest.raises(UserError, match="no u.data"):
-        read_ml100k(path)
+    with pytest.raises(UserError, match="zip holds none of u.data"):
+        read_ratings_file(path)
 
 
 def test_zip_with_damaged_member_header(tmp_path):
@@ -164,7 +164,7 @@ def test_zip_with_damaged_member_header(tmp_path):
     path = tmp_path / "ml-100k.zip"
     path.write_bytes(good[:20] + bytes(30) + good[50:])  # local header zeroed, central directory intact
     with pytest.raises(UserError, match="broken zip") as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert str(path) in str(exc.value)
 
 
@@ -173,7 +173,7 @@ def test_truncated_zip_is_a_user_error(tmp_path):
     path = tmp_path / "ml-100k.zip"
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(UserError) as exc:
-        read_ml100k(path)
+        read_ratings_file(path)
     assert str(path) in str(exc.value)
 
 
@@ -569,3 +569,49 @@ def test_real_ncf_ml1m():
     assert ds.eval_negatives.shape == (6040, 99)
     assert int((ds.eval_negatives == -1).sum()) == 156
     assert any(n.startswith("156 negatives in ml-1m.test.negative equal") for n in ds.notes), ds.notes
+
+
+def test_movielens_layouts_dat_and_csv_with_header(tmp_path):
+    dat = tmp_path / "ratings.dat"
+    dat.write_text("1::10::5::100\n1::20::3::200\n2::10::4::50\n")
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating,timestamp\n1,10,5.0,100\n1,20,3.5,200\n2,10,4.0,50\n")
+    for path in (dat, csv):
+        raw = read_ratings_file(path)
+        np.testing.assert_array_equal(raw.users, [1, 1, 2])
+        np.testing.assert_array_equal(raw.items, [10, 20, 10])
+        np.testing.assert_array_equal(raw.timestamps, [100, 200, 50])
+    # columns are found by name, in any order
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text("timestamp,item_id,user_id\n100,10,1\n200,20,1\n")
+    np.testing.assert_array_equal(read_ratings_file(swapped).items, [10, 20])
+
+
+def test_bad_lines_in_other_layouts_name_the_line(tmp_path):
+    dat = tmp_path / "ratings.dat"
+    dat.write_text("1::10::5::100\n1::20::3::200\n2::x::4::50\n")
+    with pytest.raises(UserError, match=r"ratings.dat, line 3: item is 'x', expected an integer id"):
+        read_ratings_file(dat)
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("userId,movieId,rating,timestamp\n1,10,5.0,100\n1,20\n")
+    with pytest.raises(UserError, match=r"ratings.csv, line 3: too few fields"):
+        read_ratings_file(csv)
+    no_time = tmp_path / "no_time.csv"
+    no_time.write_text("userId,movieId,rating\n1,10,5.0\n")
+    with pytest.raises(UserError, match=r"line 1: .* no timestamp column"):
+        read_ratings_file(no_time)
+    other = tmp_path / "movies.csv"
+    other.write_text("movieId,title,genres\n1,Toy Story,Animation\n")
+    with pytest.raises(UserError, match=r"movies.csv, line 1: .*no user or timestamp"):
+        read_ratings_file(other)
+    pipe = tmp_path / "u.item"
+    pipe.write_text("1|Toy Story (1995)|01-Jan-1995\n")
+    with pytest.raises(UserError, match=r"u.item, line 1: not a ratings table"):
+        read_ratings_file(pipe)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ml-latest-small").is_dir(), reason="../shared/data/ml-latest-small absent")
+def test_real_ml_latest_small_csv(tmp_path):
+    ds = load_dataset(DataConfig(data=str(SHARED_DATA / "ml-latest-small" / "ratings.csv"), data_dir=str(tmp_path)))
+    assert (ds.n_users, ds.n_items, len(ds.test_users)) == (610, 9724, 610)
+    assert len(ds.train_users) + len(ds.test_users) == 100836

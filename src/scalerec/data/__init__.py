@@ -30,18 +30,20 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]
         identity = {"name": f"ncf-{prefix.name}", **options, "files": [file_identity(f) for f in files if f.is_file()]}
         return cached(cache_dir, identity, lambda: ncf.read_ncf(prefix, cfg.eval_negatives, cfg.data_seed), log)
-    # MovieLens-100K: a local file, or the download
+    # MovieLens-100K downloaded, or a local ratings file in one of MovieLens' layouts
     if cfg.data:
-        path = movielens.find_ml100k_file(cfg.data)
+        path = movielens.find_ratings_file(cfg.data)
         source = str(path)
+        is_100k = path.name in ("u.data", "ml-100k.inter", "ml-100k.zip")
+        name = "MovieLens-100K" if is_100k else path.name
     else:
         path, source = movielens.fetch_ml100k(data_dir, log)
+        name = "MovieLens-100K"
 
     def build() -> Dataset:
-        raw = movielens.read_ml100k(path)
-        return from_interactions(
-            raw.users, raw.items, raw.timestamps, "MovieLens-100K", source, cfg.eval_negatives, cfg.data_seed
-        )
+        raw = movielens.read_ratings_file(path)
+        return from_interactions(raw.users, raw.items, raw.timestamps, name, source, cfg.eval_negatives, cfg.data_seed)
 
-    identity = {"name": "ml-100k", **options, "file": file_identity(path), "source": source}
+    slug = "ml-100k" if name == "MovieLens-100K" else path.stem
+    identity = {"name": slug, **options, "file": file_identity(path), "source": source}
     return cached(cache_dir, identity, build, log)

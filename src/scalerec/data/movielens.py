@@ -1,4 +1,5 @@
-"""Readers for MovieLens-100K and tab-separated rating tables, and fetching MovieLens-100K.
+"""Readers for MovieLens rating files (u.data, ratings.dat, ratings.csv, RecBole .inter, the zips), and fetching
+MovieLens-100K.
 
 Every reader returns raw `Interactions` (ids as in the file); `prepare.py` turns them into a Dataset.
 A malformed file is reported as a `UserError` naming the file, the line and what was expected.
@@ -116,12 +117,6 @@ def _line_of_row(source: str | Path | bytes, row: int, header: bool) -> int:
     return row + 1 + int(header)
 
 
-def read_udata(source: str | Path | bytes, name: str) -> Interactions:
-    """MovieLens-100K `u.data`: tab-separated user, item, rating, timestamp; no header."""
-    df = read_table(source, name, "\t", ["user", "item", "rating", "timestamp"], {"rating", "timestamp"}, False)
-    return _interactions(df, name)
-
-
 def read_inter(source: str | Path | bytes, name: str) -> Interactions:
     """RecBole atomic file: a typed header such as `user_id:token<TAB>item_id:token<TAB>...<TAB>timestamp:float`."""
     raw = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -140,6 +135,52 @@ def read_inter(source: str | Path | bytes, name: str) -> Interactions:
     return _interactions(df, name)
 
 
+HEADER_NAMES = {
+    "user": ("user", "user_id", "userid"),
+    "item": ("item", "item_id", "itemid", "movie", "movie_id", "movieid"),
+    "rating": ("rating",),
+    "timestamp": ("timestamp", "time", "ts", "datetime"),
+}
+
+
+def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
+    """A ratings table in one of MovieLens' layouts, told apart by its first line:
+    `u.data` (tab-separated), `ratings.dat` (`::`-separated), `ratings.csv` (comma-separated with a header such
+    as userId,movieId,rating,timestamp). Without a header the fields are user, item, rating, timestamp."""
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    first = next((line for line in raw.splitlines() if line.strip()), b"").decode("utf-8", "replace")
+    if "::" in first:  # pandas' fast parser takes one-character separators; line numbers are unchanged
+        raw, first = raw.replace(b"::", b"\t"), first.replace("::", "\t")
+    sep = "\t" if "\t" in first else "," if "," in first else "\t"
+    fields = [f.strip().strip('"').lower() for f in first.split(sep)]
+    if not fields[0] or _is_number(fields[0]):
+        columns, header = ["user", "item", "rating", "timestamp"], False
+    else:
+        names = {alias: canon for canon, aliases in HEADER_NAMES.items() for alias in aliases}
+        columns, header = [names.get(f, f) for f in fields], True
+        missing = [c for c in ("user", "item", "timestamp") if c not in columns]
+        if len(missing) == 3:
+            raise UserError(
+                f"{name}, line 1: not a ratings table: {first.strip()[:80]!r} (expected user, item, rating, timestamp "
+                "separated by tabs, '::' or commas, with or without a header such as userId,movieId,rating,timestamp)"
+            )
+        if missing:
+            raise UserError(
+                f"{name}, line 1: header {first.strip()!r} has no {' or '.join(missing)} column "
+                "(expected e.g. userId,movieId,rating,timestamp; leave-one-out needs the time of each interaction)"
+            )
+    df = read_table(raw, name, sep, columns, set(columns) - {"user", "item"}, header)
+    return _interactions(df, name)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _interactions(df: pd.DataFrame, source: str) -> Interactions:
     return Interactions(
         users=df["user"].to_numpy(np.int64),
@@ -149,39 +190,45 @@ def _interactions(df: pd.DataFrame, source: str) -> Interactions:
     )
 
 
-def find_ml100k_file(path: str | Path) -> Path:
-    """The ratings file a user pointed at: the path itself, or u.data / ml-100k.inter inside a folder."""
+RATING_FILES = ("u.data", "ratings.dat", "ratings.csv", "ml-100k.inter")
+
+
+def find_ratings_file(path: str | Path) -> Path:
+    """The ratings file a user pointed at: the path itself, or u.data / ratings.dat / ratings.csv in a folder."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if path.is_dir():
-        for candidate in (path / "u.data", path / "ml-100k" / "u.data", path / "ml-100k.inter"):
+        for candidate in (c for name in RATING_FILES for c in (path / name, *path.glob(f"*/{name}"))):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"{path}: folder holds no u.data or ml-100k.inter")
+        raise UserError(f"{path}: folder holds none of {', '.join(RATING_FILES)}")
     return path
 
 
-def read_ml100k(path: str | Path) -> Interactions:
-    """A local MovieLens-100K: `u.data`, a RecBole `.inter` file, the official zip, or a folder holding u.data."""
-    path = find_ml100k_file(path)
+def read_ratings_file(path: str | Path) -> Interactions:
+    """A local ratings file: u.data, ratings.dat, ratings.csv, a RecBole .inter file, a MovieLens zip, or a
+    folder holding one of them."""
+    path = find_ratings_file(path)
     if path.stat().st_size == 0:
-        raise UserError(f"{path}: empty file (expected MovieLens-100K ratings)")
+        raise UserError(f"{path}: empty file (expected ratings: user, item, rating, timestamp)")
     if path.suffix.lower() == ".zip" and not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: broken or truncated zip file (expected the MovieLens-100K zip)")
+        raise UserError(f"{path}: broken or truncated zip file")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
-                member = next((n for n in zf.namelist() if n.endswith("/u.data") or n == "u.data"), None)
-                if member is None:
-                    raise UserError(f"{path}: zip has no u.data (expected the MovieLens-100K zip)")
+                members = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] in RATING_FILES]
+                if not members:
+                    raise UserError(f"{path}: zip holds none of {', '.join(RATING_FILES)}")
+                member = min(members, key=lambda n: RATING_FILES.index(n.rsplit("/", 1)[-1]))
                 data = zf.read(member)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise UserError(f"{path}: broken zip file ({e})") from None
-        return read_udata(data, f"{path}:{member}")
+        reader = read_inter if member.endswith(".inter") else read_ratings
+        return reader(data, f"{path}:{member}")
     if path.suffix == ".inter":
         return read_inter(path, str(path))
-    return read_udata(path, str(path))
+    return read_ratings(path, str(path))
 
 
 def default_data_dir() -> Path:

@@ -1,0 +1,64 @@
+"""Sampled evaluation speed: HR@10/NDCG@10 of NeuMF (default sizes) over every test user, one JSON line each.
+
+.venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m   # 6,040 users x 100 items
+.venv/bin/python benchmarks/eval_speed.py                                          # synthetic, ml-1m shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from scalerec.config import DataConfig, EvalConfig, ModelConfig
+from scalerec.data import load_dataset
+from scalerec.evaluate import evaluate
+from scalerec.model import build_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
+    p.add_argument("--batch-users", type=int, nargs="+", default=[EvalConfig.eval_batch_size])
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    if args.ncf:
+        data = DataConfig(dataset="ncf", data=args.ncf)
+    else:  # MovieLens-1M's shape: 6,040 users, 3,706 items, ~165 interactions per user
+        data = DataConfig(dataset="synthetic", synthetic_users=6040, synthetic_items=3706, synthetic_interactions=165)
+    ds = load_dataset(data, log=lambda s: None)
+    mcfg = ModelConfig()
+    torch.manual_seed(0)
+    model = build_model(mcfg.model, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout)
+    users, items = torch.tensor(ds.test_users), torch.tensor(ds.test_items)
+    negatives = torch.tensor(ds.eval_negatives)
+    for bu in args.batch_users:
+        evaluate(model, users, items, negatives, ds.n_items, (10,), bu)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            evaluate(model, users, items, negatives, ds.n_items, (10,), bu)
+            times.append(time.perf_counter() - t0)
+        print(
+            json.dumps(
+                {
+                    "bench": "eval_speed",
+                    "dataset": ds.name,
+                    "users": len(users),
+                    "candidates": 1 + negatives.shape[1],
+                    "model": mcfg.model,
+                    "batch_users": bu,
+                    "threads": torch.get_num_threads(),
+                    "seconds_median": round(statistics.median(times), 4),
+                    "seconds_min": round(min(times), 4),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

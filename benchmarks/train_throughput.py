@@ -23,12 +23,7 @@ from scalerec.config import DataConfig, ModelConfig, OptimConfig
 from scalerec.data import load_dataset
 from scalerec.model import build_model
 from scalerec.sampling import EpochSampler
-from scalerec.train import build_optimizer, train_step
-
-
-def run_steps(model, opt, users, items, labels, bs: int) -> None:
-    for s in range(0, len(users), bs):
-        train_step(model, opt, users[s : s + bs], items[s : s + bs], labels[s : s + bs])
+from scalerec.train import build_optimizer, train_epoch
 
 
 def main() -> None:
@@ -68,14 +63,14 @@ def main() -> None:
         sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
         fixed = sampler.epoch()  # (a) reuses one epoch's batches, already in memory
         n = len(fixed[0])
-        run_steps(model, opt, *(t[: 8 * bs] for t in fixed), bs)  # warm-up: allocator, optimizer state
+        train_epoch(model, opt, *(t[: 8 * bs] for t in fixed), bs)  # warm-up: allocator, optimizer state
         bare, full = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            run_steps(model, opt, *fixed, bs)
+            train_epoch(model, opt, *fixed, bs)
             bare.append(n / (time.perf_counter() - t0))
             t0 = time.perf_counter()
-            run_steps(model, opt, *sampler.epoch(), bs)
+            train_epoch(model, opt, *sampler.epoch(), bs).item()
             full.append(n / (time.perf_counter() - t0))
         a, b = statistics.median(bare), statistics.median(full)
         print(json.dumps({**base, "batch": bs, "mode": "bare_step", "samples_per_s": round(a)}), flush=True)

@@ -49,7 +49,7 @@ def test_read_ratings_file_and_bytes(tmp_path):
         np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
         np.testing.assert_array_equal(raw.timestamps, [881250949, 891717742, 878887116, 880606923])
         assert raw.users.dtype == np.int64 and raw.items.dtype == np.int64
-        assert raw.timestamps.dtype == np.float64
+        assert raw.timestamps.dtype == np.int64  # integer stamps stay exact
 
 
 def test_read_ratings_file_folder_finds_udata(tmp_path):
@@ -615,3 +615,37 @@ def test_real_ml_latest_small_csv(tmp_path):
     ds = load_dataset(DataConfig(data=str(SHARED_DATA / "ml-latest-small" / "ratings.csv"), data_dir=str(tmp_path)))
     assert (ds.n_users, ds.n_items, len(ds.test_users)) == (610, 9724, 610)
     assert len(ds.train_users) + len(ds.test_users) == 100836
+
+
+def test_nanosecond_timestamps_keep_their_order(tmp_path):
+    path = tmp_path / "ns.csv"
+    base = 1_700_000_000_000_000_000
+    others = "".join(f"2,{i},{base + i}\n" for i in range(13, 20))
+    path.write_text(f"user,item,timestamp\n1,10,{base + 1}\n1,11,{base}\n1,12,{base - 5}\n{others}")
+    raw = read_ratings_file(path)
+    ds = from_interactions(raw.users, raw.items, raw.timestamps, "t", "t", eval_negatives=0 + 1, seed=0)
+    assert ds.item_ids[ds.test_items].tolist() == [10]  # 1 ns later than item 11
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("18446744073709551615\t10\t5\t100", "user 18446744073709551615 is too large"),
+        ("9007199254740993\t10\t5\t100\n1.0\t11\t5\t100", "too large for an exact id"),
+    ],
+)
+def test_ids_beyond_int64_or_float_precision_are_errors(tmp_path, line, message):
+    path = tmp_path / "u.data"
+    path.write_text("1\t10\t5\t100\n" + line + "\n")
+    with pytest.raises(UserError, match=rf"u.data, line 2: .*{message}"):
+        read_ratings_file(path)
+
+
+def test_bom_and_trailing_separators_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(b"\xef\xbb\xbfuserId,movieId,rating,timestamp,\r\n1,10,5.0,100,\r\n1,20,3.0,200,\r\n")
+    raw = read_ratings_file(path)
+    assert raw.users.tolist() == [1, 1] and raw.items.tolist() == [10, 20] and raw.timestamps.tolist() == [100, 200]
+    udata_bom = tmp_path / "u.data"
+    udata_bom.write_bytes(b"\xef\xbb\xbf1\t10\t5\t100\n2\t20\t3\t200\n")
+    assert read_ratings_file(udata_bom).users.tolist() == [1, 2]

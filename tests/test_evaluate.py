@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from scalerec.evaluate import evaluate, hit_rate, metrics_from_ranks, ndcg, positive_rank, ranks
+from scalerec.evaluate import NAN_RANK, evaluate, hit_rate, metrics_from_ranks, ndcg, positive_rank, ranks
 from scalerec.model import build_model
 
 
@@ -31,7 +31,7 @@ def test_nan_positive_ranks_last_and_invalid_slots_never_count():
     pos = torch.tensor([float("nan"), 0.5])
     neg = torch.tensor([[0.1, 0.2], [0.9, 0.1]])
     valid = torch.tensor([[True, True], [False, True]])
-    assert positive_rank(pos, neg, valid).tolist() == [2, 0]
+    assert positive_rank(pos, neg, valid).tolist() == [NAN_RANK, 0]
 
 
 def test_hr_and_ndcg_against_hand_computed_values():

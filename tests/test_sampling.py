@@ -45,3 +45,15 @@ def test_negatives_cover_every_free_item():
         drawn = set(i[(u == user) & (y == 0)].tolist())
         free = set(range(30)) - set(items[users == user].tolist()) - {int(test_items[user])}
         assert drawn == free  # 400 draws over 21 free items: all appear, nothing else does
+
+
+def test_a_user_who_has_every_item_is_an_error_not_an_endless_loop():
+    import pytest
+
+    from scalerec.errors import UserError
+
+    users = np.array([0, 0, 0, 1])
+    items = np.array([0, 1, 2, 0])
+    keys = np.unique(users * 3 + items)
+    with pytest.raises(UserError, match="user 0 has interacted with all 3 items"):
+        EpochSampler(users, items, keys, 3, 4, torch.device("cpu"), 0)

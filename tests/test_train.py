@@ -101,3 +101,18 @@ def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, mo
     for part in ("HR@10 = ", "NDCG@10 = ", "loss = ", "train_time = ", "val_time = ", "throughput = "):
         assert part in epoch
     assert "New best HR@10!" in lines
+
+
+def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_path):
+    import pytest
+
+    from scalerec.errors import UserError
+
+    cfg = tiny_config(tmp_path, epochs=1)
+    train(cfg, log=lambda s: None)
+    with pytest.raises(UserError, match="holds an earlier run's metrics.jsonl"):
+        train(cfg, log=lambda s: None)
+    (tmp_path / "file").write_text("x")
+    cfg.train.output = str(tmp_path / "file")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        train(cfg, log=lambda s: None)

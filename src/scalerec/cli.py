@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"scalerec: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
+        print(f"scalerec: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("scalerec: interrupted", file=sys.stderr)
         return 130

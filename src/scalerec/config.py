@@ -19,10 +19,7 @@ from typing import Any, Literal
 
 from scalerec.errors import UserError
 
-DATASETS = ("ml-100k", "ncf", "synthetic")
-MODELS = ("neumf", "gmf", "mlp", "mf")
-OPTIMIZERS = ("adam", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -54,8 +51,10 @@ class DataConfig:
             raise ValueError(f"eval_negatives must be at least 1, got {self.eval_negatives}")
         if self.dataset == "ncf" and not self.data:
             raise ValueError("--dataset ncf needs --data PREFIX (the path before .train.rating)")
-        if min(self.synthetic_users, self.synthetic_items) < 2 or self.synthetic_interactions < 2:
-            raise ValueError("synthetic sizes must be at least 2 users, 2 items and 2 interactions per user")
+        if self.synthetic_users < 2 or self.synthetic_items < 4 or self.synthetic_interactions < 2:
+            raise ValueError("synthetic sizes must be at least 2 users, 4 items and 2 interactions per user")
+        if not 0 <= self.data_seed <= MAX_SEED:
+            raise ValueError(f"data_seed must be in [0, 2**63), got {self.data_seed}")
 
 
 @dataclass
@@ -73,8 +72,11 @@ class ModelConfig:
         self.layers = tuple(int(x) for x in self.layers)
         if self.factors < 1:
             raise ValueError(f"factors must be at least 1, got {self.factors}")
-        if len(self.layers) < 1 or any(x < 1 for x in self.layers) or self.layers[0] % 2:
-            raise ValueError(f"layers must be positive sizes with an even first size, got {list(self.layers)}")
+        if len(self.layers) < 2 or any(x < 1 for x in self.layers) or self.layers[0] % 2:
+            raise ValueError(
+                f"layers must be two or more positive sizes (the first even: the user+item embedding), "
+                f"got {list(self.layers)}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -97,7 +99,7 @@ class OptimConfig:
             raise ValueError(f"Invalid learning rate: {self.lr} (must be > 0)")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs --optimizer sgd and a momentum > 0")
@@ -127,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.negatives < 0:
             raise ValueError(f"negatives must be >= 0, got {self.negatives}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
@@ -135,7 +139,7 @@ class TrainConfig:
 class EvalConfig:
     topk: tuple[int, ...] = (10,)
     """Cut-offs K for HR@K and NDCG@K; the first one picks the best epoch."""
-    eval_batch_size: int = 128
+    eval_batch_size: int = 16
     """Test users scored per evaluation batch (small batches keep the candidates' activations in cache)."""
 
     def __post_init__(self) -> None:
@@ -196,8 +200,11 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a TOML or YAML file into {section: {field: value}}; sections are optional in the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+        raise UserError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml  # optional dependency, only for YAML config files
@@ -219,10 +226,10 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     owner = field_owner()
     out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in raw.items():
-        key = key.replace("-", "_")
+        key = str(key).replace("-", "_")
         if key in SECTIONS and isinstance(value, dict):
             for k, v in value.items():
-                k = k.replace("-", "_")
+                k = str(k).replace("-", "_")
                 if owner.get(k) != key:
                     raise UserError(f"{path}: unknown option '{k}' in section [{key}]")
                 out[key][k] = _coerce(path, k, typing.get_type_hints(SECTIONS[key])[k], v)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Encoding = tuple[torch.Tensor, ...]
+Encoding = tuple[torch.Tensor | None, ...]  # None where a branch is absent
 
 
 class NeuMF(nn.Module):
@@ -31,8 +31,6 @@ class NeuMF(nn.Module):
         super().__init__()
         if not (gmf or mlp):
             raise ValueError("NeuMF needs the GMF branch, the MLP branch, or both")
-        if mlp and len(layers) < 2:
-            raise ValueError(f"the MLP needs at least two layer sizes (embedding, hidden), got {list(layers)}")
         self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
         out = 0
         if gmf:
@@ -69,13 +67,13 @@ class NeuMF(nn.Module):
                 self.first_item.weight.copy_(w[:, self.first_user.in_features :])
 
     def encode_users(self, users: torch.Tensor) -> Encoding:
-        gmf = self.gmf_user(users) if self.use_gmf else users.new_empty(0)
-        mlp = self.first_user(self.mlp_user(users)) if self.use_mlp else users.new_empty(0)
+        gmf = self.gmf_user(users) if self.use_gmf else None
+        mlp = self.first_user(self.mlp_user(users)) if self.use_mlp else None
         return gmf, mlp
 
     def encode_items(self, items: torch.Tensor) -> Encoding:
-        gmf = self.gmf_item(items) if self.use_gmf else items.new_empty(0)
-        mlp = self.first_item(self.mlp_item(items)) if self.use_mlp else items.new_empty(0)
+        gmf = self.gmf_item(items) if self.use_gmf else None
+        mlp = self.first_item(self.mlp_item(items)) if self.use_mlp else None
         return gmf, mlp
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:

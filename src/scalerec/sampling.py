@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from scalerec.errors import UserError
+
 
 class EpochSampler:
     def __init__(
@@ -26,10 +28,15 @@ class EpochSampler:
         self.items = torch.tensor(train_items, dtype=torch.int64, device=device)
         self.keys = torch.tensor(positive_keys, dtype=torch.int64, device=device)  # sorted
         self.n_items, self.negatives, self.device = n_items, negatives, device
+        per_user = torch.bincount(self.keys // n_items)
+        if negatives and bool((per_user >= n_items).any()):  # no item left to draw: rejection would never end
+            user = int((per_user >= n_items).nonzero()[0])
+            raise UserError(f"user {user} has interacted with all {n_items} items: no train negative can be drawn")
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        n = len(self.users) * (1 + negatives)
-        self.labels = torch.zeros(n, dtype=torch.float32, device=device)
+        self.neg_users = self.users.repeat(negatives)  # the users of an epoch's negatives never change
+        self.epoch_users = torch.cat([self.users, self.neg_users])
+        self.labels = torch.zeros(len(self.epoch_users), dtype=torch.float32, device=device)
         self.labels[: len(self.users)] = 1.0
 
     @property
@@ -54,8 +61,6 @@ class EpochSampler:
 
     def epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(users, items, labels) for one epoch: positives and fresh negatives, shuffled together."""
-        neg_users = self.users.repeat(self.negatives)
-        users = torch.cat([self.users, neg_users])
-        items = torch.cat([self.items, self.negatives_for(neg_users)])
-        perm = torch.randperm(len(users), device=self.device, generator=self.generator)
-        return users[perm], items[perm], self.labels[perm]
+        items = torch.cat([self.items, self.negatives_for(self.neg_users)])
+        perm = torch.randperm(len(items), device=self.device, generator=self.generator)
+        return self.epoch_users[perm], items[perm], self.labels[perm]

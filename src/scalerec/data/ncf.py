@@ -30,7 +30,8 @@ def _read_rating(path: Path) -> pd.DataFrame:
 
 def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """(users, positives, negatives[n_rows, 99], file line of each row) from a .test.negative file."""
-    numbered = [(n, ln) for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
+    text = path.read_bytes().decode("utf-8", "replace")  # undecodable bytes then fail as a malformed line
+    numbered = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if len(numbered) != n_rows:
         raise UserError(f"{path}: {len(numbered)} lines, expected one per test user ({n_rows})")
     users, positives, negatives = [], [], []
@@ -80,7 +81,8 @@ def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
                 f"({su[bad]},{si[bad]})"
             )
         if negs.min() < 0 or negs.max() >= n_items:
-            raise UserError(f"{neg_path}: item id {int(negs.max())} outside the items of the rating files")
+            bad_id = int(negs.min()) if negs.min() < 0 else int(negs.max())
+            raise UserError(f"{neg_path}: item id {bad_id} outside the items of the rating files (0..{n_items - 1})")
         repeats = negs == si[:, None]
         if repeats.any():
             negs = np.where(repeats, -1, negs)

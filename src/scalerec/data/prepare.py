@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scalerec import __version__
 from scalerec.errors import UserError
 
 CACHE_VERSION = 1  # bump when the processing changes, so old caches are rebuilt
@@ -209,7 +210,9 @@ def from_interactions(
 
 def cached(cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: Callable[[str], None]) -> Dataset:
     """Load the Dataset cached under a key of `identity` (source file stats and options), or build and cache it."""
-    key = hashlib.sha256(json.dumps({**identity, "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
+    # The package version is part of the key, so a release that prepares data differently never reads old caches.
+    stamp = {**identity, "version": CACHE_VERSION, "scalerec": __version__}
+    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"{identity.get('name', 'data')}-{key[:16]}.npz"
     if path.is_file():
         try:

@@ -102,14 +102,13 @@ def read_table(
                         f"{', '.join(columns)} separated by {sep!r})"
                     )
                 raise UserError(f"{name}, line {line}: {col} is '{value}', expected {what}")
+            if col not in numeric_ok and numbers.abs().max() >= 2**53:  # parsed as float: no longer exact
+                row = int(np.argmax(numbers.abs().to_numpy() >= 2**53))
+                raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} is too large for an exact id")
             df[col] = numbers if col in numeric_ok else numbers.astype(np.int64)
         elif values.dtype.kind == "u" and values.max() > np.iinfo(np.int64).max:
             row = int(np.argmax(values.to_numpy() > np.iinfo(np.int64).max))
             raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} {values.iloc[row]} is too large")
-    for col in set(columns) - numeric_ok:  # ids that went through float lose exactness above 2**53
-        if df[col].dtype.kind == "f" and df[col].abs().max() >= 2**53:
-            row = int(np.argmax(df[col].abs().to_numpy() >= 2**53))
-            raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} is too large for an exact id")
     return df
 
 

@@ -649,3 +649,11 @@ def test_bom_and_trailing_separators_and_crlf_are_accepted(tmp_path):
     udata_bom = tmp_path / "u.data"
     udata_bom.write_bytes(b"\xef\xbb\xbf1\t10\t5\t100\n2\t20\t3\t200\n")
     assert read_ratings_file(udata_bom).users.tolist() == [1, 2]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ncf-ml-1m").is_dir(), reason="../shared/data/ncf-ml-1m absent")
+@pytest.mark.parametrize("given", ["ncf-ml-1m", "ncf-ml-1m/ml-1m", "ncf-ml-1m/ml-1m.train.rating"])
+def test_ncf_prefix_from_folder_file_or_prefix(given):
+    from scalerec.data.ncf import resolve_prefix
+
+    assert resolve_prefix(SHARED_DATA / given) == SHARED_DATA / "ncf-ml-1m" / "ml-1m"

@@ -26,7 +26,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         )
         return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed)
     if cfg.dataset == "ncf":
-        prefix = Path(cfg.data)
+        prefix = ncf.resolve_prefix(cfg.data)
         files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]
         identity = {"name": f"ncf-{prefix.name}", **options, "files": [file_identity(f) for f in files if f.is_file()]}
         return cached(cache_dir, identity, lambda: ncf.read_ncf(prefix, cfg.eval_negatives, cfg.data_seed), log)

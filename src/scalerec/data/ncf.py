@@ -56,8 +56,26 @@ def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np
     return np.array(users, np.int64), np.array(positives, np.int64), np.array(negatives, np.int64), lines
 
 
+def resolve_prefix(data: str | Path) -> Path:
+    """PREFIX from what a user may pass: the prefix itself, one of the three files, or the folder holding them."""
+    path = Path(data)
+    if path.is_dir():
+        found = sorted(path.glob("*.train.rating"))
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)}"
+            raise UserError(
+                f"{path}: {what} *.train.rating files in this folder; pass --data PREFIX (the path before "
+                ".train.rating)"
+            )
+        return Path(str(found[0])[: -len(".train.rating")])
+    for suffix in (".train.rating", ".test.rating", ".test.negative"):
+        if path.name.endswith(suffix):
+            return Path(str(path)[: -len(suffix)])
+    return path
+
+
 def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
-    prefix = Path(prefix)
+    prefix = resolve_prefix(prefix)
     train_path = Path(f"{prefix}.train.rating")
     test_path = Path(f"{prefix}.test.rating")
     neg_path = Path(f"{prefix}.test.negative")

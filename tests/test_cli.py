@@ -489,3 +489,11 @@ def test_subprocess_user_error_exit_status(tmp_path):
     result = run_module(["train", "--data", tmp_path / "u.data", *tiny(tmp_path / "run")], tmp_path)
     assert result.returncode == 1
     assert_one_line_error(result.returncode, result.stderr, f"{tmp_path / 'u.data'}, line 2:")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=str)
+def test_preset_configs_load_and_start_with_their_command(path):
+    from scalerec.config import build_config, read_config_file
+
+    assert path.read_text().splitlines()[0].startswith("# scalerec train --config configs/" + path.name)
+    build_config(read_config_file(path))

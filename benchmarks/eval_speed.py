@@ -12,6 +12,7 @@ import statistics
 import time
 
 import torch
+from common import machine
 
 from scalerec.config import DataConfig, EvalConfig, ModelConfig
 from scalerec.data import load_dataset
@@ -51,7 +52,7 @@ def main() -> None:
                     "candidates": 1 + negatives.shape[1],
                     "model": mcfg.model,
                     "batch_users": bu,
-                    "threads": torch.get_num_threads(),
+                    **machine(),
                     "seconds_median": round(statistics.median(times), 4),
                     "seconds_min": round(min(times), 4),
                 }

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
+from common import machine
 
 from scalerec.config import DataConfig, ModelConfig, OptimConfig
 from scalerec.data import load_dataset
@@ -46,9 +46,7 @@ def main() -> None:
     base = {
         "bench": "train_throughput",
         "device": device.type,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **machine(),
         "dataset": ds.name,
         "users": ds.n_users,
         "items": ds.n_items,

@@ -20,6 +20,22 @@ from scalerec.evaluate import evaluate
 from scalerec.model import build_model
 
 
+def pair_flops(model: torch.nn.Module) -> int:
+    """FLOPs to score one (user, item) pair once both are encoded: the layers after the split first layer."""
+    layers = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not name.startswith("first")]
+    return sum(2 * m.in_features * m.out_features for m in layers)
+
+
+def sgemm_gflops(m: int = 1600, k: int = 256, n: int = 128, reps: int = 200) -> float:
+    """This machine's matmul rate now, at the shape of evaluation's largest layer (the reference for a ratio)."""
+    a, w = torch.randn(m, k), torch.randn(n, k)
+    torch.mm(a, w.T)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, w.T)
+    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
@@ -38,11 +54,14 @@ def main() -> None:
     negatives = torch.tensor(ds.eval_negatives)
     for bu in args.batch_users:
         evaluate(model, users, items, negatives, ds.n_items, (10,), bu)  # warm-up
-        times = []
-        for _ in range(args.repeats):
+        times, gemm = [], []
+        for _ in range(args.repeats):  # alternate with the reference so both see the same machine
             t0 = time.perf_counter()
             evaluate(model, users, items, negatives, ds.n_items, (10,), bu)
             times.append(time.perf_counter() - t0)
+            gemm.append(sgemm_gflops())
+        pairs = len(users) * (1 + negatives.shape[1])
+        eval_gflops = pairs * pair_flops(model) / statistics.median(times) / 1e9
         print(
             json.dumps(
                 {
@@ -55,6 +74,9 @@ def main() -> None:
                     **machine(),
                     "seconds_median": round(statistics.median(times), 4),
                     "seconds_min": round(min(times), 4),
+                    "eval_gflops": round(eval_gflops, 1),
+                    "sgemm_gflops": round(statistics.median(gemm), 1),
+                    "eval_over_sgemm": round(eval_gflops / statistics.median(gemm), 3),
                 }
             ),
             flush=True,

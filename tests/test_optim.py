@@ -1,0 +1,161 @@
+import math
+
+import pytest
+import torch
+
+from scalerec.model import build_model
+from scalerec.optim import LAMB, LARS, build_optimizer, lr_factor, scaled_lr
+
+
+def test_scaling_rules_against_hand_computed_values():
+    assert scaled_lr(0.005, 4096, 4096 * 16, "linear") == pytest.approx(0.08)
+    assert scaled_lr(0.005, 4096, 4096 * 192, "linear") == pytest.approx(0.96)
+    assert scaled_lr(0.005, 4096, 4096 * 16, "sqrt") == pytest.approx(0.02)
+    assert scaled_lr(0.005, 4096, 4096 * 16, "none") == 0.005
+    assert scaled_lr(0.01, 1024, 512, "linear") == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="Invalid LR scaling rule"):
+        scaled_lr(0.1, 1, 2, "cubic")
+
+
+def notebook_warmup(iter_i, batches_per_epoch, warmup_epochs=0.1):
+    """The seed notebook's warmup, verbatim in spirit: the factor it applies to the learning rate."""
+    warmup_iters = warmup_epochs * batches_per_epoch
+    if iter_i >= warmup_iters:
+        return 1.0
+    return math.exp(math.log(0.01) * (warmup_iters - iter_i) / warmup_iters)
+
+
+@pytest.mark.parametrize("step", [0, 1, 5, 12, 24, 25, 26, 100])
+def test_exponential_warmup_is_the_notebooks_formula(step):
+    batches = 253  # warmup over 25.3 steps, a fraction as in the notebook
+    assert lr_factor(step, 0.1 * batches, 1000, "exponential") == pytest.approx(notebook_warmup(step, batches))
+
+
+def test_warmup_and_decay_hand_computed():
+    assert lr_factor(0, 10, 100, "exponential") == pytest.approx(0.01)
+    assert lr_factor(5, 10, 100, "exponential") == pytest.approx(0.1)  # exp(log(0.01) / 2)
+    assert lr_factor(10, 10, 100, "exponential") == 1.0
+    assert lr_factor(0, 4, 100, "linear") == pytest.approx(0.25)
+    assert lr_factor(3, 4, 100, "linear") == pytest.approx(1.0)
+    assert lr_factor(0, 0, 100, "none", "cosine") == pytest.approx(1.0)
+    assert lr_factor(50, 0, 100, "none", "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 0, 100, "none", "cosine") == pytest.approx(0.0)
+    assert lr_factor(55, 10, 100, "linear", "cosine") == pytest.approx(0.5)  # halfway through the decay
+    assert [lr_factor(s, 0, 100, "none", "step") for s in (49, 50, 74, 75)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    assert lr_factor(50, 0, 100, "none", "poly") == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="Invalid warmup"):
+        lr_factor(0, 1, 1, "cubic")
+
+
+def test_lars_two_steps_against_hand_computed_values():
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LARS([p], lr=1.0, momentum=0.9, weight_decay=0.1, eta=0.01, eps=0.0)
+    g = torch.tensor([0.6, 0.8])
+    p.grad = g.clone()
+    opt.step()
+    # d = g + 0.1 p = [0.9, 1.2]; trust = 0.01 * 5 / (1 + 0.1 * 5) = 1/30; p -= [0.03, 0.04]
+    assert p.tolist() == pytest.approx([2.97, 3.96])
+    assert torch.equal(p.grad, g)  # the gradient is never modified in place
+    opt.step()
+    d = [0.6 + 0.297, 0.8 + 0.396]
+    trust = 0.01 * 4.95 / (1.0 + 0.495)
+    buf = [0.9 * 0.03 + trust * d[0], 0.9 * 0.04 + trust * d[1]]
+    assert p.tolist() == pytest.approx([2.97 - buf[0], 3.96 - buf[1]])
+
+
+def test_lars_zero_norm_guard_and_non_adapting_group():
+    zero = torch.nn.Parameter(torch.zeros(2))
+    bias = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    opt = LARS(
+        [{"params": [zero]}, {"params": [bias], "adapt": False, "weight_decay": 0.0}],
+        lr=0.5,
+        momentum=0.0,
+        weight_decay=0.1,
+        eta=0.001,
+    )
+    zero.grad = torch.tensor([1.0, -1.0])
+    bias.grad = torch.tensor([2.0, 0.0])
+    opt.step()
+    assert zero.tolist() == pytest.approx([-0.5, 0.5])  # ||p|| = 0: trust 1, a plain SGD step, no nan
+    assert bias.tolist() == pytest.approx([0.0, 1.0])  # plain SGD, no trust ratio
+
+
+def test_lamb_one_step_against_hand_computed_values():
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LAMB([p], lr=0.1, eps=0.0)
+    p.grad = torch.tensor([0.6, 0.8])
+    opt.step()
+    # bias-corrected m = g, v = g^2, so u = g / |g| = [1, 1]; trust = ||p|| / ||u|| = 5 / sqrt(2)
+    step = 0.1 * 5 / math.sqrt(2)
+    assert p.tolist() == pytest.approx([3 - step, 4 - step])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "lars", "lamb"])
+def test_state_dict_round_trip_resumes_exactly(name):
+    def run(steps, opt_state=None, model_state=None):
+        torch.manual_seed(0)
+        model = build_model("neumf", 10, 12, 4, (8, 8, 4), 0.0)
+        opt, _ = build_optimizer(name, model, lr=0.05, weight_decay=1e-4, trust_coefficient=0.02)
+        if model_state:
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+        g = torch.Generator().manual_seed(steps if model_state else 0)
+        for _ in range(steps):
+            u, i = torch.randint(0, 10, (16,), generator=g), torch.randint(0, 12, (16,), generator=g)
+            y = torch.randint(0, 2, (16,), generator=g).float()
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(model(u, i), y).backward()
+            opt.step()
+        return model, opt
+
+    # 3 steps, save, 3 more with the second data stream == 3 steps + load + 3 steps
+    m1, o1 = run(3)
+    m2, _ = run(3, o1.state_dict(), m1.state_dict())
+    m3, o3 = run(3)
+    m3b, o3b = run(3, o3.state_dict(), m3.state_dict())
+    for a, b in zip(m2.parameters(), m3b.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+@pytest.mark.parametrize("name, lr", [("sgd", 0.5), ("adam", 0.05), ("lars", 0.5), ("lamb", 0.01)])
+def test_every_optimizer_converges_on_a_small_problem(name, lr):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    w_true = torch.randn(8, 1)
+    y = (x @ w_true > 0).float().squeeze(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt, _ = build_optimizer(name, model, lr=lr, trust_coefficient=0.02)
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+    first = loss_fn(model(x).squeeze(1), y).item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = loss_fn(model(x).squeeze(1), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.25 * first
+
+
+def test_param_groups_by_rule_and_bad_arguments():
+    model = build_model("neumf", 10, 12, 4, (8, 8, 4), 0.0)
+    opt, description = build_optimizer("lars", model, lr=0.1, weight_decay=1e-4)
+    adapt, fixed = opt.param_groups
+    assert all(p.dim() == 2 for p in adapt["params"]) and adapt["adapt"] and adapt["weight_decay"] == 1e-4
+    assert all(p.dim() == 1 for p in fixed["params"]) and not fixed["adapt"] and fixed["weight_decay"] == 0
+    assert "1-d tensors" in description
+    for kwargs, match in [
+        ({"lr": -1}, "Invalid learning rate"),
+        ({"lr": 0.1, "eta": 0}, "trust coefficient"),
+        ({"lr": 0.1, "momentum": 1.5}, "Invalid momentum"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            LARS(model.parameters(), **kwargs)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        LAMB(model.parameters(), lr=0)
+
+
+def test_seed_notebook_call_shape():
+    model = build_model("neumf", 10, 12, 4, (8, 8, 4), 0.0)
+    opt = LARS(model.parameters(), lr=0.005 * 192, momentum=0.9, weight_decay=0.0001)
+    model(torch.tensor([1]), torch.tensor([2])).sum().backward()
+    opt.step()

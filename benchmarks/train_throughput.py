@@ -22,8 +22,9 @@ from common import machine
 from scalerec.config import DataConfig, ModelConfig, OptimConfig
 from scalerec.data import load_dataset
 from scalerec.model import build_model
+from scalerec.optim import build_optimizer
 from scalerec.sampling import EpochSampler
-from scalerec.train import build_optimizer, train_epoch
+from scalerec.train import train_epoch
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--repeats", type=int, default=3, help="alternations of (a) and (b) per batch size")
     p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=OptimConfig.optimizer)
+    p.add_argument("--optimizer", choices=["adam", "sgd", "lars", "lamb"], default=OptimConfig.optimizer)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -57,7 +58,7 @@ def main() -> None:
     for bs in args.batch_sizes:
         torch.manual_seed(0)
         model = build_model(mcfg.model, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout)
-        opt = build_optimizer(OptimConfig(optimizer=args.optimizer), model.parameters())
+        opt, _ = build_optimizer(args.optimizer, model, OptimConfig.lr)
         sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
         fixed = sampler.epoch()  # (a) reuses one epoch's batches, already in memory
         n = len(fixed[0])
@@ -68,7 +69,7 @@ def main() -> None:
             train_epoch(model, opt, *fixed, bs)
             bare.append(n / (time.perf_counter() - t0))
             t0 = time.perf_counter()
-            train_epoch(model, opt, *sampler.epoch(), bs).item()
+            train_epoch(model, opt, *sampler.epoch(), bs).sum().item()
             full.append(n / (time.perf_counter() - t0))
         a, b = statistics.median(bare), statistics.median(full)
         print(json.dumps({**base, "batch": bs, "mode": "bare_step", "samples_per_s": round(a)}), flush=True)

@@ -311,7 +311,13 @@ def test_config_file_sets_options_and_flags_override(capsys, tmp_path, fmt):
     assert config["optim"]["momentum"] == 0.5
     assert config["optim"]["lr"] == 0.05 and config["model"]["factors"] == 6  # flags win
     assert config["model"]["layers"] == [256, 256, 128, 64]  # neither: the default
-    assert "Data: Synthetic" in out and "#user=60" in out and "Model gmf" in out and "sgd lr=0.05" in out
+    assert (
+        "Data: Synthetic" in out
+        and "#user=60" in out
+        and "Model gmf" in out
+        and "Optimizer sgd" in out
+        and "lr = 0.05;" in out
+    )
 
 
 @pytest.mark.parametrize(

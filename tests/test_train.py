@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from scalerec.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -116,3 +117,71 @@ def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_
     cfg.train.output = str(tmp_path / "file")
     with pytest.raises(UserError, match="exists and is not a folder"):
         train(cfg, log=lambda s: None)
+
+
+def test_a_diverging_run_is_recorded_as_diverged_not_a_crash(tmp_path):
+    from scalerec.cli import main
+
+    cfg = tiny_config(tmp_path)
+    cfg.optim.optimizer, cfg.optim.lr = "sgd", 1e9
+    lines = []
+    summary = train(cfg, log=lines.append)
+    assert summary["state"] == "diverged" and summary["epochs"] == 0
+    message = next(x for x in lines if x.startswith("Diverged:"))
+    assert "epoch 0, step" in message and "lr 1e+09" in message
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["state"] == "diverged"
+    args = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "100",
+        "--synthetic-items",
+        "300",
+        "--epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e9",
+        "--output",
+        str(tmp_path / "cli"),
+        "--data-dir",
+        str(tmp_path / "d"),
+    ]
+    assert main(args) == 3
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "lamb"])
+def test_large_batch_recipe_scales_the_lr_and_warms_up(tmp_path, optimizer):
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=2048)
+    cfg.optim.optimizer, cfg.optim.lr_scaling, cfg.optim.base_lr, cfg.optim.base_batch = optimizer, "linear", 0.01, 256
+    cfg.optim.warmup, cfg.optim.warmup_epochs = "exponential", 0.5
+    lines = []
+    summary = train(cfg, log=lines.append)
+    assert summary["lr"] == pytest.approx(0.08)  # 0.01 * 2048 / 256
+    assert any("lr = 0.08 (linear rule: 0.01 at batch 256)" in x for x in lines)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.08, 0.08])  # warmed up by the end of epoch 0
+    assert summary["state"] == "finished" and rows[1]["loss"] < rows[0]["loss"]
+
+
+def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch):
+    import scalerec.train as train_module
+    from scalerec.optim import lr_factor
+
+    seen = []
+    real_step = train_module.train_step
+
+    def recording_step(model, optimizer, users, items, labels):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, users, items, labels)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=1000)
+    cfg.optim.warmup, cfg.optim.warmup_epochs, cfg.optim.decay = "linear", 0.5, "cosine"
+    train(cfg, log=lambda s: None)
+    steps = len(seen) // 2
+    expected = [0.005 * lr_factor(s, 0.5 * steps, 2 * steps, "linear", "cosine") for s in range(2 * steps)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] < seen[steps // 2] and seen[-1] < 0.1 * max(seen)

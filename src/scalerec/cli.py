@@ -17,7 +17,8 @@ from scalerec.errors import UserError
 
 def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: Any, doc: str) -> None:
     flag = "--" + name.replace("_", "-")
-    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f"{doc} (default: {default})"}
+    help_text = f"{doc} (default: {default})".replace("%", "%%")  # argparse formats help with %
+    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
         kwargs.update(choices=typing.get_args(hint))
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from scalerec.train import train
 
-            train(config_from_args(args))
+            if train(config_from_args(args))["state"] == "diverged":
+                return 3
         elif args.command == "data":
             from scalerec.data.movielens import default_data_dir, fetch_ml100k
 

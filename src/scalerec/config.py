@@ -83,26 +83,49 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["adam", "sgd"] = "adam"
-    """Optimizer: adam or sgd (with --momentum and --nesterov)."""
+    optimizer: Literal["adam", "sgd", "lars", "lamb"] = "adam"
+    """Optimizer: adam, sgd (with --momentum, --nesterov), lars (SGD with a layer-wise trust ratio, You et al.
+    2017) or lamb (Adam with a layer-wise trust ratio, You et al. 2019)."""
     lr: float = 0.002
-    """Learning rate."""
+    """Learning rate (the peak, after warmup). With --lr-scaling it is computed from --base-lr instead."""
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """Rule that scales --base-lr from --base-batch to --batch-size: linear (Goyal et al. 2017), sqrt, none."""
+    base_lr: float | None = None
+    """Learning rate known to work at --base-batch (default: --lr)."""
+    base_batch: int | None = None
+    """Batch size at which --base-lr works (default: --batch-size, i.e. no scaling)."""
+    warmup: Literal["none", "exponential", "linear"] = "none"
+    """Warmup: exponential (the seed notebook's, from 1% of the lr) or linear, over --warmup-epochs."""
+    warmup_epochs: float = 0.1
+    """Length of the warmup in epochs (fractions allowed)."""
+    decay: Literal["none", "cosine", "step", "poly"] = "none"
+    """Decay after warmup to the last step: cosine, step (x0.1 at 50% and 75%), poly (power 2), none."""
     momentum: float = 0.9
-    """SGD momentum (the notebook uses 0.9)."""
+    """SGD and LARS momentum (the notebook uses 0.9)."""
     nesterov: bool = False
-    """SGD: use Nesterov momentum."""
+    """SGD and LARS: use Nesterov momentum."""
     weight_decay: float = 0.0
-    """L2 weight decay applied by the optimizer."""
+    """L2 weight decay (LARS and LAMB: on the tensors that adapt, never on biases)."""
+    trust_coefficient: float = 0.001
+    """LARS trust coefficient eta: the layer-wise lr is eta * ||w|| / ||grad||."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"Invalid learning rate: {self.lr} (must be > 0)")
+        if self.base_lr is not None and not self.base_lr > 0:
+            raise ValueError(f"Invalid base learning rate: {self.base_lr} (must be > 0)")
+        if self.base_batch is not None and self.base_batch < 1:
+            raise ValueError(f"base_batch must be at least 1, got {self.base_batch}")
+        if not self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs must be > 0, got {self.warmup_epochs}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs --optimizer sgd and a momentum > 0")
+        if not self.trust_coefficient > 0:
+            raise ValueError(f"trust_coefficient must be > 0, got {self.trust_coefficient}")
+        if self.nesterov and (self.optimizer not in ("sgd", "lars") or self.momentum == 0):
+            raise ValueError("nesterov needs --optimizer sgd or lars and a momentum > 0")
 
 
 @dataclass

@@ -8,6 +8,7 @@ sampler's rejection rounds. Every epoch appends one JSON line to <run>/metrics.j
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -19,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scalerec.config import Config, OptimConfig
+from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate
 from scalerec.model import build_model
+from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.sampling import EpochSampler
 
 
@@ -33,14 +35,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
-
-
-def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-        )
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_step(model, optimizer, users, items, labels) -> torch.Tensor:
@@ -53,16 +47,25 @@ def train_step(model, optimizer, users, items, labels) -> torch.Tensor:
     return loss.detach()
 
 
-def train_epoch(model, optimizer, users, items, labels, batch_size: int, bar=None) -> torch.Tensor:
-    """One pass over the epoch's tensors in slices; returns the summed loss on the device (no host sync)."""
+def train_epoch(model, optimizer, users, items, labels, batch_size: int, bar=None, scheduler=None) -> torch.Tensor:
+    """One pass over the epoch's tensors in slices; returns each step's mean loss, on the device (no host sync)."""
     n = len(users)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=users.device)
-    for s in range(0, n, batch_size):
+    losses = torch.empty((n + batch_size - 1) // batch_size, device=users.device)
+    for k, s in enumerate(range(0, n, batch_size)):
         e = min(s + batch_size, n)
-        loss_sum += train_step(model, optimizer, users[s:e], items[s:e], labels[s:e]) * (e - s)
+        losses[k] = train_step(model, optimizer, users[s:e], items[s:e], labels[s:e])
+        if scheduler is not None:
+            scheduler.step()
         if bar is not None:
             bar.update(e - s)
-    return loss_sum
+    return losses
+
+
+def epoch_mean(losses: torch.Tensor, n: int, batch_size: int) -> float:
+    """The epoch's mean loss over samples from per-step means (the last step may be short). A host sync."""
+    sizes = torch.full_like(losses, batch_size, dtype=torch.float64)
+    sizes[-1] = n - batch_size * (len(losses) - 1)
+    return float((losses.double() * sizes).sum() / n)
 
 
 def check_run_dir(cfg: Config) -> Path:
@@ -101,7 +104,11 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     model = build_model(
         cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers, cfg.model.dropout
     ).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    o, bs = cfg.optim, cfg.train.batch_size
+    lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
+    optimizer, groups = build_optimizer(
+        o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient
+    )
     sampler = EpochSampler(
         ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, cfg.train.negatives, device, cfg.train.seed
     )
@@ -114,15 +121,29 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
     k = cfg.eval.topk[0]
-    bs = cfg.train.batch_size
     n = sampler.samples_per_epoch
+    steps = (n + bs - 1) // bs
+    warmup_steps = o.warmup_epochs * steps
+
+    def schedule(step: int) -> float:  # a pure function of the global step
+        return lr_factor(step, warmup_steps, cfg.train.epochs * steps, o.warmup, o.decay)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rule = (
+        f" ({o.lr_scaling} rule: {o.base_lr or o.lr:g} at batch {o.base_batch or bs})" if o.lr_scaling != "none" else ""
+    )
     log(
         f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
-        f"{cfg.optim.optimizer} lr={cfg.optim.lr:g}, batch {bs}, {n:,} samples per epoch; run folder {run_dir}"
+        f"batch {bs}, {n:,} samples per epoch ({steps} steps); run folder {run_dir}"
+    )
+    log(
+        f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
+        f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}"
     )
 
     best = {"epoch": -1, f"HR@{k}": -1.0}
     history = []
+    state = "finished"
     for epoch in range(cfg.train.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -136,9 +157,18 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             mininterval=0.5,
             desc=f"Epoch {epoch}",
         ) as bar:
-            loss_sum = train_epoch(model, optimizer, users, items, labels, bs, bar)
-        epoch_loss = loss_sum.item() / n  # sync point: the epoch is done
+            losses = train_epoch(model, optimizer, users, items, labels, bs, bar, scheduler)
+        epoch_loss = epoch_mean(losses, n, bs)  # sync point: the epoch is done
         train_s = time.perf_counter() - t0
+        if not math.isfinite(epoch_loss):
+            step = int((~torch.isfinite(losses)).nonzero()[0])
+            at = epoch * steps + step
+            log(
+                f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
+                f"(lr {lr * schedule(at):g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
+            )
+            state = "diverged"
+            break
 
         t1 = time.perf_counter()
         metrics = evaluate(
@@ -167,18 +197,22 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    train_s = sum(r["train_s"] for r in history)
     summary = {
         "run_dir": str(run_dir),
         "dataset": ds.name,
-        "best": best,
+        "state": state,
+        "lr": lr,
+        "best": best if history else None,
         "epochs": len(history),
-        "train_s": sum(r["train_s"] for r in history),
+        "train_s": train_s,
         "eval_s": sum(r["eval_s"] for r in history),
-        "mean_samples_per_s": n * len(history) / sum(r["train_s"] for r in history),
+        "mean_samples_per_s": n * len(history) / train_s if history else None,
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(
-        f"Best HR@{k} = {best[f'HR@{k}']:.4f}, NDCG@{k} = {best[f'NDCG@{k}']:.4f} at epoch {best['epoch']}; "
-        f"results in {run_dir}"
-    )
+    if history:
+        log(
+            f"Best HR@{k} = {best[f'HR@{k}']:.4f}, NDCG@{k} = {best[f'NDCG@{k}']:.4f} at epoch {best['epoch']}; "
+            f"results in {run_dir}"
+        )
     return summary

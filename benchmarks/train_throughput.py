@@ -69,7 +69,7 @@ def main() -> None:
             train_epoch(model, opt, *fixed, bs)
             bare.append(n / (time.perf_counter() - t0))
             t0 = time.perf_counter()
-            train_epoch(model, opt, *sampler.epoch(), bs).sum().item()
+            train_epoch(model, opt, *sampler.epoch(), bs)[0].sum().item()
             full.append(n / (time.perf_counter() - t0))
         a, b = statistics.median(bare), statistics.median(full)
         print(json.dumps({**base, "batch": bs, "mode": "bare_step", "samples_per_s": round(a)}), flush=True)

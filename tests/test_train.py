@@ -84,10 +84,10 @@ def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, mo
     seen = []
     real_step = train_module.train_step
 
-    def recording_step(model, optimizer, users, items, labels):
-        loss = real_step(model, optimizer, users, items, labels)
+    def recording_step(model, optimizer, scaler, ctx, users, items, labels):
+        loss, skipped = real_step(model, optimizer, scaler, ctx, users, items, labels)
         seen.append((loss.item(), len(users)))
-        return loss
+        return loss, skipped
 
     monkeypatch.setattr(train_module, "train_step", recording_step)
     lines = []
@@ -173,9 +173,9 @@ def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch
     seen = []
     real_step = train_module.train_step
 
-    def recording_step(model, optimizer, users, items, labels):
+    def recording_step(model, optimizer, scaler, ctx, users, items, labels):
         seen.append(optimizer.param_groups[0]["lr"])
-        return real_step(model, optimizer, users, items, labels)
+        return real_step(model, optimizer, scaler, ctx, users, items, labels)
 
     monkeypatch.setattr(train_module, "train_step", recording_step)
     cfg = tiny_config(tmp_path, epochs=2, batch_size=1000)

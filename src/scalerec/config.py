@@ -138,6 +138,8 @@ class TrainConfig:
     """Train negatives drawn per positive, fresh every epoch."""
     seed: int = 0
     """Seed for initialisation, train negatives and shuffling; the same seed gives identical metrics on CPU."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed precision: bf16, or fp16 with dynamic loss scaling; fp32 is the fastest on CPUs without AMX."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device: auto picks cuda when available."""
     threads: int | None = None

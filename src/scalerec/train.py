@@ -7,6 +7,7 @@ sampler's rejection rounds. Every epoch appends one JSON line to <run>/metrics.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from scalerec.errors import UserError
 from scalerec.evaluate import evaluate
 from scalerec.model import build_model
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
+from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
 
 
@@ -37,28 +39,39 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_step(model, optimizer, users, items, labels) -> torch.Tensor:
-    """One SGD step on a batch; returns the batch's mean loss as a device tensor (no host sync)."""
-    logits = model(users, items)
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
+def train_step(model, optimizer, scaler, ctx, users, items, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
+    tensors (no host sync)."""
+    with ctx:
+        logits = model(users, items)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
+    skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
+    scaler.update()
+    return loss.detach(), skipped
 
 
-def train_epoch(model, optimizer, users, items, labels, batch_size: int, bar=None, scheduler=None) -> torch.Tensor:
-    """One pass over the epoch's tensors in slices; returns each step's mean loss, on the device (no host sync)."""
+def train_epoch(
+    model, optimizer, users, items, labels, batch_size: int, bar=None, scheduler=None, scaler=None, ctx=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the epoch's tensors in slices: (each step's mean loss, the number of skipped steps), on the
+    device (no host sync). Without `scaler` and `ctx` it trains in fp32."""
+    scaler = scaler or torch.amp.GradScaler(users.device.type, enabled=False)
+    ctx = ctx or contextlib.nullcontext()
     n = len(users)
     losses = torch.empty((n + batch_size - 1) // batch_size, device=users.device)
+    skipped = torch.zeros((), device=users.device)
     for k, s in enumerate(range(0, n, batch_size)):
         e = min(s + batch_size, n)
-        losses[k] = train_step(model, optimizer, users[s:e], items[s:e], labels[s:e])
+        losses[k], skip = train_step(model, optimizer, scaler, ctx, users[s:e], items[s:e], labels[s:e])
+        skipped += skip
         if scheduler is not None:
             scheduler.step()
         if bar is not None:
             bar.update(e - s)
-    return losses
+    return losses, skipped
 
 
 def epoch_mean(losses: torch.Tensor, n: int, batch_size: int) -> float:
@@ -129,6 +142,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         return lr_factor(step, warmup_steps, cfg.train.epochs * steps, o.warmup, o.decay)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    ctx, scaler = autocast_context(cfg.train.precision, device), grad_scaler(cfg.train.precision, device)
     rule = (
         f" ({o.lr_scaling} rule: {o.base_lr or o.lr:g} at batch {o.base_batch or bs})" if o.lr_scaling != "none" else ""
     )
@@ -138,7 +152,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     )
     log(
         f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
-        f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}"
+        f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
+        f"precision {cfg.train.precision}"
     )
 
     best = {"epoch": -1, f"HR@{k}": -1.0}
@@ -157,8 +172,9 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             mininterval=0.5,
             desc=f"Epoch {epoch}",
         ) as bar:
-            losses = train_epoch(model, optimizer, users, items, labels, bs, bar, scheduler)
+            losses, skipped = train_epoch(model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx)
         epoch_loss = epoch_mean(losses, n, bs)  # sync point: the epoch is done
+        skipped_steps = int(skipped)
         train_s = time.perf_counter() - t0
         if not math.isfinite(epoch_loss):
             step = int((~torch.isfinite(losses)).nonzero()[0])
@@ -179,6 +195,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         log(
             f"Epoch {epoch}: HR@{k} = {hr:.4f}, NDCG@{k} = {nd:.4f}, loss = {epoch_loss:.4f}, "
             f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
+            + (f", skipped_steps = {skipped_steps} (fp16 overflow)" if skipped_steps else "")
         )
         if hr > best[f"HR@{k}"]:
             best = {"epoch": epoch, **metrics}
@@ -190,6 +207,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             "train_s": train_s,
             "eval_s": val_s,
             "samples_per_s": n / train_s,
+            "skipped_steps": skipped_steps,
             "lr": optimizer.param_groups[0]["lr"],
             "best_epoch": best["epoch"],
         }

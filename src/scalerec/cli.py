@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from scalerec import __version__
-from scalerec.config import SECTIONS, build_config, field_docs, read_config_file
+from scalerec.config import SECTIONS, build_config, field_docs, field_owner, read_config_file
 from scalerec.errors import UserError
 
 
@@ -31,12 +32,7 @@ def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: An
     group.add_argument(flag, **kwargs)
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "train",
-        help="train a model and evaluate it every epoch",
-        description="Train NeuMF (or gmf, mlp, mf) and print HR@K, NDCG@K and throughput per epoch.",
-    )
+def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML or YAML file of options; command-line flags override it")
     for section, cls in SECTIONS.items():
         group = p.add_argument_group(f"{section} options")
@@ -44,7 +40,32 @@ def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             _add_field(group, f.name, hints[f.name], default, docs.get(f.name, ""))
-    return p
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and evaluate it every epoch",
+        description="Train NeuMF (or gmf, mlp, mf) and print HR@K, NDCG@K and throughput per epoch.",
+    )
+    _add_config_options(p)
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="train a grid of runs and write a report",
+        description="Train a grid of runs (each a run folder under --output) and write results.csv, results.md, "
+        "plots and report.md. The other options are the base of every run. Re-running skips finished runs.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["notebook"],
+        help="the seed notebook's story at a base batch B "
+        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default 0.005)",
+    )
+    p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")
+    _add_config_options(p)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -52,6 +73,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scalerec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
+    _sweep_parser(sub)
+    report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
+    report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_sub.add_parser("fetch", help="download a dataset into the data folder and check its checksum")
@@ -60,14 +84,67 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{section: {field: value}} from the config file, then the flags given on the command line."""
     overrides = read_config_file(args.config) if args.config else {s: {} for s in SECTIONS}
     given = vars(args)
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             if f.name in given:
                 overrides[section][f.name] = given[f.name]
-    return build_config(overrides)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    return build_config(overrides_from_args(args))
+
+
+def run_sweep(args: argparse.Namespace) -> Path:
+    from scalerec import sweep
+
+    base = overrides_from_args(args)
+    cfg = build_config(base)  # checks every option once, before any run
+    folder = Path(cfg.train.output or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    base["train"].pop("output", None)
+    final = None
+    if args.preset == "notebook":
+        from scalerec.data import load_dataset
+
+        ds = load_dataset(cfg.data)
+        b = cfg.optim.base_batch or sweep.notebook_base_batch(len(ds.train_users) * (1 + cfg.train.negatives))
+        runs = sweep.notebook_runs(b, cfg.optim.base_lr or 0.005, lamb_lr=cfg.optim.lr)
+        final = sweep.better_in_bf16(runs)
+        print(
+            f"Notebook preset: base batch B = {b}, SGD lr {cfg.optim.base_lr or 0.005:g}; 16B = {16 * b}, "
+            f"192B = {192 * b}; sweep folder {folder}"
+        )
+    elif args.grid:
+        raw = read_grid_file(args.grid)
+        runs = sweep.grid_runs(raw)
+    else:
+        raise UserError("sweep needs --preset notebook or --grid FILE")
+    return sweep.sweep(base, runs, folder, print, final)
+
+
+def read_grid_file(path: str) -> dict[str, list[Any]]:
+    """The [grid] table of a TOML or YAML file: option = [values]; each value checked like a config value."""
+    from scalerec.config import coerce_option, load_mapping
+
+    raw = load_mapping(Path(path))
+    grid = raw.get("grid", raw)
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UserError(f"{path}: expected a [grid] table of option = [value, ...] lists")
+    owner = field_owner()
+    for key, values in grid.items():
+        if key not in owner:
+            raise UserError(f"{path}: unknown option '{key}' in [grid]")
+        grid[key] = [coerce_option(Path(path), key, v) for v in values]
+        for v in grid[key]:  # choices and ranges, before any run starts
+            try:
+                build_config({owner[key]: {key: v}})
+            except UserError as e:
+                raise UserError(f"{path}: {e}") from None
+    return grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
 
             if train(config_from_args(args))["state"] == "diverged":
                 return 3
+        elif args.command == "sweep":
+            print(f"Report: {run_sweep(args)}")
+        elif args.command == "report":
+            from scalerec.report import write_report
+
+            print(f"Report: {write_report(Path(args.folder))}")
         elif args.command == "data":
             from scalerec.data.movielens import default_data_dir, fetch_ml100k
 

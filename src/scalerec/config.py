@@ -221,9 +221,8 @@ def field_owner() -> dict[str, str]:
     return owner
 
 
-def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a TOML or YAML file into {section: {field: value}}; sections are optional in the file."""
-    path = Path(path)
+def load_mapping(path: Path) -> dict[str, Any]:
+    """The top-level table of a TOML or YAML file; UserError naming the file for any problem."""
     if not path.is_file():
         raise UserError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
     try:
@@ -248,6 +247,13 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
         raise UserError(f"{path}: not a valid {kind} file: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a table of options at the top level")
+    return raw
+
+
+def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML or YAML file into {section: {field: value}}; sections are optional in the file."""
+    path = Path(path)
+    raw = load_mapping(path)
     owner = field_owner()
     out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in raw.items():
@@ -263,6 +269,11 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
         else:
             raise UserError(f"{path}: unknown option '{key}'")
     return out
+
+
+def coerce_option(path: Path, name: str, value: Any) -> Any:
+    """A value from a file for the option `name`, checked against its field's type."""
+    return _coerce(path, name, typing.get_type_hints(SECTIONS[field_owner()[name]])[name], value)
 
 
 def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate
+from scalerec.files import write_atomic
 from scalerec.model import build_model
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
@@ -89,13 +88,6 @@ def check_run_dir(cfg: Config) -> Path:
     if (run_dir / "metrics.jsonl").exists():
         raise UserError(f"--output {run_dir}: holds an earlier run's metrics.jsonl; choose another folder or remove it")
     return run_dir
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -216,6 +208,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             f.write(json.dumps(row) + "\n")
 
     train_s = sum(r["train_s"] for r in history)
+    total = cfg.train.epochs * steps
+    points = sorted({round(i * (total - 1) / 199) for i in range(200)})  # the schedule, for plots
     summary = {
         "run_dir": str(run_dir),
         "dataset": ds.name,
@@ -226,6 +220,9 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         "train_s": train_s,
         "eval_s": sum(r["eval_s"] for r in history),
         "mean_samples_per_s": n * len(history) / train_s if history else None,
+        "batch_size": bs,
+        "steps_per_epoch": steps,
+        "lr_schedule": [[step, lr * schedule(step)] for step in points],
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if history:

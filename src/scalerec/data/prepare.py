@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 
 from scalerec import __version__
 from scalerec.errors import UserError
+from scalerec.files import write_with
 
 CACHE_VERSION = 1  # bump when the processing changes, so old caches are rebuilt
 
@@ -81,14 +80,8 @@ class Dataset:
             "notes": self.notes,
             "version": CACHE_VERSION,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), **{k: getattr(self, k) for k in self._ARRAYS})
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        arrays = {k: getattr(self, k) for k in self._ARRAYS}
+        write_with(path, lambda tmp: np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays))
 
     @classmethod
     def load(cls, path: Path) -> Dataset:

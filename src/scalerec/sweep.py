@@ -1,0 +1,132 @@
+"""A grid of training runs, each a normal run folder under one sweep folder, then a report.
+
+A failed run is recorded (failed.json) and the sweep goes on; a diverged run is recorded by train() itself; a
+run whose folder already holds summary.json is skipped, so re-running a sweep finishes what is missing.
+The `notebook` preset replays the seed notebook's story at a base batch B:
+  1 B, SGD (momentum 0.9)      2 16B, same lr              3 16B, linear rule        4 192B, linear rule
+  5 192B, linear + warmup      6 192B, LARS + warmup       7 192B, LAMB + warmup     8 the better of 6 and 7 in bf16
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scalerec.config import build_config, field_owner
+from scalerec.errors import UserError
+from scalerec.files import write_atomic
+
+Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
+
+
+def flat(**fields: Any) -> Overrides:
+    """{"batch_size": 8} -> {"train": {"batch_size": 8}}: overrides by field name."""
+    owner = field_owner()
+    out: Overrides = {}
+    for name, value in fields.items():
+        if name not in owner:
+            raise UserError(f"unknown option '{name}' in the sweep grid")
+        out.setdefault(owner[name], {})[name] = value
+    return out
+
+
+def notebook_base_batch(samples_per_epoch: int, multiplier: int = 192, steps: int = 100) -> int:
+    """The largest power of two B such that multiplier * B still leaves about `steps` steps per epoch."""
+    return max(1, 2 ** int(math.log2(max(1, samples_per_epoch / (multiplier * steps)))))
+
+
+def notebook_runs(base_batch: int, base_lr: float, lamb_lr: float) -> list[tuple[str, Overrides]]:
+    """Runs 1-7 of the notebook preset; run 8 is chosen from the results of 6 and 7."""
+    big, huge = 16 * base_batch, 192 * base_batch
+    sgd = dict(optimizer="sgd", momentum=0.9)
+    linear = dict(lr_scaling="linear", base_lr=base_lr, base_batch=base_batch)
+    warm = dict(warmup="exponential", warmup_epochs=0.1)
+    return [
+        ("1-base", flat(batch_size=base_batch, lr=base_lr, **sgd)),
+        ("2-16x-same-lr", flat(batch_size=big, lr=base_lr, **sgd)),
+        ("3-16x-linear", flat(batch_size=big, **sgd, **linear)),
+        ("4-192x-linear", flat(batch_size=huge, **sgd, **linear)),
+        ("5-192x-linear-warmup", flat(batch_size=huge, **sgd, **linear, **warm)),
+        ("6-192x-lars-warmup", flat(batch_size=huge, optimizer="lars", momentum=0.9, **linear, **warm)),
+        (
+            "7-192x-lamb-warmup",
+            flat(batch_size=huge, optimizer="lamb", lr_scaling="sqrt", base_lr=lamb_lr, base_batch=base_batch, **warm),
+        ),
+    ]
+
+
+def grid_runs(grid: dict[str, list[Any]]) -> list[tuple[str, Overrides]]:
+    """The cartesian product of a {field: [values]} grid, one run per combination, named by its values."""
+    keys = list(grid)
+    runs = []
+    for i, values in enumerate(itertools.product(*(grid[k] for k in keys)), start=1):
+        name = f"{i}-" + "-".join(f"{k}={v}" for k, v in zip(keys, values)).replace("/", "_")
+        runs.append((name, flat(**dict(zip(keys, values)))))
+    return runs
+
+
+def merge(base: Overrides, extra: Overrides) -> Overrides:
+    out = copy.deepcopy(base)
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str], None]) -> dict:
+    """Train one run of the sweep into sweep_dir/name, or read the summary of a finished one."""
+    from scalerec.train import train  # torch is imported only when a run actually trains
+
+    run_dir = sweep_dir / name
+    if (run_dir / "summary.json").is_file():
+        log(f"== {name}: already finished, skipped")
+        return json.loads((run_dir / "summary.json").read_text())
+    if (run_dir / "metrics.jsonl").exists():  # an interrupted run: start it again
+        (run_dir / "metrics.jsonl").unlink()
+    log(f"== {name}")
+    try:
+        return train(build_config(merge(overrides, {"train": {"output": str(run_dir)}})), log)
+    except Exception as e:  # a failed run is recorded and the sweep goes on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "failed.json", json.dumps({"state": "failed", "error": str(e)}) + "\n")
+        log(f"== {name}: failed: {e}")
+        return {"state": "failed", "error": str(e)}
+
+
+def sweep(
+    base: Overrides,
+    runs: list[tuple[str, Overrides]],
+    sweep_dir: Path,
+    log: Callable[[str], None] = print,
+    preset_final: Callable[[dict[str, dict]], tuple[str, Overrides] | None] | None = None,
+) -> Path:
+    """Train every run (base options under each run's own), then write the report; returns report.md."""
+    from scalerec.report import write_report
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
+    if preset_final is not None and (final := preset_final(results)) is not None:
+        results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
+    return write_report(sweep_dir)
+
+
+def better_in_bf16(runs: list[tuple[str, Overrides]]) -> Callable[[dict[str, dict]], tuple[str, Overrides] | None]:
+    """Notebook run 8: whichever of runs 6 (LARS) and 7 (LAMB) reached the higher HR@10, again in bf16."""
+    specs = dict(runs)
+
+    def choose(results: dict[str, dict]) -> tuple[str, Overrides] | None:
+        scored = [
+            (r["best"]["HR@10"], name)
+            for name in ("6-192x-lars-warmup", "7-192x-lamb-warmup")
+            if (r := results.get(name)) and r.get("best") and "HR@10" in r["best"]
+        ]
+        if not scored:
+            return None
+        name = max(scored)[1]
+        return f"8-{name.split('-', 1)[1]}-bf16", merge(specs[name], {"train": {"precision": "bf16"}})
+
+    return choose

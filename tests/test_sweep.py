@@ -1,0 +1,105 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scalerec.cli import main
+from scalerec.report import collect, table
+from scalerec.sweep import flat, grid_runs, notebook_base_batch, notebook_runs, sweep
+
+TINY = {
+    "data": {
+        "dataset": "synthetic",
+        "synthetic_users": 150,
+        "synthetic_items": 120,
+        "synthetic_interactions": 8,
+        "eval_negatives": 50,
+    },
+    "model": {"factors": 8, "layers": (16, 16, 8)},
+    "train": {"epochs": 2, "threads": 1},
+}
+
+
+def tiny_base(tmp_path):
+    return {**TINY, "data": {**TINY["data"], "data_dir": str(tmp_path / "data")}}
+
+
+def test_notebook_preset_runs_follow_the_story():
+    assert notebook_base_batch(4_970_845) == 256  # ml-1m: 192 * 256 leaves ~100 steps per epoch
+    assert notebook_base_batch(99_300_000) == 4096  # ml-20m: the notebook's own base batch
+    runs = dict(notebook_runs(256, 0.005, 0.002))
+    assert list(runs) == [
+        "1-base",
+        "2-16x-same-lr",
+        "3-16x-linear",
+        "4-192x-linear",
+        "5-192x-linear-warmup",
+        "6-192x-lars-warmup",
+        "7-192x-lamb-warmup",
+    ]
+    assert runs["2-16x-same-lr"]["train"]["batch_size"] == 4096 and runs["2-16x-same-lr"]["optim"]["lr"] == 0.005
+    assert runs["4-192x-linear"]["optim"]["lr_scaling"] == "linear"
+    assert runs["5-192x-linear-warmup"]["optim"]["warmup"] == "exponential"
+    assert runs["6-192x-lars-warmup"]["optim"]["optimizer"] == "lars"
+    assert runs["6-192x-lars-warmup"]["train"]["batch_size"] == 192 * 256
+
+
+def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):
+    runs = grid_runs({"batch_size": [128, 1024], "optimizer": ["sgd", "lamb"]})
+    runs.append(("5-diverges", flat(optimizer="sgd", lr=1e9)))
+    runs.append(("6-fails", flat(eval_negatives=10_000)))  # more negatives than items: a user error
+    report = sweep(tiny_base(tmp_path), runs, tmp_path / "sweep", lambda s: None)
+    assert report == tmp_path / "sweep" / "report.md"
+    rows = {r["run"]: r for r in table(collect(tmp_path / "sweep"))}
+    assert len(rows) == 6
+    assert rows["5-diverges"]["state"] == "diverged" and rows["6-fails"]["state"] == "failed"
+    assert rows["1-batch_size=128-optimizer=sgd"]["state"] == "finished"
+    assert rows["1-batch_size=128-optimizer=sgd"]["s_to_base_HR@10"] != ""  # the base run reaches its own best
+    csv_lines = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[0].startswith("run,batch,optimizer")
+    for png in ("hr_per_epoch.png", "best_hr_vs_batch.png", "lr_schedule.png"):
+        assert (tmp_path / "sweep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in report.read_text()
+    # re-running skips what finished or diverged
+    again = []
+    sweep(tiny_base(tmp_path), runs[:5], tmp_path / "sweep", again.append)
+    assert sum("already finished, skipped" in x for x in again) == 5
+    assert not any(x.startswith("Epoch") for x in again)
+
+
+def test_report_rebuilds_from_logs_alone_without_torch(tmp_path):
+    sweep(tiny_base(tmp_path), grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
+    for name in ("results.csv", "results.md", "report.md", "hr_per_epoch.png"):
+        (tmp_path / "s" / name).unlink()
+    code = (
+        "import sys; from scalerec.cli import main; rc = main(['report', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'report imported torch'; sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "s" / "report.md").is_file() and (tmp_path / "s" / "hr_per_epoch.png").is_file()
+    summary = json.loads((tmp_path / "s" / "1-batch_size=256" / "summary.json").read_text())
+    assert summary["lr_schedule"][0][0] == 0
+
+
+def test_sweep_cli_errors(tmp_path, capsys):
+    assert main(["sweep", "--dataset", "synthetic", "--output", str(tmp_path / "s")]) == 1
+    assert "sweep needs --preset notebook or --grid FILE" in capsys.readouterr().err
+    grid = tmp_path / "g.toml"
+    grid.write_text('[grid]\noptimizer = ["sgd", "rmsprop"]\n')
+    assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 1
+    assert "invalid value for optimizer: 'rmsprop'" in capsys.readouterr().err
+    grid.write_text("[grid]\nbatch = [1, 2]\n")
+    assert main(["sweep", "--grid", str(grid)]) == 1
+    assert "unknown option 'batch' in [grid]" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["epochs = [1.5]", "lr = 0.1"])
+def test_grid_values_are_checked(tmp_path, capsys, bad):
+    grid = tmp_path / "g.toml"
+    grid.write_text(f"[grid]\n{bad}\n")
+    assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 1
+    assert "scalerec: error:" in capsys.readouterr().err

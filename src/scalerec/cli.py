@@ -107,15 +107,18 @@ def run_sweep(args: argparse.Namespace) -> Path:
     folder = Path(cfg.train.output or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     base["train"].pop("output", None)
     final = None
+    if args.preset and args.grid:
+        raise UserError("sweep takes --preset or --grid, not both")
     if args.preset == "notebook":
         from scalerec.data import load_dataset
 
         ds = load_dataset(cfg.data)
         b = cfg.optim.base_batch or sweep.notebook_base_batch(len(ds.train_users) * (1 + cfg.train.negatives))
-        runs = sweep.notebook_runs(b, cfg.optim.base_lr or 0.005, lamb_lr=cfg.optim.lr)
+        sgd_lr = cfg.optim.base_lr or sweep.NOTEBOOK_SGD_LR
+        runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr)
         final = sweep.better_in_bf16(runs)
         print(
-            f"Notebook preset: base batch B = {b}, SGD lr {cfg.optim.base_lr or 0.005:g}; 16B = {16 * b}, "
+            f"Notebook preset: base batch B = {b}, SGD lr {sgd_lr:g}; 16B = {16 * b}, "
             f"192B = {192 * b}; sweep folder {folder}"
         )
     elif args.grid:

@@ -22,6 +22,7 @@ from scalerec.errors import UserError
 from scalerec.files import write_atomic
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
+NOTEBOOK_SGD_LR = 0.005  # the seed notebook's SGD lr at its base batch; not yet calibrated per dataset
 
 
 def flat(**fields: Any) -> Overrides:

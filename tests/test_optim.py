@@ -37,6 +37,7 @@ def test_warmup_and_decay_hand_computed():
     assert lr_factor(10, 10, 100, "exponential") == 1.0
     assert lr_factor(0, 4, 100, "linear") == pytest.approx(0.25)
     assert lr_factor(3, 4, 100, "linear") == pytest.approx(1.0)
+    assert lr_factor(0, 0.5, 100, "linear") == 1.0 and lr_factor(10, 10.3, 100, "linear") == 1.0  # never above
     assert lr_factor(0, 0, 100, "none", "cosine") == pytest.approx(1.0)
     assert lr_factor(50, 0, 100, "none", "cosine") == pytest.approx(0.5)
     assert lr_factor(100, 0, 100, "none", "cosine") == pytest.approx(0.0)
@@ -56,11 +57,21 @@ def test_lars_two_steps_against_hand_computed_values():
     # d = g + 0.1 p = [0.9, 1.2]; trust = 0.01 * 5 / (1 + 0.1 * 5) = 1/30; p -= [0.03, 0.04]
     assert p.tolist() == pytest.approx([2.97, 3.96])
     assert torch.equal(p.grad, g)  # the gradient is never modified in place
+    opt.param_groups[0]["lr"] = 0.5  # as a warmup or decay would: the buffer keeps the first step's lr (paper, Alg. 1)
     opt.step()
     d = [0.6 + 0.297, 0.8 + 0.396]
     trust = 0.01 * 4.95 / (1.0 + 0.495)
-    buf = [0.9 * 0.03 + trust * d[0], 0.9 * 0.04 + trust * d[1]]
+    buf = [0.9 * 0.03 + 0.5 * trust * d[0], 0.9 * 0.04 + 0.5 * trust * d[1]]
     assert p.tolist() == pytest.approx([2.97 - buf[0], 3.96 - buf[1]])
+
+
+def test_lars_zero_gradient_with_weight_decay_uses_the_trust_ratio():
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LARS([p], lr=1.0, momentum=0.0, weight_decay=0.1, eta=0.01, eps=0.0)
+    p.grad = torch.zeros(2)
+    opt.step()
+    # d = 0.1 p; trust = 0.01 * 5 / (0 + 0.1 * 5) = 0.1: the step is eta * p, not wd * p
+    assert p.tolist() == pytest.approx([3 - 0.03, 4 - 0.04])
 
 
 def test_lars_zero_norm_guard_and_non_adapting_group():
@@ -142,7 +153,9 @@ def test_param_groups_by_rule_and_bad_arguments():
     adapt, fixed = opt.param_groups
     assert all(p.dim() == 2 for p in adapt["params"]) and adapt["adapt"] and adapt["weight_decay"] == 1e-4
     assert all(p.dim() == 1 for p in fixed["params"]) and not fixed["adapt"] and fixed["weight_decay"] == 0
-    assert "1-d tensors" in description
+    assert "bias tensors do neither" in description
+    mf_opt, _ = build_optimizer("lamb", build_model("mf", 10, 12, 4, (8, 8, 4), 0.0), lr=0.1)
+    assert sorted(tuple(p.shape) for p in mf_opt.param_groups[1]["params"]) == [(), (10, 1), (12, 1)]  # bias tables
     for kwargs, match in [
         ({"lr": -1}, "Invalid learning rate"),
         ({"lr": 0.1, "eta": 0}, "trust coefficient"),

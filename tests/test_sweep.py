@@ -55,7 +55,7 @@ def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):
     assert len(rows) == 6
     assert rows["5-diverges"]["state"] == "diverged" and rows["6-fails"]["state"] == "failed"
     assert rows["1-batch_size=128-optimizer=sgd"]["state"] == "finished"
-    assert rows["1-batch_size=128-optimizer=sgd"]["s_to_base_HR@10"] != ""  # the base run reaches its own best
+    assert rows["1-batch_size=128-optimizer=sgd"]["s_to_base_HR"] != ""  # the base run reaches its own best
     csv_lines = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("run,batch,optimizer")
     for png in ("hr_per_epoch.png", "best_hr_vs_batch.png", "lr_schedule.png"):
@@ -103,3 +103,44 @@ def test_grid_values_are_checked(tmp_path, capsys, bad):
     grid.write_text(f"[grid]\n{bad}\n")
     assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 1
     assert "scalerec: error:" in capsys.readouterr().err
+
+
+def test_report_tolerates_other_k_cut_lines_and_foreign_folders(tmp_path):
+    base = tiny_base(tmp_path)
+    base["eval"] = {"topk": (5,)}
+    sweep(base, grid_runs({"batch_size": [256, 512]}), tmp_path / "s", lambda s: None)
+    metrics = tmp_path / "s" / "2-batch_size=512" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 2, "HR@')  # an interrupted run's last line
+    (tmp_path / "s" / "other").mkdir()
+    (tmp_path / "s" / "other" / "config.json").write_text('{"lr": 1}')  # not a scalerec run
+    rows = table(collect(tmp_path / "s"))
+    assert [r["run"] for r in rows] == ["1-batch_size=256", "2-batch_size=512"]
+    assert rows[0]["K"] == "5" and rows[0]["best_HR"] != "" and rows[1]["epochs"] == 2
+    assert oct((tmp_path / "s" / "results.csv").stat().st_mode & 0o777) != oct(0o600)  # not private
+
+
+def test_grid_is_checked_over_the_base_options_and_resume_refuses_changed_options(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[grid]\nnesterov = [true, false]\nbatch-size = [512]\n")
+    args = [
+        "sweep",
+        "--grid",
+        str(grid),
+        "--optimizer",
+        "sgd",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "100",
+        "--synthetic-items",
+        "300",
+        "--epochs",
+        "1",
+        "--output",
+        str(tmp_path / "s"),
+        "--data-dir",
+        str(tmp_path / "d"),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    assert main([*args, "--epochs", "2"]) == 1
+    assert "finished with other options than this sweep's" in capsys.readouterr().err

@@ -122,19 +122,21 @@ def run_sweep(args: argparse.Namespace) -> Path:
             f"192B = {192 * b}; sweep folder {folder}"
         )
     elif args.grid:
-        raw = read_grid_file(args.grid)
-        runs = sweep.grid_runs(raw)
+        runs = sweep.grid_runs(read_grid_file(args.grid, base))
     else:
         raise UserError("sweep needs --preset notebook or --grid FILE")
     return sweep.sweep(base, runs, folder, print, final)
 
 
-def read_grid_file(path: str) -> dict[str, list[Any]]:
-    """The [grid] table of a TOML or YAML file: option = [values]; each value checked like a config value."""
+def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """The [grid] table of a TOML or YAML file: option = [values], each value checked over the base options."""
     from scalerec.config import coerce_option, load_mapping
+    from scalerec.sweep import merge
 
     raw = load_mapping(Path(path))
     grid = raw.get("grid", raw)
+    if isinstance(grid, dict):
+        grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise UserError(f"{path}: expected a [grid] table of option = [value, ...] lists")
     owner = field_owner()
@@ -144,7 +146,7 @@ def read_grid_file(path: str) -> dict[str, list[Any]]:
         grid[key] = [coerce_option(Path(path), key, v) for v in values]
         for v in grid[key]:  # choices and ranges, before any run starts
             try:
-                build_config({owner[key]: {key: v}})
+                build_config(merge(base, {owner[key]: {key: v}}))
             except UserError as e:
                 raise UserError(f"{path}: {e}") from None
     return grid

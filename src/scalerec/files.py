@@ -7,6 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+UMASK = os.umask(0)
+os.umask(UMASK)  # read the process umask once (os.umask can only be read by setting it)
+
 
 def write_atomic(path: Path, text: str) -> None:
     write_with(path, lambda tmp: Path(tmp).write_text(text))
@@ -18,6 +21,7 @@ def write_with(path: Path, writer: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

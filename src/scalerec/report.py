@@ -21,37 +21,53 @@ COLUMNS = [
     "warmup",
     "precision",
     "lr",
-    "best_HR@10",
-    "best_NDCG@10",
+    "K",
+    "best_HR",
+    "best_NDCG",
     "best_epoch",
     "epochs",
-    "s_to_base_HR@10",
+    "s_to_base_HR",
     "samples_per_s",
     "state",
 ]
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """One run's logs, or None where the folder is not a run."""
+    """One run's logs, or None where the folder is not a scalerec run."""
     if (run_dir / "failed.json").is_file() and not (run_dir / "summary.json").is_file():
-        return {
-            "name": run_dir.name,
-            "config": None,
-            "metrics": [],
-            "summary": json.loads((run_dir / "failed.json").read_text()),
-        }
-    if not (run_dir / "config.json").is_file():
+        summary = _json(run_dir / "failed.json") or {"state": "failed"}
+        return {"name": run_dir.name, "config": None, "metrics": [], "summary": summary}
+    config = _json(run_dir / "config.json")
+    if not isinstance(config, dict) or not {"optim", "train", "eval"} <= config.keys():
         return None
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = [json.loads(x) for x in metrics_path.read_text().splitlines() if x] if metrics_path.exists() else []
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"state": "unfinished"}
-    return {
-        "name": run_dir.name,
-        "config": json.loads((run_dir / "config.json").read_text()),
-        "metrics": metrics,
-        "summary": summary,
-    }
+    metrics = []
+    if (run_dir / "metrics.jsonl").exists():
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                metrics.append(json.loads(line))
+            except ValueError:
+                pass  # a line cut short by an interrupted run
+    summary = _json(run_dir / "summary.json") or {"state": "unfinished"}
+    return {"name": run_dir.name, "config": config, "metrics": metrics, "summary": summary}
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def hr_key(run: dict) -> str:
+    """The HR@K a run's table row reports: HR@10 when the run measured it, else its first K."""
+    topk = run["config"]["eval"]["topk"]
+    return "HR@10" if 10 in topk else f"HR@{topk[0]}"
+
+
+def run_order(name: str) -> tuple:
+    """Sweep runs are numbered "1-...", "10-...": sort by that number, then by name."""
+    head = name.split("-", 1)[0]
+    return (int(head), name) if head.isdigit() else (float("inf"), name)
 
 
 def collect(path: Path) -> list[dict]:
@@ -60,17 +76,23 @@ def collect(path: Path) -> list[dict]:
     if not path.is_dir():
         raise UserError(f"{path}: no such folder (expected a run or sweep folder)")
     single = read_run(path)
-    runs = [single] if single else [r for d in sorted(path.iterdir()) if d.is_dir() and (r := read_run(d))]
+    folders = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: run_order(d.name))
+    runs = [single] if single else [r for d in folders if (r := read_run(d))]
     if not runs:
         raise UserError(f"{path}: holds no run (no config.json in it or in its subfolders)")
     return runs
 
 
-def table(runs: list[dict]) -> list[dict]:
-    """One row per run. The base run is the one with the smallest batch (the first by name among equals)."""
+def base_run(runs: list[dict]) -> dict | None:
+    """The run others are measured against: the finished run with the smallest batch (first in order)."""
     done = [r for r in runs if r["config"] and r["metrics"]]
-    base = min(done, key=lambda r: (r["config"]["train"]["batch_size"], r["name"])) if done else None
-    base_hr = max(m["HR@10"] for m in base["metrics"]) if base else None
+    return min(done, key=lambda r: r["config"]["train"]["batch_size"]) if done else None
+
+
+def table(runs: list[dict]) -> list[dict]:
+    """One row per run; s_to_base_HR is the training time until the run reached the base run's best HR."""
+    base = base_run(runs)
+    base_hr = max(m[hr_key(base)] for m in base["metrics"]) if base else None
     rows = []
     for r in runs:
         cfg, summary, metrics = r["config"], r["summary"], r["metrics"]
@@ -85,22 +107,24 @@ def table(runs: list[dict]) -> list[dict]:
                 warmup=o["warmup"],
                 precision=t.get("precision", "fp32"),
                 lr=f"{summary['lr']:.4g}" if "lr" in summary else "",
+                K=hr_key(r)[3:],
             )
         if metrics:
-            best = max(metrics, key=lambda m: m["HR@10"])
+            hr, ndcg = hr_key(r), "NDCG@" + hr_key(r)[3:]
+            best = max(metrics, key=lambda m: m[hr])
             elapsed, reached = 0.0, ""
             for m in metrics:
                 elapsed += m["train_s"]
-                if base_hr is not None and m["HR@10"] >= base_hr:
+                if base_hr is not None and m[hr] >= base_hr:
                     reached = round(elapsed, 1)
                     break
             row.update(
                 {
-                    "best_HR@10": round(best["HR@10"], 4),
-                    "best_NDCG@10": round(best["NDCG@10"], 4),
+                    "best_HR": round(best[hr], 4),
+                    "best_NDCG": round(best[ndcg], 4),
                     "best_epoch": best["epoch"],
                     "epochs": len(metrics),
-                    "s_to_base_HR@10": reached,
+                    "s_to_base_HR": reached,
                     "samples_per_s": round(sum(m["samples_per_s"] for m in metrics) / len(metrics)),
                 }
             )
@@ -139,21 +163,23 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in runs:
         if r["metrics"]:
-            ax.plot([m["epoch"] for m in r["metrics"]], [m["HR@10"] for m in r["metrics"]], marker="o", label=r["name"])
-    ax.set(xlabel="epoch", ylabel="HR@10", title="HR@10 per epoch")
+            ax.plot(
+                [m["epoch"] for m in r["metrics"]], [m[hr_key(r)] for m in r["metrics"]], marker="o", label=r["name"]
+            )
+    ax.set(xlabel="epoch", ylabel="HR@K (K=10 where measured)", title="HR per epoch")
     ax.legend(fontsize=7)
     save(fig, "hr_per_epoch.png")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     methods: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
-        if row["best_HR@10"] != "":
+        if row["best_HR"] != "":
             key = f"{row['optimizer']} {row['lr_scaling']} warmup={row['warmup']} {row['precision']}"
-            methods.setdefault(key, []).append((row["batch"], row["best_HR@10"]))
+            methods.setdefault(key, []).append((row["batch"], row["best_HR"]))
     for key, points in methods.items():
         points.sort()
         ax.plot(*zip(*points), marker="o", label=key)
-    ax.set(xscale="log", xlabel="batch size", ylabel="best HR@10", title="Best HR@10 against batch size")
+    ax.set(xscale="log", xlabel="batch size", ylabel="best HR@K", title="Best HR against batch size")
     ax.legend(fontsize=7)
     save(fig, "best_hr_vs_batch.png")
 
@@ -180,10 +206,12 @@ def write_report(path: Path) -> Path:
         images = plots(runs, rows, path)
     except ModuleNotFoundError:
         images = []
+    base = base_run(runs)
     text = ["# scalerec report", "", f"{len(runs)} run(s) in `{path}`.", "", markdown(rows)]
     text += [
-        "`s_to_base_HR@10`: training seconds until the run first reached the best HR@10 of the base run "
-        "(the smallest batch); empty where it never did.",
+        f"Base run: `{base['name'] if base else 'none finished'}` (the finished run with the smallest batch). "
+        "`s_to_base_HR`: training seconds until a run first reached the base run's best HR@K; empty where it "
+        "never did. `K`: the cut-off of best_HR and best_NDCG (10 where the run measured it).",
         "",
     ]
     text += [f"![{name}]({name})" for name in images] or ["(plots need matplotlib: pip install matplotlib)"]

@@ -83,19 +83,30 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
     from scalerec.train import train  # torch is imported only when a run actually trains
 
     run_dir = sweep_dir / name
+    try:
+        config = build_config(merge(overrides, {"train": {"output": str(run_dir)}}))
+    except UserError as e:
+        return failed(run_dir, name, e, log)
     if (run_dir / "summary.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
+        if saved != json.loads(config.to_json()):
+            raise UserError(f"{run_dir}: finished with other options than this sweep's; use another --output")
         log(f"== {name}: already finished, skipped")
         return json.loads((run_dir / "summary.json").read_text())
     if (run_dir / "metrics.jsonl").exists():  # an interrupted run: start it again
         (run_dir / "metrics.jsonl").unlink()
     log(f"== {name}")
     try:
-        return train(build_config(merge(overrides, {"train": {"output": str(run_dir)}})), log)
+        return train(config, log)
     except Exception as e:  # a failed run is recorded and the sweep goes on
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "failed.json", json.dumps({"state": "failed", "error": str(e)}) + "\n")
-        log(f"== {name}: failed: {e}")
-        return {"state": "failed", "error": str(e)}
+        return failed(run_dir, name, e, log)
+
+
+def failed(run_dir: Path, name: str, error: Exception, log: Callable[[str], None]) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "failed.json", json.dumps({"state": "failed", "error": str(error)}) + "\n")
+    log(f"== {name}: failed: {error}")
+    return {"state": "failed", "error": str(error)}
 
 
 def sweep(
@@ -120,11 +131,12 @@ def better_in_bf16(runs: list[tuple[str, Overrides]]) -> Callable[[dict[str, dic
     specs = dict(runs)
 
     def choose(results: dict[str, dict]) -> tuple[str, Overrides] | None:
-        scored = [
-            (r["best"]["HR@10"], name)
-            for name in ("6-192x-lars-warmup", "7-192x-lamb-warmup")
-            if (r := results.get(name)) and r.get("best") and "HR@10" in r["best"]
-        ]
+        scored = []
+        for name in ("6-192x-lars-warmup", "7-192x-lamb-warmup"):
+            best = (results.get(name) or {}).get("best") or {}
+            hr = [v for k, v in best.items() if k.startswith("HR@")]  # the first K, as the run ordered them
+            if hr:
+                scored.append((best.get("HR@10", hr[0]), name))
         if not scored:
             return None
         name = max(scored)[1]

@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from scalerec.model import build_model
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
+
+# With fp16 loss scaling, a first step skipped for overflow makes LambdaLR warn that the scheduler stepped
+# before the optimizer; that is expected (the schedule counts steps taken, skipped or not).
+warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,7 +205,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             "eval_s": val_s,
             "samples_per_s": n / train_s,
             "skipped_steps": skipped_steps,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr * schedule((epoch + 1) * steps - 1),  # the lr of the epoch's last step
             "best_epoch": best["epoch"],
         }
         history.append(row)

@@ -1,7 +1,7 @@
 """Optimizer by name, with parameter groups by rule.
 
-For LARS and LAMB, tensors of one dimension (biases, MF's global bias) go to a group that neither decays nor
-adapts: a layer-wise trust ratio of a bias is noise, and decaying it helps nothing. Embedding tables and
+For LARS and LAMB, biases (1-d tensors, and MF's per-user and per-item bias tables) go to a group that neither
+decays nor adapts: a layer-wise trust ratio of a bias is noise, and decaying it helps nothing. Embedding tables and
 weight matrices adapt. SGD and Adam get one group, as in the seed notebook. The group sizes are returned for
 the log.
 """
@@ -37,8 +37,9 @@ def build_optimizer(
         return opt, f"adam: all {_count(model.parameters()):,} parameters in one group"
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (expected one of {', '.join(OPTIMIZERS)})")
-    adapt = [p for p in model.parameters() if p.dim() > 1]
-    fixed = [p for p in model.parameters() if p.dim() <= 1]
+    fixed_names = {n for n, p in model.named_parameters() if p.dim() <= 1 or "bias" in n}
+    adapt = [p for n, p in model.named_parameters() if n not in fixed_names]
+    fixed = [p for n, p in model.named_parameters() if n in fixed_names]
     groups = [
         {"params": adapt, "weight_decay": weight_decay, "adapt": True},
         {"params": fixed, "weight_decay": 0.0, "adapt": False},
@@ -49,7 +50,7 @@ def build_optimizer(
         opt = LAMB(groups, lr=lr)
     return opt, (
         f"{name}: {_count(adapt):,} parameters in {len(adapt)} tensors adapt and decay; "
-        f"{_count(fixed):,} in {len(fixed)} 1-d tensors (biases) do neither"
+        f"{_count(fixed):,} in {len(fixed)} bias tensors do neither"
     )
 
 

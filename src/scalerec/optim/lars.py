@@ -1,13 +1,14 @@
 """LARS: layer-wise adaptive rate scaling (You, Gitman, Ginsburg 2017, arXiv 1708.03888).
 
-For each parameter tensor p with gradient g, weight decay wd and trust coefficient eta:
+For each parameter tensor p with gradient g, weight decay wd, trust coefficient eta and learning rate lr
+(Algorithm 1 of the paper, the lr inside the momentum buffer):
     d      = g + wd * p
-    trust  = eta * ||p|| / (||g|| + wd * ||p|| + eps)   (1 where ||p|| or ||g|| is 0: nothing to scale by)
-    buf    = momentum * buf + trust * d
-    p     -= lr * buf                                    (nesterov: p -= lr * (trust * d + momentum * buf))
-Groups with adapt=False (by rule the biases and other 1-d tensors, see factory.py) skip the trust ratio and
-the weight decay: plain SGD with momentum. Gradients are read, never modified in place. The call shape of
-the seed notebook's `lars.LARS(model.parameters(), lr=..., momentum=..., weight_decay=...)` works as is.
+    trust  = eta * ||p|| / (||g|| + wd * ||p|| + eps)   (1 where ||p|| or the denominator is 0)
+    buf    = momentum * buf + lr * trust * d
+    p     -= buf                                         (nesterov: p -= lr * trust * d + momentum * buf)
+Groups with adapt=False (by rule the biases, see factory.py) skip the trust ratio and the weight decay: plain
+SGD with momentum. Gradients are read, never modified in place. The call shape of the seed notebook's
+`lars.LARS(model.parameters(), lr=..., momentum=..., weight_decay=...)` works as is.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ class LARS(Optimizer):
                 if group["adapt"]:
                     d = g.add(p, alpha=wd) if wd else g.clone()
                     p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    trust = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
-                    trust = torch.where((p_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    d.mul_(trust)
+                    denom = g_norm + wd * p_norm
+                    trust = group["eta"] * p_norm / (denom + group["eps"])
+                    trust = torch.where((p_norm > 0) & (denom > 0), trust, torch.ones_like(trust))
+                    d.mul_(trust * group["lr"])
                 else:
-                    d = g.clone()
+                    d = g.mul(group["lr"])
                 if mom:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
@@ -71,5 +73,5 @@ class LARS(Optimizer):
                         state["momentum_buffer"].mul_(mom).add_(d)
                     buf = state["momentum_buffer"]
                     d = d.add(buf, alpha=mom) if group["nesterov"] else buf
-                p.add_(d, alpha=-group["lr"])
+                p.sub_(d)
         return loss

@@ -24,7 +24,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, warmup: str = "non
     if warmup != "none" and step < warmup_steps:
         if warmup == "exponential":
             return math.exp(math.log(0.01) * (warmup_steps - step) / warmup_steps)
-        return (step + 1) / warmup_steps
+        return min(1.0, (step + 1) / warmup_steps)  # warmup_steps may be fractional
     start = warmup_steps if warmup != "none" else 0
     span = max(1, total_steps - start)
     progress = min(1.0, max(0.0, (step - start) / span))

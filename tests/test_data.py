@@ -657,3 +657,10 @@ def test_ncf_prefix_from_folder_file_or_prefix(given):
     from scalerec.data.ncf import resolve_prefix
 
     assert resolve_prefix(SHARED_DATA / given) == SHARED_DATA / "ncf-ml-1m" / "ml-1m"
+
+
+def test_too_few_free_items_names_the_user_as_in_the_file(tmp_path):
+    users = np.array([501, 501, 501, 777, 777])
+    items = np.array([1, 2, 3, 1, 2])
+    with pytest.raises(UserError, match=r"user 501 has interacted with 3 of 3 items"):
+        from_interactions(users, items, np.arange(5.0), "t", "t", eval_negatives=1, seed=0)

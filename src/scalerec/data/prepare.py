@@ -100,12 +100,15 @@ def is_member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == queries
 
 
-def sample_eval_negatives(users: np.ndarray, n_items: int, positive_keys: np.ndarray, n: int, seed: int) -> np.ndarray:
+def sample_eval_negatives(
+    users: np.ndarray, n_items: int, positive_keys: np.ndarray, n: int, seed: int, user_ids: np.ndarray | None = None
+) -> np.ndarray:
     """For each user, n distinct items it never interacted with, uniformly at random, deterministic for a seed.
 
     Vectorized rejection: draw a row of candidates per user, drop positives and repeats (keeping first
     occurrences, so the kept ones are a uniform sample without replacement), take the first n; rows that came
     up short are drawn again with more candidates. Users with fewer than 2n free items are drawn exactly.
+    `user_ids` (raw id per contiguous id) only names the user in an error.
     """
     rng = np.random.default_rng(seed)
     out = np.full((len(users), n), -1, np.int64)
@@ -114,7 +117,8 @@ def sample_eval_negatives(users: np.ndarray, n_items: int, positive_keys: np.nda
     if (free < n).any():
         i = int(np.flatnonzero(free < n)[0])
         raise UserError(
-            f"user {int(users[i])} has interacted with {counts[i]} of {n_items} items, leaving {free[i]} "
+            f"user {int(users[i] if user_ids is None or not len(user_ids) else user_ids[users[i]])} has "
+            f"interacted with {counts[i]} of {n_items} items, leaving {free[i]} "
             f"for {n} evaluation negatives; lower --eval-negatives"
         )
     exact = np.flatnonzero(free < 2 * n)
@@ -197,7 +201,9 @@ def from_interactions(
         item_ids=item_ids,
         notes=notes,
     )
-    ds.eval_negatives = sample_eval_negatives(ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed)
+    ds.eval_negatives = sample_eval_negatives(
+        ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids
+    )
     return ds
 
 

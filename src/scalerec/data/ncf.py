@@ -110,14 +110,13 @@ def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
             )
         source = f"the NCF paper's files {prefix}.{{train,test}}.rating and its {negs.shape[1]} test negatives"
     else:
-        keys = np.unique(np.concatenate([tu * n_items + ti, su * n_items + si]))
-        negs = sample_eval_negatives(su, n_items, keys, eval_negatives, seed)
+        negs = None  # sampled below, once the Dataset can give its positive keys
         source = f"the NCF paper's files {prefix}.{{train,test}}.rating"
         notes.append(
             f"{neg_path.name} not found: {eval_negatives} negatives per user sampled with seed {seed}; "
             "these are not the paper's negatives"
         )
-    return Dataset(
+    ds = Dataset(
         name=f"NCF {prefix.name}",
         source=source,
         n_users=n_users,
@@ -126,6 +125,9 @@ def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
         train_items=ti,
         test_users=su,
         test_items=si,
-        eval_negatives=negs,
+        eval_negatives=negs if negs is not None else np.zeros((0, 0), np.int64),
         notes=notes,
     )
+    if negs is None:
+        ds.eval_negatives = sample_eval_negatives(su, n_items, ds.positive_keys(), eval_negatives, seed)
+    return ds

@@ -149,12 +149,32 @@ def test_every_optimizer_converges_on_a_small_problem(name, lr):
 
 def test_param_groups_by_rule_and_bad_arguments():
     model = build_model("neumf", 10, 12, 4, (8, 8, 4), 0.0)
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert len(tables) == 4
+
+    def ids(group):
+        return {id(p) for p in group["params"]}
+
+    # LARS: matrices and tables adapt and decay; biases adapt without decay.
     opt, description = build_optimizer("lars", model, lr=0.1, weight_decay=1e-4)
-    adapt, fixed = opt.param_groups
+    adapt, biases = opt.param_groups
     assert all(p.dim() == 2 for p in adapt["params"]) and adapt["adapt"] and adapt["weight_decay"] == 1e-4
-    assert all(p.dim() == 1 for p in fixed["params"]) and not fixed["adapt"] and fixed["weight_decay"] == 0
-    assert "bias tensors do neither" in description
-    mf_opt, _ = build_optimizer("lamb", build_model("mf", 10, 12, 4, (8, 8, 4), 0.0), lr=0.1)
+    assert tables <= ids(adapt)
+    assert all(p.dim() == 1 for p in biases["params"]) and biases["adapt"] and biases["weight_decay"] == 0
+    assert "(embedding tables adapt)" in description and "bias tensors adapt but do not decay" in description
+    # LAMB: biases and tables step plainly and never decay; the MLP weight matrices adapt.
+    lamb, description = build_optimizer("lamb", model, lr=0.1, weight_decay=1e-4)
+    adapt, biases, plain = lamb.param_groups
+    assert ids(plain) == tables and not plain["adapt"] and plain["weight_decay"] == 0
+    assert not tables & ids(adapt) and adapt["params"] and adapt["adapt"]
+    assert all(p.dim() == 1 for p in biases["params"]) and not biases["adapt"]
+    assert "embedding tables neither adapt nor decay" in description
+    # The option overrides the default either way.
+    lamb_adapt, _ = build_optimizer("lamb", model, lr=0.1, adapt_embeddings=True)
+    assert tables <= ids(lamb_adapt.param_groups[0]) and len(lamb_adapt.param_groups) == 2
+    lars_plain, _ = build_optimizer("lars", model, lr=0.1, adapt_embeddings=False)
+    assert ids(lars_plain.param_groups[2]) == tables and not lars_plain.param_groups[2]["adapt"]
+    mf_opt, _ = build_optimizer("lamb", build_model("mf", 10, 12, 4, (8, 8, 4), 0.0), lr=0.1, adapt_embeddings=True)
     assert sorted(tuple(p.shape) for p in mf_opt.param_groups[1]["params"]) == [(), (10, 1), (12, 1)]  # bias tables
     for kwargs, match in [
         ({"lr": -1}, "Invalid learning rate"),

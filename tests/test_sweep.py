@@ -5,8 +5,9 @@ import sys
 import pytest
 
 from scalerec.cli import main
+from scalerec.optim import scaled_lr
 from scalerec.report import collect, table
-from scalerec.sweep import flat, grid_runs, notebook_base_batch, notebook_runs, sweep
+from scalerec.sweep import LARS_RELATIVE_STEP, flat, grid_runs, notebook_base_batch, notebook_runs, sweep
 
 TINY = {
     "data": {
@@ -43,6 +44,16 @@ def test_notebook_preset_runs_follow_the_story():
     assert runs["5-192x-linear-warmup"]["optim"]["warmup"] == "exponential"
     assert runs["6-192x-lars-warmup"]["optim"]["optimizer"] == "lars"
     assert runs["6-192x-lars-warmup"]["train"]["batch_size"] == 192 * 256
+    # LARS keeps the linear rule's lr; its trust coefficient makes the peak relative step LARS_RELATIVE_STEP...
+    lars = runs["6-192x-lars-warmup"]["optim"]
+    assert scaled_lr(lars["base_lr"], lars["base_batch"], 192 * 256, "linear") * lars["trust_coefficient"] == (
+        pytest.approx(LARS_RELATIVE_STEP)
+    )
+    # ...unless the user gave one.
+    assert (
+        dict(notebook_runs(256, 0.005, 0.002, lars_eta=0.003))["6-192x-lars-warmup"]["optim"]["trust_coefficient"]
+        == 0.003
+    )
 
 
 def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):

@@ -23,7 +23,7 @@ def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: An
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
         kwargs.update(choices=typing.get_args(hint))
-    elif hint is bool:
+    elif hint is bool or args == [bool]:
         kwargs.update(action=argparse.BooleanOptionalAction)
     elif typing.get_origin(hint) is tuple:
         kwargs.update(nargs="+", type=args[0])
@@ -115,7 +115,8 @@ def run_sweep(args: argparse.Namespace) -> Path:
         ds = load_dataset(cfg.data)
         b = cfg.optim.base_batch or sweep.notebook_base_batch(len(ds.train_users) * (1 + cfg.train.negatives))
         sgd_lr = cfg.optim.base_lr or sweep.NOTEBOOK_SGD_LR
-        runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr)
+        eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
+        runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta)
         final = sweep.better_in_bf16(runs)
         print(
             f"Notebook preset: base batch B = {b}, SGD lr {sgd_lr:g}; 16B = {16 * b}, "

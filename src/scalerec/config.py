@@ -108,6 +108,9 @@ class OptimConfig:
     """L2 weight decay (LARS and LAMB: on the tensors that adapt, never on biases)."""
     trust_coefficient: float = 0.001
     """LARS trust coefficient eta: the layer-wise lr is eta * ||w|| / ||grad||."""
+    adapt_embeddings: bool | None = None
+    """LARS and LAMB: give embedding tables a trust ratio and weight decay like weight matrices (else plain
+    SGD/Adam steps). Default: yes for LARS, no for LAMB (measured; see the README)."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

@@ -117,7 +117,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     o, bs = cfg.optim, cfg.train.batch_size
     lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
     optimizer, groups = build_optimizer(
-        o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient
+        o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient, o.adapt_embeddings
     )
     sampler = EpochSampler(
         ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, cfg.train.negatives, device, cfg.train.seed

@@ -1,9 +1,14 @@
 """Optimizer by name, with parameter groups by rule.
 
-For LARS and LAMB, biases (1-d tensors, and MF's per-user and per-item bias tables) go to a group that neither
-decays nor adapts: a layer-wise trust ratio of a bias is noise, and decaying it helps nothing. Embedding tables and
-weight matrices adapt. SGD and Adam get one group, as in the seed notebook. The group sizes are returned for
-the log.
+For LARS and LAMB, weight matrices adapt (a layer-wise trust ratio) and decay. Biases (1-d tensors, and MF's
+per-user and per-item bias tables) never decay; under LARS they adapt too, because LARS's lr is a relative step
+(lr x eta of a layer's norm) that, applied as a plain SGD step, blows biases up (the linear rule gives lr 576 for
+192 x 256 on ML-1M: loss 123 after one epoch with plain biases, 1.17 with adapted ones); under LAMB a plain Adam
+step is bounded by the lr, so they step plainly. Embedding tables adapt under LARS (a plain SGD step at that lr
+would blow them up too) and not under LAMB, where the trust ratio ties each row's step to the norm of the whole
+table, initialised at N(0, 0.01): measured on ML-1M at 192 x 256 with warmup, HR@10 after epochs 0 / 1 was
+0.5659 / 0.6684 with plain tables against 0.4608 / 0.6280 with adapted ones. `adapt_embeddings` overrides this.
+SGD and Adam get one group, as in the seed notebook. The group sizes are returned for the log.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def build_optimizer(
     nesterov: bool = False,
     weight_decay: float = 0.0,
     trust_coefficient: float = 0.001,
+    adapt_embeddings: bool | None = None,
 ) -> tuple[torch.optim.Optimizer, str]:
     """(optimizer, a one-line description of its parameter groups)."""
     if name == "sgd":
@@ -37,20 +43,32 @@ def build_optimizer(
         return opt, f"adam: all {_count(model.parameters()):,} parameters in one group"
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (expected one of {', '.join(OPTIMIZERS)})")
-    fixed_names = {n for n, p in model.named_parameters() if p.dim() <= 1 or "bias" in n}
-    adapt = [p for n, p in model.named_parameters() if n not in fixed_names]
-    fixed = [p for n, p in model.named_parameters() if n in fixed_names]
+    if adapt_embeddings is None:
+        adapt_embeddings = name == "lars"
+    tables = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    biases, matrices, plain_tables = [], [], []
+    for n, p in model.named_parameters():
+        if p.dim() <= 1 or "bias" in n:  # "bias": MF's per-user and per-item bias tables
+            biases.append(p)
+        elif n in tables and not adapt_embeddings:
+            plain_tables.append(p)
+        else:
+            matrices.append(p)
     groups = [
-        {"params": adapt, "weight_decay": weight_decay, "adapt": True},
-        {"params": fixed, "weight_decay": 0.0, "adapt": False},
+        {"params": matrices, "weight_decay": weight_decay, "adapt": True},
+        {"params": biases, "weight_decay": 0.0, "adapt": name == "lars"},
+        {"params": plain_tables, "weight_decay": 0.0, "adapt": False},
     ]
+    groups = [g for g in groups if g["params"]]
     if name == "lars":
         opt = LARS(groups, lr=lr, momentum=momentum, nesterov=nesterov, eta=trust_coefficient)
     else:
         opt = LAMB(groups, lr=lr)
+    bias_rule = "adapt but do not decay" if name == "lars" else "neither adapt nor decay"
+    tables_rule = "embedding tables adapt" if adapt_embeddings else "embedding tables neither adapt nor decay"
     return opt, (
-        f"{name}: {_count(adapt):,} parameters in {len(adapt)} tensors adapt and decay; "
-        f"{_count(fixed):,} in {len(fixed)} bias tensors do neither"
+        f"{name}: {_count(matrices):,} parameters in {len(matrices)} tensors adapt and decay "
+        f"({tables_rule}); {_count(biases):,} in {len(biases)} bias tensors {bias_rule}"
     )
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scalerec.model import build_model
-from scalerec.optim import LAMB, LARS, build_optimizer, lr_factor, scaled_lr
+from scalerec.optim import LAMB, LARS, RowwiseAdam, build_optimizer, lr_factor, scaled_lr
 
 
 def test_scaling_rules_against_hand_computed_values():
@@ -192,3 +192,54 @@ def test_seed_notebook_call_shape():
     opt = LARS(model.parameters(), lr=0.005 * 192, momentum=0.9, weight_decay=0.0001)
     model(torch.tensor([1]), torch.tensor([2])).sum().backward()
     opt.step()
+
+
+def test_rowwise_adam_matches_dense_adam_on_touched_rows_and_leaves_the_others():
+    torch.manual_seed(0)
+    dense = build_model("neumf", 6, 8, 4, (8, 8, 4), 0.0)
+    rows = build_model("neumf", 6, 8, 4, (8, 8, 4), 0.0, sparse=True)
+    rows.load_state_dict(dense.state_dict())
+    dense_opt = torch.optim.Adam(dense.parameters(), lr=0.01, weight_decay=1e-3)
+    rows_opt, description = build_optimizer("adam", rows, lr=0.01, weight_decay=1e-3)
+    assert isinstance(rows_opt, RowwiseAdam) and "row by row" in description
+    every_user, every_item = torch.arange(6).repeat(2), torch.arange(8)[:12].repeat(2)[:12]
+    labels = torch.rand(12)
+    for _ in range(3):  # every row in every batch: lazy Adam is dense Adam
+        for model, opt in ((dense, dense_opt), (rows, rows_opt)):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(every_user, every_item), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert rows.gmf_user.weight.grad.is_sparse
+    for (name, a), b in zip(dense.state_dict().items(), rows.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # A batch without user 5 and item 7 leaves their rows, and their moments, untouched.
+    before = {k: v.clone() for k, v in rows.state_dict().items()}
+    m_before = rows_opt.state[rows.gmf_user.weight]["exp_avg"].clone()
+    loss = rows(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])).sum()
+    rows_opt.zero_grad()
+    loss.backward()
+    rows_opt.step()
+    after = rows.state_dict()
+    assert torch.equal(after["gmf_user.weight"][5], before["gmf_user.weight"][5])
+    assert torch.equal(after["mlp_item.weight"][7], before["mlp_item.weight"][7])
+    assert torch.equal(rows_opt.state[rows.gmf_user.weight]["exp_avg"][5], m_before[5])
+    assert not torch.equal(after["gmf_user.weight"][0], before["gmf_user.weight"][0])
+
+
+def test_rowwise_adam_matches_torch_sparse_adam_on_a_table():
+    torch.manual_seed(1)
+    a, b = torch.nn.Embedding(10, 3, sparse=True), torch.nn.Embedding(10, 3, sparse=True)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = RowwiseAdam(a.parameters(), lr=0.05), torch.optim.SparseAdam(b.parameters(), lr=0.05)
+    for step in range(4):
+        idx = torch.tensor([step, 2, 2, 7])  # a repeated row sums its gradients
+        for table, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (table(idx) ** 2).sum().backward()
+            opt.step()
+    assert torch.allclose(a.weight, b.weight, atol=1e-6)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        RowwiseAdam(a.parameters(), lr=0)
+    with pytest.raises(ValueError, match="need --optimizer adam"):
+        build_optimizer("lamb", build_model("neumf", 6, 8, 4, (8, 8, 4), 0.0, sparse=True), lr=0.1)

@@ -111,6 +111,9 @@ class OptimConfig:
     adapt_embeddings: bool | None = None
     """LARS and LAMB: give embedding tables a trust ratio and weight decay like weight matrices (else plain
     SGD/Adam steps). Default: yes for LARS, no for LAMB (measured; see the README)."""
+    sparse_embeddings: bool | None = None
+    """Embedding tables get sparse gradients and Adam updates only the rows a batch touched (lazy Adam), instead
+    of every row at every step. Default: yes for adam; the other optimizers update tables densely."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -127,6 +130,8 @@ class OptimConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.trust_coefficient > 0:
             raise ValueError(f"trust_coefficient must be > 0, got {self.trust_coefficient}")
+        if self.sparse_embeddings and self.optimizer != "adam":
+            raise ValueError(f"sparse_embeddings needs --optimizer adam, not {self.optimizer}")
         if self.nesterov and (self.optimizer not in ("sgd", "lars") or self.momentum == 0):
             raise ValueError("nesterov needs --optimizer sgd or lars and a momentum > 0")
 

@@ -16,7 +16,8 @@ Encoding = tuple[torch.Tensor | None, ...]  # None where a branch is absent
 
 class NeuMF(nn.Module):
     """GMF branch (elementwise product of embeddings) and MLP branch (concatenated embeddings through ReLU
-    layers), fused by one linear layer; with gmf=False or mlp=False it is MLP or GMF alone."""
+    layers), fused by one linear layer; with gmf=False or mlp=False it is MLP or GMF alone. With sparse=True the
+    embedding tables get sparse gradients (the batch's rows only), for optim.RowwiseAdam."""
 
     def __init__(
         self,
@@ -27,6 +28,7 @@ class NeuMF(nn.Module):
         dropout: float = 0.0,
         gmf: bool = True,
         mlp: bool = True,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         if not (gmf or mlp):
@@ -34,13 +36,13 @@ class NeuMF(nn.Module):
         self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
         out = 0
         if gmf:
-            self.gmf_user = nn.Embedding(n_users, factors)
-            self.gmf_item = nn.Embedding(n_items, factors)
+            self.gmf_user = nn.Embedding(n_users, factors, sparse=sparse)
+            self.gmf_item = nn.Embedding(n_items, factors, sparse=sparse)
             out += factors
         if mlp:
             half = layers[0] // 2
-            self.mlp_user = nn.Embedding(n_users, half)
-            self.mlp_item = nn.Embedding(n_items, half)
+            self.mlp_user = nn.Embedding(n_users, half, sparse=sparse)
+            self.mlp_item = nn.Embedding(n_items, half, sparse=sparse)
             # The first layer on concat(user, item) is W_u @ user + W_i @ item + b: kept as two halves so that
             # evaluation computes each half once per user and once per item. Same FLOPs in training.
             self.first_user = nn.Linear(half, layers[1])
@@ -95,12 +97,12 @@ class NeuMF(nn.Module):
 class MF(nn.Module):
     """Matrix factorisation: dot(user, item) + user bias + item bias + global bias."""
 
-    def __init__(self, n_users: int, n_items: int, factors: int = 64) -> None:
+    def __init__(self, n_users: int, n_items: int, factors: int = 64, sparse: bool = False) -> None:
         super().__init__()
-        self.user = nn.Embedding(n_users, factors)
-        self.item = nn.Embedding(n_items, factors)
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
+        self.user = nn.Embedding(n_users, factors, sparse=sparse)
+        self.item = nn.Embedding(n_items, factors, sparse=sparse)
+        self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+        self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
         self.bias = nn.Parameter(torch.zeros(()))
         nn.init.normal_(self.user.weight, 0.0, 0.01)
         nn.init.normal_(self.item.weight, 0.0, 0.01)
@@ -121,10 +123,16 @@ class MF(nn.Module):
 
 
 def build_model(
-    name: str, n_users: int, n_items: int, factors: int, layers: tuple[int, ...], dropout: float
+    name: str,
+    n_users: int,
+    n_items: int,
+    factors: int,
+    layers: tuple[int, ...],
+    dropout: float,
+    sparse: bool = False,
 ) -> nn.Module:
     if name == "mf":
-        return MF(n_users, n_items, factors)
+        return MF(n_users, n_items, factors, sparse)
     if name not in ("neumf", "gmf", "mlp"):
         raise ValueError(f"unknown model {name!r} (expected neumf, gmf, mlp or mf)")
-    return NeuMF(n_users, n_items, factors, layers, dropout, gmf=name != "mlp", mlp=name != "gmf")
+    return NeuMF(n_users, n_items, factors, layers, dropout, gmf=name != "mlp", mlp=name != "gmf", sparse=sparse)

@@ -111,10 +111,11 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         log(f"Note: {note}")
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(
-        cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers, cfg.model.dropout
-    ).to(device)
     o, bs = cfg.optim, cfg.train.batch_size
+    sparse = o.optimizer == "adam" if o.sparse_embeddings is None else o.sparse_embeddings
+    model = build_model(
+        cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers, cfg.model.dropout, sparse
+    ).to(device)
     lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
     optimizer, groups = build_optimizer(
         o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient, o.adapt_embeddings

@@ -18,6 +18,7 @@ from torch import nn
 
 from scalerec.optim.lamb import LAMB
 from scalerec.optim.lars import LARS
+from scalerec.optim.rowwise import RowwiseAdam
 
 OPTIMIZERS = ("sgd", "adam", "lars", "lamb")
 
@@ -38,6 +39,15 @@ def build_optimizer(
             model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
         )
         return opt, f"sgd: all {_count(model.parameters()):,} parameters in one group"
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    if name == "adam" and sparse:
+        opt = RowwiseAdam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return opt, (
+            f"adam: all {_count(model.parameters()):,} parameters in one group; the {_count(sparse):,} in "
+            f"{len(sparse)} embedding tables updated row by row (the rows each batch touches)"
+        )
+    if sparse:
+        raise ValueError(f"sparse embedding gradients need --optimizer adam, not {name}")
     if name == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         return opt, f"adam: all {_count(model.parameters()):,} parameters in one group"

@@ -1,0 +1,136 @@
+"""The bare training step: a plain PyTorch NeuMF step against scalerec's, side by side, with an sgemm for scale.
+
+"plain" is the step a PyTorch user writes first: four nn.Embedding tables, an nn.Linear MLP on the concatenated
+embeddings, dense torch.optim.Adam. "scalerec" is scalerec's model and optimizer exactly as `scalerec train` builds
+them for adam (sparse table gradients, RowwiseAdam). Both train on the same pre-drawn batches (users uniform,
+items skewed like MovieLens popularity) with the same threads, alternated R times in one process; the median is
+printed. "sgemm" is a plain matrix product at the shape of the MLP's largest layer, the machine's practical FLOP
+rate; each step line also gives its FLOP rate (3 x the forward FLOPs of the MLP and the GMF product). Run:
+
+    .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
+    .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from common import machine
+from torch import nn
+
+from scalerec.model import build_model
+from scalerec.optim import build_optimizer
+
+SHAPES = {"ml-1m": (6040, 3706), "ml-20m": (138493, 26744), "ml-100k": (943, 1682)}
+FACTORS, LAYERS = 64, (256, 256, 128, 64)
+
+
+class PlainNeuMF(nn.Module):
+    def __init__(self, n_users: int, n_items: int) -> None:
+        super().__init__()
+        self.gmf_user, self.gmf_item = nn.Embedding(n_users, FACTORS), nn.Embedding(n_items, FACTORS)
+        self.mlp_user, self.mlp_item = nn.Embedding(n_users, LAYERS[0] // 2), nn.Embedding(n_items, LAYERS[0] // 2)
+        self.mlp = nn.Sequential(*(m for a, b in zip(LAYERS, LAYERS[1:]) for m in (nn.Linear(a, b), nn.ReLU())))
+        self.predict = nn.Linear(FACTORS + LAYERS[-1], 1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        gmf = self.gmf_user(users) * self.gmf_item(items)
+        mlp = self.mlp(torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=-1))
+        return self.predict(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+
+
+def train_flops_per_sample() -> int:
+    macs = sum(a * b for a, b in zip(LAYERS, LAYERS[1:])) + FACTORS + LAYERS[-1]
+    return 3 * 2 * macs + 3 * FACTORS  # forward + backward (twice the forward), and the GMF product
+
+
+def run_steps(model, opt, batches) -> float:
+    """Seconds for one pass over the batches."""
+    t0 = time.perf_counter()
+    for users, items, labels in batches:
+        loss = F.binary_cross_entropy_with_logits(model(users, items), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    float(loss.detach())  # wait for the device
+    return time.perf_counter() - t0
+
+
+def sgemm_gflops(batch: int, device: torch.device, seconds: float = 1.0) -> float:
+    a = torch.randn(batch, LAYERS[0], device=device)
+    b = torch.randn(LAYERS[0], LAYERS[1], device=device)
+    torch.mm(a, b)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        n += 1
+    float(a[0, 0])
+    return 2 * batch * LAYERS[0] * LAYERS[1] * n / (time.perf_counter() - t0) / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["ml-1m", "ml-20m"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 65536])
+    p.add_argument("--samples", type=int, default=2_000_000, help="samples per timed pass (rounded to batches)")
+    p.add_argument("--repeats", type=int, default=3, help="alternations of the two steps")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    flops = train_flops_per_sample()
+    for shape in args.shapes:
+        n_users, n_items = SHAPES[shape]
+        item_weights = (torch.arange(n_items, dtype=torch.float64) + 1) ** -0.8  # Zipf-like popularity
+        for bs in args.batch_sizes:
+            g = torch.Generator().manual_seed(0)
+            steps = max(2, args.samples // bs)
+            batches = [
+                (
+                    torch.randint(0, n_users, (bs,), generator=g).to(device),
+                    torch.multinomial(item_weights, bs, replacement=True, generator=g).to(device),
+                    (torch.rand(bs, generator=g) < 0.2).float().to(device),
+                )
+                for _ in range(steps)
+            ]
+            torch.manual_seed(0)
+            plain = PlainNeuMF(n_users, n_items).to(device)
+            candidates = {
+                "plain": (plain, torch.optim.Adam(plain.parameters(), lr=0.001)),
+            }
+            ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=True).to(device)
+            candidates["scalerec"] = (ours, build_optimizer("adam", ours, 0.001)[0])
+            for model, opt in candidates.values():
+                run_steps(model, opt, batches[:2])  # warm-up: allocator, optimizer state
+            times: dict[str, list[float]] = {name: [] for name in candidates}
+            for _ in range(args.repeats):
+                for name, (model, opt) in candidates.items():
+                    times[name].append(run_steps(model, opt, batches))
+            gemm = sgemm_gflops(bs, device)
+            base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": "fp32", "shape": shape}
+            base.update(users=n_users, items=n_items, batch=bs, optimizer="adam")
+            rates = {}
+            for name, ts in times.items():
+                rates[name] = steps * bs / statistics.median(ts)
+                line = {**base, "step": name, "samples_per_s": round(rates[name])}
+                line["gflops"] = round(rates[name] * flops / 1e9, 1)
+                line["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                if device.type == "cuda":
+                    line["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+                print(json.dumps(line), flush=True)
+            print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1)}), flush=True)
+            ratio = {"scalerec_over_plain": round(rates["scalerec"] / rates["plain"], 3)}
+            ratio["scalerec_flops_over_sgemm"] = round(rates["scalerec"] * flops / 1e9 / gemm, 3)
+            print(json.dumps({**base, "step": "ratio", **ratio}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

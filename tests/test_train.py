@@ -84,8 +84,8 @@ def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, mo
     seen = []
     real_step = train_module.train_step
 
-    def recording_step(model, optimizer, scaler, ctx, users, items, labels):
-        loss, skipped = real_step(model, optimizer, scaler, ctx, users, items, labels)
+    def recording_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs):
+        loss, skipped = real_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs)
         seen.append((loss.item(), len(users)))
         return loss, skipped
 
@@ -173,9 +173,9 @@ def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch
     seen = []
     real_step = train_module.train_step
 
-    def recording_step(model, optimizer, scaler, ctx, users, items, labels):
+    def recording_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs):
         seen.append(optimizer.param_groups[0]["lr"])
-        return real_step(model, optimizer, scaler, ctx, users, items, labels)
+        return real_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", recording_step)
     cfg = tiny_config(tmp_path, epochs=2, batch_size=1000)
@@ -185,3 +185,33 @@ def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch
     expected = [0.005 * lr_factor(s, 0.5 * steps, 2 * steps, "linear", "cosine") for s in range(2 * steps)]
     assert seen == pytest.approx(expected)
     assert seen[0] < seen[steps // 2] and seen[-1] < 0.1 * max(seen)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "lars", "lamb"])
+def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer):
+    import contextlib
+
+    from scalerec.model import build_model
+    from scalerec.optim import build_optimizer
+    from scalerec.train import train_step
+
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 11, (50,), generator=g)
+    labels = (torch.rand(50, generator=g) < 0.3).float()
+    results = []
+    for micro in (None, 7, 50, 1000):
+        torch.manual_seed(0)
+        model = build_model("neumf", 9, 11, 4, (8, 8, 4), 0.0, sparse=optimizer == "adam")
+        opt, _ = build_optimizer(optimizer, model, lr=0.05)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        for _ in range(2):
+            loss, _ = train_step(model, opt, scaler, contextlib.nullcontext(), users, items, labels, micro_batch=micro)
+        results.append((loss, [p.detach().clone() for p in model.parameters()]))
+    (loss0, params0), *others = results
+    torch.manual_seed(0)
+    untrained = build_model("neumf", 9, 11, 4, (8, 8, 4), 0.0)
+    assert any(not torch.equal(a, b) for a, b in zip(params0, untrained.parameters()))  # it did train
+    for loss, params in others:
+        assert torch.allclose(loss, loss0, atol=1e-6)
+        for a, b in zip(params0, params):
+            assert torch.allclose(a, b, atol=1e-5)

@@ -142,6 +142,9 @@ class TrainConfig:
     """Number of training epochs."""
     batch_size: int = 1024
     """Training samples (positives + negatives) per step."""
+    micro_batch: int | None = None
+    """Compute each batch in slices of this many samples that add up to the same gradient and one step: for
+    batches whose activations outgrow the CPU cache or the device memory (default: the whole batch at once)."""
     negatives: int = 4
     """Train negatives drawn per positive, fresh every epoch."""
     seed: int = 0
@@ -160,6 +163,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be at least 1, got {self.micro_batch}")
         if self.negatives < 0:
             raise ValueError(f"negatives must be >= 0, got {self.negatives}")
         if not 0 <= self.seed <= MAX_SEED:

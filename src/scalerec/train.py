@@ -43,22 +43,41 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_step(model, optimizer, scaler, ctx, users, items, labels) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model, optimizer, scaler, ctx, users, items, labels, micro_batch: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
-    tensors (no host sync)."""
-    with ctx:
-        logits = model(users, items)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+    tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
+    gradients add up to the whole batch's (each slice's loss is its sum over the batch size): one optimizer step,
+    the same gradient, but activations that stay in cache (or fit in device memory)."""
+    n = len(labels)
+    chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    total = torch.zeros((), device=labels.device)
+    for s in range(0, n, chunk):
+        with ctx:
+            logits = model(users[s : s + chunk], items[s : s + chunk])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
+        scaler.scale(loss).backward()
+        total += loss.detach()
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
     skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
     scaler.update()
-    return loss.detach(), skipped
+    return total, skipped
 
 
 def train_epoch(
-    model, optimizer, users, items, labels, batch_size: int, bar=None, scheduler=None, scaler=None, ctx=None
+    model,
+    optimizer,
+    users,
+    items,
+    labels,
+    batch_size: int,
+    bar=None,
+    scheduler=None,
+    scaler=None,
+    ctx=None,
+    micro_batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the epoch's tensors in slices: (each step's mean loss, the number of skipped steps), on the
     device (no host sync). Without `scaler` and `ctx` it trains in fp32."""
@@ -69,7 +88,9 @@ def train_epoch(
     skipped = torch.zeros((), device=users.device)
     for k, s in enumerate(range(0, n, batch_size)):
         e = min(s + batch_size, n)
-        losses[k], skip = train_step(model, optimizer, scaler, ctx, users[s:e], items[s:e], labels[s:e])
+        losses[k], skip = train_step(
+            model, optimizer, scaler, ctx, users[s:e], items[s:e], labels[s:e], micro_batch=micro_batch
+        )
         skipped += skip
         if scheduler is not None:
             scheduler.step()
@@ -146,7 +167,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     )
     log(
         f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
-        f"batch {bs}, {n:,} samples per epoch ({steps} steps); run folder {run_dir}"
+        f"batch {bs}{f' in micro-batches of {cfg.train.micro_batch}' if cfg.train.micro_batch else ''}, "
+        f"{n:,} samples per epoch ({steps} steps); run folder {run_dir}"
     )
     log(
         f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
@@ -170,7 +192,9 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             mininterval=0.5,
             desc=f"Epoch {epoch}",
         ) as bar:
-            losses, skipped = train_epoch(model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx)
+            losses, skipped = train_epoch(
+                model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx, cfg.train.micro_batch
+            )
         epoch_loss = epoch_mean(losses, n, bs)  # sync point: the epoch is done
         skipped_steps = int(skipped)
         train_s = time.perf_counter() - t0

@@ -27,9 +27,22 @@ def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: An
         kwargs.update(action=argparse.BooleanOptionalAction)
     elif typing.get_origin(hint) is tuple:
         kwargs.update(nargs="+", type=args[0])
+    elif named := [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]:
+        kinds = [a for a in args if typing.get_origin(a) is not Literal]
+        kwargs.update(type=_number_or(kinds[0], named), metavar=f"{name.upper()}|{'|'.join(named)}")
     else:
         kwargs.update(type=args[0] if args else hint, metavar=name.upper())
     group.add_argument(flag, **kwargs)
+
+
+def _number_or(kind: type, names: list[str]) -> Any:
+    """An argparse type for options such as --batch-size that take a number or a name ("max")."""
+
+    def parse(text: str) -> Any:
+        return text if text in names else kind(text)
+
+    parse.__name__ = f"{kind.__name__} or {' or '.join(names)}"  # argparse names it in its error message
+    return parse
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -62,7 +75,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=["notebook"],
         help="the seed notebook's story at a base batch B "
-        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default 0.005)",
+        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default 3)",
     )
     p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")
     _add_config_options(p)
@@ -74,6 +87,14 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
     _sweep_parser(sub)
+    find = sub.add_parser(
+        "find-batch",
+        help="find the largest batch that trains within the device memory",
+        description="Run trial steps at growing batches with the given model, optimizer, precision and "
+        "micro-batches, and print the largest batch that fits (on a GPU, its memory or --memory-budget-gb; on "
+        "the CPU, --memory-budget-gb, default 80%% of the memory available).",
+    )
+    _add_config_options(find)
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -162,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
 
             if train(config_from_args(args))["state"] == "diverged":
                 return 3
+        elif args.command == "find-batch":
+            from scalerec.train import find_largest_batch
+
+            find_largest_batch(config_from_args(args))
         elif args.command == "sweep":
             print(f"Report: {run_sweep(args)}")
         elif args.command == "report":

@@ -140,8 +140,12 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 20
     """Number of training epochs."""
-    batch_size: int = 1024
-    """Training samples (positives + negatives) per step."""
+    batch_size: int | Literal["max"] = 1024
+    """Training samples (positives + negatives) per step, or max: the largest batch that fits the device memory
+    (on the CPU, --memory-budget-gb), found by a short search before training."""
+    memory_budget_gb: float | None = None
+    """--batch-size max: the memory a run may use, in GB (default: the whole GPU; on the CPU, 80% of the memory
+    available at start)."""
     micro_batch: int | None = None
     """Compute each batch in slices of this many samples that add up to the same gradient and one step: for
     batches whose activations outgrow the CPU cache or the device memory (default: the whole batch at once)."""
@@ -161,8 +165,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size != "max" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)):
+            raise ValueError(f"batch_size must be an integer or max, got {self.batch_size!r}")
+        if self.batch_size != "max" and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise ValueError(f"memory_budget_gb must be > 0, got {self.memory_budget_gb}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be at least 1, got {self.micro_batch}")
         if self.negatives < 0:
@@ -294,6 +302,8 @@ def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if value is None and type(None) in typing.get_args(hint):
         return None
+    if any(value in typing.get_args(a) for a in args if typing.get_origin(a) is Literal):
+        return value  # a named value of an int-or-name option, such as batch_size = "max"
     try:
         if typing.get_origin(hint) is Literal:
             return value  # build_config names the choices
@@ -309,6 +319,8 @@ def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:
             if typing.get_origin(hint) is tuple
             else expected.get(args[0] if args else hint, str(hint))
         )
+        names = [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]
+        what += "".join(f" or {v!r}" for v in names)
         raise UserError(f"{path}: option '{name}' is {value!r}, expected {what}") from None
 
 

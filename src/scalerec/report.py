@@ -86,7 +86,15 @@ def collect(path: Path) -> list[dict]:
 def base_run(runs: list[dict]) -> dict | None:
     """The run others are measured against: the finished run with the smallest batch (first in order)."""
     done = [r for r in runs if r["config"] and r["metrics"]]
-    return min(done, key=lambda r: r["config"]["train"]["batch_size"]) if done else None
+    return min(done, key=batch_of) if done else None
+
+
+def batch_of(run: dict) -> int | str:
+    """The batch a run trained with: `--batch-size max` is resolved in its summary and metrics."""
+    for source in (run["summary"], *run["metrics"][:1]):
+        if isinstance(source.get("batch_size"), int):
+            return source["batch_size"]
+    return run["config"]["train"]["batch_size"]
 
 
 def table(runs: list[dict]) -> list[dict]:
@@ -101,7 +109,7 @@ def table(runs: list[dict]) -> list[dict]:
         if cfg:
             o, t = cfg["optim"], cfg["train"]
             row.update(
-                batch=t["batch_size"],
+                batch=batch_of(r),
                 optimizer=o["optimizer"],
                 lr_scaling=o["lr_scaling"],
                 warmup=o["warmup"],

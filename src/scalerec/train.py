@@ -25,6 +25,7 @@ from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate
 from scalerec.files import write_atomic
+from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
@@ -120,6 +121,60 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.dataset}-{cfg.model.model}"
 
 
+def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch.optim.Optimizer, str]:
+    o = cfg.optim
+    return build_optimizer(
+        o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient, o.adapt_embeddings
+    )
+
+
+def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.device) -> torch.nn.Module:
+    """The model as the config asks, with sparse table gradients where the optimizer updates rows."""
+    o, m = cfg.optim, cfg.model
+    sparse = o.optimizer == "adam" if o.sparse_embeddings is None else o.sparse_embeddings
+    return build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
+
+
+def largest_batch(
+    cfg: Config, model: torch.nn.Module, n_users: int, n_items: int, samples: int, device: torch.device, log
+) -> int:
+    """--batch-size max: the largest batch (at most an epoch) that trains within the memory budget."""
+    budget = int(cfg.train.memory_budget_gb * 2**30) if cfg.train.memory_budget_gb else None
+    found = find_batch(
+        model,
+        lambda m: optimizer_for(cfg, m, cfg.optim.lr)[0],
+        train_step,
+        n_users,
+        n_items,
+        samples,
+        device,
+        lambda: autocast_context(cfg.train.precision, device),
+        lambda: grad_scaler(cfg.train.precision, device),
+        cfg.train.micro_batch,
+        budget,
+    )
+    tried = ", ".join(f"{b}: {'out of memory' if p is None else f'{p / 2**20:.0f} MB'}" for b, p in found.tried)
+    per = f", {found.per_sample_bytes / 1024:.1f} KB per sample" if found.per_sample_bytes else ""
+    where = "GPU memory" if device.type == "cuda" else "peak process memory"
+    log(
+        f"Largest batch: {found.batch} (of {samples:,} samples per epoch), {where} {found.peak_bytes / 2**30:.2f} GB"
+        f"{per}; tried {tried}"
+    )
+    return found.batch
+
+
+def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
+    """`scalerec find-batch`: load the data, build the model, search."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    ds = load_dataset(cfg.data, log)
+    torch.manual_seed(cfg.train.seed)
+    model = build_run_model(cfg, ds.n_users, ds.n_items, device)
+    samples = len(ds.train_users) * (1 + cfg.train.negatives)
+    return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)
+
+
 def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     """Train and evaluate every epoch; returns the summary also written to <run>/summary.json."""
     if cfg.train.threads:
@@ -133,17 +188,14 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     o, bs = cfg.optim, cfg.train.batch_size
-    sparse = o.optimizer == "adam" if o.sparse_embeddings is None else o.sparse_embeddings
-    model = build_model(
-        cfg.model.model, ds.n_users, ds.n_items, cfg.model.factors, cfg.model.layers, cfg.model.dropout, sparse
-    ).to(device)
-    lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
-    optimizer, groups = build_optimizer(
-        o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient, o.adapt_embeddings
-    )
+    model = build_run_model(cfg, ds.n_users, ds.n_items, device)
     sampler = EpochSampler(
         ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, cfg.train.negatives, device, cfg.train.seed
     )
+    if bs == "max":
+        bs = largest_batch(cfg, model, ds.n_users, ds.n_items, sampler.samples_per_epoch, device, log)
+    lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
+    optimizer, groups = optimizer_for(cfg, model, lr)
     test_users = torch.tensor(ds.test_users, device=device)
     test_items = torch.tensor(ds.test_items, device=device)
     test_negatives = torch.tensor(ds.eval_negatives, device=device)
@@ -230,6 +282,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             "eval_s": val_s,
             "samples_per_s": n / train_s,
             "skipped_steps": skipped_steps,
+            "batch_size": bs,
+            "peak_memory_mb": round(peak_memory_bytes(device) / 2**20),
             "lr": lr * schedule((epoch + 1) * steps - 1),  # the lr of the epoch's last step
             "best_epoch": best["epoch"],
         }

@@ -56,9 +56,10 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=labels.device)
     for s in range(0, n, chunk):
+        u, i, y = (users, items, labels) if chunk == n else (t[s : s + chunk] for t in (users, items, labels))
         with ctx:
-            logits = model(users[s : s + chunk], items[s : s + chunk])
-        loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
+            logits = model(u, i)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum") / n
         scaler.scale(loss).backward()
         total += loss.detach()
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan

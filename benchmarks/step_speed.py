@@ -1,11 +1,12 @@
 """The bare training step: a plain PyTorch NeuMF step against scalerec's, side by side, with an sgemm for scale.
 
 "plain" is the step a PyTorch user writes first: four nn.Embedding tables, an nn.Linear MLP on the concatenated
-embeddings, dense torch.optim.Adam. "scalerec" is scalerec's model and optimizer exactly as `scalerec train` builds
-them for adam (sparse table gradients, RowwiseAdam). Both train on the same pre-drawn batches (users uniform,
-items skewed like MovieLens popularity) with the same threads, alternated R times in one process; the median is
-printed. "sgemm" is a plain matrix product at the shape of the MLP's largest layer, the machine's practical FLOP
-rate; each step line also gives its FLOP rate (3 x the forward FLOPs of the MLP and the GMF product). Run:
+embeddings, dense torch.optim.Adam. "scalerec" is scalerec's model, optimizer and step exactly as
+`scalerec train` runs them for adam (sparse table gradients, RowwiseAdam); with --micro-batches, also in those
+slices. All train on the same pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the
+same threads, alternated R times in one process; the median is printed. "sgemm" is a plain matrix product at
+the shape of the MLP's largest layer, the machine's practical FLOP rate; each step line also gives its FLOP rate
+(3 x the forward FLOPs of the MLP and the GMF product). Run:
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096
@@ -14,6 +15,8 @@ rate; each step line also gives its FLOP rate (3 x the forward FLOPs of the MLP 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import resource
 import statistics
@@ -26,6 +29,7 @@ from torch import nn
 
 from scalerec.model import build_model
 from scalerec.optim import build_optimizer
+from scalerec.train import train_step
 
 SHAPES = {"ml-1m": (6040, 3706), "ml-20m": (138493, 26744), "ml-100k": (943, 1682)}
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
@@ -50,15 +54,24 @@ def train_flops_per_sample() -> int:
     return 3 * 2 * macs + 3 * FACTORS  # forward + backward (twice the forward), and the GMF product
 
 
-def run_steps(model, opt, batches) -> float:
+def plain_step(model, opt, users, items, labels) -> torch.Tensor:
+    loss = F.binary_cross_entropy_with_logits(model(users, items), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def scalerec_step(model, opt, scaler, ctx, micro, users, items, labels) -> torch.Tensor:
+    return train_step(model, opt, scaler, ctx, users, items, labels, micro_batch=micro)[0]
+
+
+def run_steps(step, batches) -> float:
     """Seconds for one pass over the batches."""
     t0 = time.perf_counter()
     for users, items, labels in batches:
-        loss = F.binary_cross_entropy_with_logits(model(users, items), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    float(loss.detach())  # wait for the device
+        loss = step(users, items, labels)
+    float(loss)  # wait for the device
     return time.perf_counter() - t0
 
 
@@ -79,7 +92,8 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["ml-1m", "ml-20m"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 65536])
     p.add_argument("--samples", type=int, default=2_000_000, help="samples per timed pass (rounded to batches)")
-    p.add_argument("--repeats", type=int, default=3, help="alternations of the two steps")
+    p.add_argument("--repeats", type=int, default=3, help="alternations of the steps")
+    p.add_argument("--micro-batches", type=int, nargs="*", default=[], help="also scalerec's step in these slices")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -103,17 +117,22 @@ def main() -> None:
             ]
             torch.manual_seed(0)
             plain = PlainNeuMF(n_users, n_items).to(device)
-            candidates = {
-                "plain": (plain, torch.optim.Adam(plain.parameters(), lr=0.001)),
-            }
-            ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=True).to(device)
-            candidates["scalerec"] = (ours, build_optimizer("adam", ours, 0.001)[0])
-            for model, opt in candidates.values():
-                run_steps(model, opt, batches[:2])  # warm-up: allocator, optimizer state
+            plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)
+            candidates = {"plain": functools.partial(plain_step, plain, plain_opt)}
+            scaler, ctx = torch.amp.GradScaler(device.type, enabled=False), contextlib.nullcontext()
+            for micro in [None, *args.micro_batches]:
+                if micro is not None and micro >= bs:
+                    continue
+                ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=True).to(device)
+                name = "scalerec" if micro is None else f"scalerec_micro{micro}"
+                opt = build_optimizer("adam", ours, 0.001)[0]
+                candidates[name] = functools.partial(scalerec_step, ours, opt, scaler, ctx, micro)
+            for step in candidates.values():
+                run_steps(step, batches[:2])  # warm-up: allocator, optimizer state
             times: dict[str, list[float]] = {name: [] for name in candidates}
             for _ in range(args.repeats):
-                for name, (model, opt) in candidates.items():
-                    times[name].append(run_steps(model, opt, batches))
+                for name, step in candidates.items():
+                    times[name].append(run_steps(step, batches))
             gemm = sgemm_gflops(bs, device)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": "fp32", "shape": shape}
             base.update(users=n_users, items=n_items, batch=bs, optimizer="adam")
@@ -127,8 +146,8 @@ def main() -> None:
                     line["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
                 print(json.dumps(line), flush=True)
             print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1)}), flush=True)
-            ratio = {"scalerec_over_plain": round(rates["scalerec"] / rates["plain"], 3)}
-            ratio["scalerec_flops_over_sgemm"] = round(rates["scalerec"] * flops / 1e9 / gemm, 3)
+            ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}
+            ratio.update({f"{name}_flops_over_sgemm": round(rates[name] * flops / 1e9 / gemm, 3) for name in rates})
             print(json.dumps({**base, "step": "ratio", **ratio}), flush=True)
 
 

@@ -57,7 +57,9 @@ def main() -> None:
     }
     for bs in args.batch_sizes:
         torch.manual_seed(0)
-        model = build_model(mcfg.model, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout)
+        model = build_model(
+            mcfg.model, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout, args.optimizer == "adam"
+        )  # as `scalerec train` builds it: sparse table gradients for adam
         opt, _ = build_optimizer(args.optimizer, model, OptimConfig.lr)
         sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
         fixed = sampler.epoch()  # (a) reuses one epoch's batches, already in memory

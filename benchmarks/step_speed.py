@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import functools
 import json
-import resource
 import statistics
 import time
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from common import machine
 from torch import nn
 
+from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model
 from scalerec.optim import build_optimizer
 from scalerec.train import train_step
@@ -64,6 +64,13 @@ def plain_step(model, opt, users, items, labels) -> torch.Tensor:
 
 def scalerec_step(model, opt, scaler, ctx, micro, users, items, labels) -> torch.Tensor:
     return train_step(model, opt, scaler, ctx, users, items, labels, micro_batch=micro)[0]
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()  # Linux: VmHWM restarts; elsewhere the process's peak since it started
 
 
 def run_steps(step, batches) -> float:
@@ -130,9 +137,12 @@ def main() -> None:
             for step in candidates.values():
                 run_steps(step, batches[:2])  # warm-up: allocator, optimizer state
             times: dict[str, list[float]] = {name: [] for name in candidates}
+            peaks: dict[str, int] = dict.fromkeys(candidates, 0)
             for _ in range(args.repeats):
                 for name, step in candidates.items():
+                    reset_peak(device)
                     times[name].append(run_steps(step, batches))
+                    peaks[name] = max(peaks[name], peak_memory_bytes(device))
             gemm = sgemm_gflops(bs, device)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": "fp32", "shape": shape}
             base.update(users=n_users, items=n_items, batch=bs, optimizer="adam")
@@ -141,9 +151,7 @@ def main() -> None:
                 rates[name] = steps * bs / statistics.median(ts)
                 line = {**base, "step": name, "samples_per_s": round(rates[name])}
                 line["gflops"] = round(rates[name] * flops / 1e9, 1)
-                line["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-                if device.type == "cuda":
-                    line["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+                line["peak_memory_mb"] = round(peaks[name] / 2**20)  # GPU allocated, or the process's RSS
                 print(json.dumps(line), flush=True)
             print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1)}), flush=True)
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}

@@ -199,7 +199,7 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer):
     users, items = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 11, (50,), generator=g)
     labels = (torch.rand(50, generator=g) < 0.3).float()
     results = []
-    for micro in (None, 7, 50, 1000):
+    for micro in (None, 7, 16, 50, 1000):  # 7 and 16 slice; 50 and 1000 take the whole batch
         torch.manual_seed(0)
         model = build_model("neumf", 9, 11, 4, (8, 8, 4), 0.0, sparse=optimizer == "adam")
         opt, _ = build_optimizer(optimizer, model, lr=0.05)

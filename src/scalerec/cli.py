@@ -92,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="find the largest batch that trains within the device memory",
         description="Run trial steps at growing batches with the given model, optimizer, precision and "
         "micro-batches, and print the largest batch that fits (on a GPU, its memory or --memory-budget-gb; on "
-        "the CPU, --memory-budget-gb, default 80%% of the memory available).",
+        "the CPU, --memory-budget-gb, default 80% of the memory available).",
     )
     _add_config_options(find)
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
@@ -210,4 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scalerec: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if type(e).__name__ != "OutOfMemoryError":  # torch's; torch itself is imported only by the commands
+            raise
+        print(
+            "scalerec: error: out of device memory; use a smaller --batch-size, --micro-batch, or "
+            "--batch-size max with --memory-budget-gb",
+            file=sys.stderr,
+        )
+        return 1
     return 0

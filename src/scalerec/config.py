@@ -204,6 +204,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:  # checks that span sections
+        o = self.optim
+        if self.train.batch_size == "max" and o.lr_scaling != "none" and o.base_batch is None:
+            raise ValueError("--batch-size max with --lr-scaling needs --base-batch (the batch --base-lr is for)")
+        if o.adapt_embeddings is not None and o.optimizer not in ("lars", "lamb"):
+            raise ValueError(f"adapt_embeddings applies to --optimizer lars or lamb, not {o.optimizer}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -358,7 +365,10 @@ def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
             sections[name] = cls(**values)
         except (ValueError, TypeError) as e:
             raise UserError(f"invalid configuration: {e}") from e
-    return Config(**sections)
+    try:
+        return Config(**sections)
+    except ValueError as e:
+        raise UserError(f"invalid configuration: {e}") from e
 
 
 def _choices(hint: Any) -> tuple[str, ...] | None:

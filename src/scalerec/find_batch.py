@@ -1,21 +1,26 @@
 """The largest batch that trains: `--batch-size max` and `scalerec find-batch`.
 
 Trial steps run on a copy of the model and a fresh optimizer, on random ids, with the run's precision and
-micro-batches, so that the search leaves the run's initialisation and random streams untouched.
-- On a GPU: double the batch until a step runs out of memory (caught, the cache emptied) or its peak exceeds
-  the budget, then bisect between the last batch that fit and the first that did not.
-- On the CPU running out of memory kills the process instead of raising, so the search never gets there: it
-  measures the process's peak memory (ru_maxrss) after steps at doubling batches, fits peak = fixed + per-sample
-  x batch to the last two, stops before the fit predicts more than the budget, and solves the fit for the budget.
-In both cases the batch is at most one epoch's samples and is rounded down to a multiple of 1024 where it
-exceeds 1024.
+micro-batches, inside a forked RNG, so that the search leaves the run's initialisation and random streams alone.
+- On a GPU: double the batch until a step runs out of memory (caught, the cache emptied) or its peak exceeds the
+  budget, bisect between the last batch that fit and the first that did not, and keep a 10% margin for the
+  epoch's own tensors and fragmentation. Where even the first batch fails, halve it.
+- On the CPU running out of memory kills the process instead of raising, so the search must never get there. It
+  measures each step's peak resident memory (Linux: VmHWM, reset before the step; elsewhere the process's peak
+  since it started, under which small steps hide) at doubling batches, and doubles only while a forecast of the
+  next step stays within the budget: until there is a fit, twice the rise above the memory the process held
+  before the search. Once three steps in a row raised the peak, it fits peak = fixed + per-sample x batch and
+  solves it for the budget; a step that still lands over the budget falls back to the batch before it.
+In both cases the batch is at most one epoch's samples and is rounded down to a multiple of 1024 above 1024.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import resource
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,32 +29,62 @@ import torch
 from scalerec.errors import UserError
 
 START = 1024
+GPU_MARGIN = 0.9
 
 
 @dataclass
 class Found:
     batch: int
-    peak_bytes: int  # measured (GPU) or predicted by the fit (CPU) at that batch
-    per_sample_bytes: float | None  # the CPU fit's slope
-    tried: list[tuple[int, int | None]]  # (batch, peak bytes or None for out of memory)
+    peak_bytes: int  # measured (GPU) or forecast (CPU) at that batch
+    per_sample_bytes: float | None  # the CPU fit's slope, where there is one
+    tried: list[tuple[int, int | None]]  # (batch, peak bytes, or None where it ran out of memory)
 
 
 def available_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else the physical memory."""
+    """Memory the process may still take: MemAvailable, capped by a cgroup (container) limit where one is set."""
+    free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         pass
-    import os
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f_max, open("/sys/fs/cgroup/memory.current") as f_cur:
+            limit = f_max.read().strip()
+            if limit != "max":
+                free = min(free, int(limit) - int(f_cur.read()))
+    except (OSError, ValueError):
+        pass
+    return max(0, free)
 
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def reset_peak_rss() -> bool:
+    """Restart the process's peak resident memory (Linux: VmHWM, via /proc/self/clear_refs); False where not
+    possible, and the peak stays the peak since the process started."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The process's peak resident memory since it started or since reset_peak_rss()."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -64,57 +99,70 @@ def round_batch(batch: int) -> int:
 def search_gpu(fits: Callable[[int], int | None], limit: int) -> Found:
     """`fits(b)` returns the peak bytes of a step at batch b, or None where it ran out of memory or over budget."""
     tried: list[tuple[int, int | None]] = []
-    good, bad, b = 0, None, min(START, limit)
-    while True:
+
+    def trial(b: int) -> int | None:
         peak = fits(b)
         tried.append((b, peak))
-        if peak is None:
-            bad = b
-            break
-        good = b
-        if b >= limit:
-            break
-        b = min(2 * b, limit)
-    if good == 0:
-        raise UserError(f"even a batch of {tried[0][0]} does not fit in the device memory")
+        return peak
+
+    b = min(START, limit)
+    while trial(b) is None:  # even the first batch fails: halve it
+        if b == 1:
+            raise UserError("even a batch of 1 does not fit in the device memory (or --memory-budget-gb)")
+        b //= 2
+    good, bad = b, None
+    while bad is None and good < limit:
+        b = min(2 * good, limit)
+        good, bad = (b, None) if trial(b) is not None else (good, b)
     while bad is not None and bad - good > max(1, good // 16):  # bisect to 1/16 of the batch
         mid = round_batch((good + bad) // 2)
         if mid <= good:
             break
-        peak = fits(mid)
-        tried.append((mid, peak))
-        good, bad = (mid, bad) if peak is not None else (good, mid)
-    return Found(good, dict(tried)[good] or 0, None, tried)
+        good, bad = (mid, bad) if trial(mid) is not None else (good, mid)
+    peak = dict(tried)[good] or 0
+    if bad is not None:  # at the edge: keep a margin for the epoch's tensors and fragmentation
+        good = max(1, round_batch(int(good * GPU_MARGIN)))
+    return Found(good, peak, None, tried)
 
 
-def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int) -> Found:
-    """`step_peak(b)` runs a step at batch b and returns the process's peak memory since it started. The peak
-    only grows once a step needs more than any earlier moment of the process (loading the data, say), so the
-    slope is fitted only to two points that both raised it; until then the batch keeps doubling."""
+def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int, start_rss: int) -> Found:
+    """`step_peak(b)` runs a step at batch b and returns the process's peak memory since it started; `start_rss`
+    is what the process held before the search. Never runs a step that the forecast puts over `budget`."""
     tried: list[tuple[int, int | None]] = []
-    peaks: list[int] = []
-    fixed, per = 0.0, 0.0
+    fit: tuple[float, float] | None = None  # (fixed, per sample)
     b = min(START, limit)
+    if start_rss > budget:
+        raise UserError(
+            f"the process already holds {start_rss / 2**30:.2f} GB, over the memory budget of "
+            f"{budget / 2**30:.2f} GB; raise --memory-budget-gb"
+        )
     while True:
         peak = step_peak(b)
-        if peak > budget:
-            raise UserError(
-                f"a step at batch {b} raised the process's peak memory to {peak / 2**30:.2f} GB, over the memory "
-                f"budget of {budget / 2**30:.2f} GB; raise --memory-budget-gb or use --micro-batch"
-            )
         tried.append((b, peak))
-        peaks.append(peak)
+        if peak > budget:
+            if len(tried) == 1:
+                raise UserError(
+                    f"a step at batch {b} peaked at {peak / 2**30:.2f} GB, over the memory budget of "
+                    f"{budget / 2**30:.2f} GB; raise --memory-budget-gb or use --micro-batch"
+                )
+            tried.pop()  # the forecast was too low: fall back to the last batch within the budget
+            b, fit = tried[-1][0], None
+            break
+        peaks = [p for _, p in tried]
         if len(peaks) >= 3 and peaks[-3] < peaks[-2] < peaks[-1]:
             (b0, p0), (b1, p1) = tried[-2], tried[-1]
             per = (p1 - p0) / (b1 - b0)
-            fixed = p1 - per * b1
-        if b >= limit or (per > 0 and fixed + per * min(2 * b, limit) > budget):
+            fit = (p1 - per * b1, per)
+        nxt = min(2 * b, limit)
+        forecast = fit[0] + fit[1] * nxt if fit else peak + (peak - start_rss) * (nxt / b - 1)
+        if b >= limit or forecast > budget:
             break
-        b = min(2 * b, limit)
-    if per == 0:  # the peak never grew with the batch: every batch up to the limit fits
-        return Found(b, peaks[-1], None, tried)
-    best = max(b, round_batch(min(limit, int((budget - fixed) / per))))
-    return Found(best, int(fixed + per * best), per, tried)
+        b = nxt
+    best = b
+    if fit is not None and b < limit:
+        best = max(b, round_batch(min(limit, int((budget - fit[0]) / fit[1]))))
+    peak = int(fit[0] + fit[1] * best) if fit else dict(tried)[b] or 0
+    return Found(best, peak, fit[1] if fit else None, tried)
 
 
 def find_batch(
@@ -140,31 +188,38 @@ def find_batch(
         items = torch.randint(0, n_items, (b,), generator=g).to(device)
         labels = torch.ones(b, device=device)
         step(trial_model, optimizer, scaler_factory(), ctx_factory(), users, items, labels, micro_batch=micro_batch)
-        del users, items, labels
 
-    try:
-        if device.type == "cuda":
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            if device.type == "cuda":
 
-            def fits(b: int) -> int | None:
+                def fits(b: int) -> int | None:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    try:
+                        run(b)
+                        torch.cuda.synchronize(device)
+                    except torch.cuda.OutOfMemoryError:
+                        optimizer.zero_grad(set_to_none=True)
+                        torch.cuda.empty_cache()
+                        return None
+                    peak = torch.cuda.max_memory_allocated(device)
+                    return peak if budget is None or peak <= budget else None
+
+                return search_gpu(fits, limit)
+
+            start = current_rss_bytes()
+
+            def step_peak(b: int) -> int:
+                reset_peak_rss()  # where it works, each trial's own peak; else the process's, which hides small steps
+                run(b)
+                return peak_rss_bytes()
+
+            return search_cpu(step_peak, budget if budget else start + int(0.8 * available_bytes()), limit, start)
+        finally:  # the run's own peak starts here
+            if device.type == "cuda":
+                optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-                try:
-                    run(b)
-                    torch.cuda.synchronize(device)
-                except torch.OutOfMemoryError:
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.cuda.empty_cache()
-                    return None
-                peak = torch.cuda.max_memory_allocated(device)
-                return peak if budget is None or peak <= budget else None
-
-            return search_gpu(fits, limit)
-
-        def step_peak(b: int) -> int:
-            run(b)
-            return peak_rss_bytes()
-
-        return search_cpu(step_peak, budget if budget is not None else int(0.8 * available_bytes()), limit)
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            else:
+                reset_peak_rss()

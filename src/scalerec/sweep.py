@@ -108,8 +108,7 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
     except UserError as e:
         return failed(run_dir, name, e, log)
     if (run_dir / "summary.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
-        if saved != json.loads(config.to_json()):
+        if not same_options(run_dir / "config.json", config):
             raise UserError(f"{run_dir}: finished with other options than this sweep's; use another --output")
         log(f"== {name}: already finished, skipped")
         return json.loads((run_dir / "summary.json").read_text())
@@ -120,6 +119,16 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
         return train(config, log)
     except Exception as e:  # a failed run is recorded and the sweep goes on
         return failed(run_dir, name, e, log)
+
+
+def same_options(saved_path: Path, config) -> bool:
+    """Whether a finished run's config.json holds these options; options added since it ran count at their
+    defaults."""
+    try:
+        saved = build_config(json.loads(saved_path.read_text()))
+    except (OSError, ValueError, TypeError, UserError):
+        return False
+    return saved.to_dict() == config.to_dict()
 
 
 def failed(run_dir: Path, name: str, error: Exception, log: Callable[[str], None]) -> dict:

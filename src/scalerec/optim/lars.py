@@ -4,6 +4,8 @@ For each parameter tensor p with gradient g, weight decay wd, trust coefficient 
 (Algorithm 1 of the paper, the lr inside the momentum buffer):
     d      = g + wd * p
     trust  = eta * ||p|| / (||g|| + wd * ||p|| + eps)   (1 where ||p|| or the denominator is 0)
+A tensor whose norm is 0 (a zero-initialised bias) therefore takes one plain step lr * g, as common LARS
+implementations do, and adapts from then on; under a warmup that first step is at the warmup's lowest lr.
     buf    = momentum * buf + lr * trust * d
     p     -= buf                                         (nesterov: p -= lr * trust * d + momentum * buf)
 Groups with adapt=False (by rule the biases, see factory.py) skip the trust ratio and the weight decay: plain

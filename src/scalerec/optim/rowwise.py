@@ -8,7 +8,8 @@ batch, and this optimizer applies Adam to those rows alone:
     m[rows] = beta1 * m[rows] + (1 - beta1) * g;   v[rows] = beta2 * v[rows] + (1 - beta2) * g^2
     p[rows] -= lr * (m[rows] / (1 - beta1^t)) / (sqrt(v[rows] / (1 - beta2^t)) + eps)
 with t the tensor's step count, as torch.optim.SparseAdam and TensorFlow's LazyAdam do. The difference from dense
-Adam: the moments of untouched rows neither decay nor move their row. Dense gradients (the MLP) get plain Adam,
+Adam: the moments of untouched rows neither decay nor move their row, and weight decay (L2, added to the
+gradient) reaches only the touched rows. Dense gradients (the MLP) get plain Adam,
 so one optimizer holds the whole model, and LR schedules and GradScaler see one set of groups.
 """
 

@@ -23,6 +23,7 @@ COLUMNS = [
     "lr",
     "K",
     "best_HR",
+    "vs_base",
     "best_NDCG",
     "best_epoch",
     "epochs",
@@ -106,6 +107,8 @@ def table(runs: list[dict]) -> list[dict]:
         cfg, summary, metrics = r["config"], r["summary"], r["metrics"]
         row = dict.fromkeys(COLUMNS, "")
         row.update(run=r["name"], state=summary.get("state", ""))
+        if isinstance(at := summary.get("diverged_at"), dict):
+            row["state"] = f"diverged (epoch {at['epoch']}, step {at['step']}, lr {at['lr']:.4g})"
         if cfg:
             o, t = cfg["optim"], cfg["train"]
             row.update(
@@ -129,6 +132,7 @@ def table(runs: list[dict]) -> list[dict]:
             row.update(
                 {
                     "best_HR": round(best[hr], 4),
+                    "vs_base": f"{best[hr] - base_hr:+.4f}" if base_hr is not None else "",
                     "best_NDCG": round(best[ndcg], 4),
                     "best_epoch": best["epoch"],
                     "epochs": len(metrics),
@@ -218,8 +222,9 @@ def write_report(path: Path) -> Path:
     text = ["# scalerec report", "", f"{len(runs)} run(s) in `{path}`.", "", markdown(rows)]
     text += [
         f"Base run: `{base['name'] if base else 'none finished'}` (the finished run with the smallest batch). "
-        "`s_to_base_HR`: training seconds until a run first reached the base run's best HR@K; empty where it "
-        "never did. `K`: the cut-off of best_HR and best_NDCG (10 where the run measured it).",
+        "`vs_base`: a run's best HR@K minus the base run's. `s_to_base_HR`: training seconds until a run first "
+        "reached the base run's best HR@K; empty where it never did. `K`: the cut-off of best_HR and best_NDCG "
+        "(10 where the run measured it).",
         "",
     ]
     text += [f"![{name}]({name})" for name in images] or ["(plots need matplotlib: pip install matplotlib)"]

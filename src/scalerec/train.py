@@ -231,7 +231,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
     best = {"epoch": -1, f"HR@{k}": -1.0}
     history = []
-    state = "finished"
+    state, diverged = "finished", None
     for epoch in range(cfg.train.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -259,6 +259,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
                 f"(lr {lr * schedule(at):g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
             )
             state = "diverged"
+            diverged = {"epoch": epoch, "step": step, "lr": lr * schedule(at)}
             break
 
         t1 = time.perf_counter()
@@ -299,6 +300,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         "run_dir": str(run_dir),
         "dataset": ds.name,
         "state": state,
+        "diverged_at": diverged,
         "lr": lr,
         "best": best if history else None,
         "epochs": len(history),

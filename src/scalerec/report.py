@@ -191,6 +191,13 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
     for key, points in methods.items():
         points.sort()
         ax.plot(*zip(*points), marker="o", label=key)
+    failed = [(row["batch"], row["run"]) for row in rows if row["best_HR"] == "" and isinstance(row["batch"], int)]
+    if failed:  # diverged or failed runs: a cross at 0, named, so that the plot shows them too
+        ax.scatter([b for b, _ in failed], [0.0] * len(failed), marker="x", color="red", label="diverged or failed")
+        stacked: dict[int, int] = {}
+        for b, name in failed:  # runs at the same batch: their names stacked upwards
+            stacked[b] = stacked.get(b, -1) + 1
+            ax.annotate(name, (b, 0.0), textcoords="offset points", xytext=(4, 4 + 9 * stacked[b]), fontsize=6)
     ax.set(xscale="log", xlabel="batch size", ylabel="best HR@K", title="Best HR against batch size")
     ax.legend(fontsize=7)
     save(fig, "best_hr_vs_batch.png")

@@ -2,11 +2,12 @@
 
 "plain" is the step a PyTorch user writes first: four nn.Embedding tables, an nn.Linear MLP on the concatenated
 embeddings, dense torch.optim.Adam. "scalerec" is scalerec's model, optimizer and step exactly as
-`scalerec train` runs them for adam (sparse table gradients, RowwiseAdam); with --micro-batches, also in those
-slices. All train on the same pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the
-same threads, alternated R times in one process; the median is printed. "sgemm" is a plain matrix product at
-the shape of the MLP's largest layer, the machine's practical FLOP rate; each step line also gives its FLOP rate
-(3 x the forward FLOPs of the MLP and the GMF product). Run:
+`scalerec train` runs them for adam (sparse table gradients, RowwiseAdam); "scalerec_dense" the same with
+`--no-sparse-embeddings` (dense Adam); with --micro-batches, also in those slices. All train on the same
+pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the same threads, alternated R
+times in one process; the median is printed. "sgemm" is a plain matrix product at the shape of the MLP's largest
+layer, the machine's practical FLOP rate; each step line also gives its FLOP rate (3 x the forward FLOPs of the
+MLP and the GMF product). Run:
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096
@@ -127,11 +128,10 @@ def main() -> None:
             plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)
             candidates = {"plain": functools.partial(plain_step, plain, plain_opt)}
             scaler, ctx = torch.amp.GradScaler(device.type, enabled=False), contextlib.nullcontext()
-            for micro in [None, *args.micro_batches]:
-                if micro is not None and micro >= bs:
-                    continue
-                ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=True).to(device)
-                name = "scalerec" if micro is None else f"scalerec_micro{micro}"
+            variants = [("scalerec", True, None), ("scalerec_dense", False, None)]
+            variants += [(f"scalerec_micro{m}", True, m) for m in args.micro_batches if m < bs]
+            for name, sparse, micro in variants:
+                ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
                 opt = build_optimizer("adam", ours, 0.001)[0]
                 candidates[name] = functools.partial(scalerec_step, ours, opt, scaler, ctx, micro)
             for step in candidates.values():

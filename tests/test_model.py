@@ -75,3 +75,15 @@ def test_gradients_reach_every_parameter():
     m = build_model("neumf", 4, 4, 4, (8, 8, 4), 0.0)
     m(torch.tensor([0, 1]), torch.tensor([2, 3])).sum().backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", ["neumf", "gmf", "mlp"])
+def test_forward_is_interact_of_the_encodings_and_trains_both_halves(name):
+    torch.manual_seed(0)
+    m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0)
+    users, items = torch.tensor([0, 3, 6, 6]), torch.tensor([8, 0, 2, 2])
+    assert torch.allclose(m(users, items), m.interact(m.encode_users(users), m.encode_items(items)), atol=1e-6)
+    m(users, items).sum().backward()
+    if name != "gmf":
+        assert m.first_user.weight.grad.abs().sum() > 0 and m.first_item.weight.grad.abs().sum() > 0
+        assert m.first_user.bias.grad is not None

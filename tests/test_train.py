@@ -215,3 +215,26 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer):
         assert torch.allclose(loss, loss0, atol=1e-6)
         for a, b in zip(params0, params):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
+    import scalerec.train as train_module
+
+    def sparse(cfg):
+        model = train_module.build_run_model(cfg, 50, 60, torch.device("cpu"))
+        flags = {m.sparse for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        assert len(flags) == 1
+        return flags.pop()
+
+    cfg = tiny_config(tmp_path)  # 110 rows x (16 + 16) = 3,520 table parameters
+    monkeypatch.setattr(train_module, "SPARSE_FROM_TABLE_PARAMS", 3520)
+    assert sparse(cfg)
+    monkeypatch.setattr(train_module, "SPARSE_FROM_TABLE_PARAMS", 3521)
+    assert not sparse(cfg)
+    cfg.optim.sparse_embeddings = True
+    assert sparse(cfg)
+    monkeypatch.setattr(train_module, "SPARSE_FROM_TABLE_PARAMS", 1)
+    cfg.optim.sparse_embeddings = False
+    assert not sparse(cfg)
+    cfg.optim.sparse_embeddings, cfg.optim.optimizer = None, "sgd"
+    assert not sparse(cfg)

@@ -135,6 +135,12 @@ class MF(nn.Module):
         return self.interact(self.encode_users(users), self.encode_items(items))
 
 
+def table_params(name: str, n_users: int, n_items: int, factors: int, layers: tuple[int, ...]) -> int:
+    """Parameters in the model's embedding tables (they dominate at scale)."""
+    width = {"mf": factors + 1, "gmf": factors, "mlp": layers[0] // 2}.get(name, factors + layers[0] // 2)
+    return (n_users + n_items) * width
+
+
 def build_model(
     name: str,
     n_users: int,

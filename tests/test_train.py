@@ -226,14 +226,14 @@ def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
         assert len(flags) == 1
         return flags.pop()
 
-    cfg = tiny_config(tmp_path)  # 110 rows x (16 + 16) = 3,520 table parameters
-    monkeypatch.setattr(train_module, "SPARSE_FROM_TABLE_PARAMS", 3520)
+    cfg = tiny_config(tmp_path, batch_size=32)  # 110 rows x (16 + 16) = 3,520 table parameters: 110 per sample
+    monkeypatch.setattr(train_module, "SPARSE_FROM_PARAMS_PER_SAMPLE", 110)
     assert sparse(cfg)
-    monkeypatch.setattr(train_module, "SPARSE_FROM_TABLE_PARAMS", 3521)
+    cfg.train.batch_size = 33
     assert not sparse(cfg)
     cfg.optim.sparse_embeddings = True
     assert sparse(cfg)
-    monkeypatch.setattr(train_module, "SPARSE_FROM_TABLE_PARAMS", 1)
+    monkeypatch.setattr(train_module, "SPARSE_FROM_PARAMS_PER_SAMPLE", 1)
     cfg.optim.sparse_embeddings = False
     assert not sparse(cfg)
     cfg.optim.sparse_embeddings, cfg.optim.optimizer = None, "sgd"

@@ -129,20 +129,22 @@ def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch
     )
 
 
-# Adam updates tables row by row (sparse gradients) from this many table parameters on. benchmarks/step_speed.py
-# on the 2-core EPYC, batch 4096: at ML-20M shape (32M) rows were 5.0x faster than dense Adam; at ML-1M shape
-# (1.9M) and ML-100K shape (0.5M) dense was faster (rows at 0.90 and 0.82 of a plain dense step).
-SPARSE_FROM_TABLE_PARAMS = 8_000_000
+# Adam updates tables row by row (sparse gradients) where the tables hold at least this many parameters per sample
+# of a batch: a dense step costs in proportion to the tables, a sparse one to the batch. benchmarks/step_speed.py
+# on the 2-core EPYC: ML-20M shape (32M table parameters) at batch 4096 (7,700 per sample): rows 5.0x faster
+# than dense; at batch 65536 (480 per sample) dense 1.18x faster; ML-1M shape at 4096 (460): dense 1.08x faster;
+# ML-100K shape at 1024 (500): dense faster.
+SPARSE_FROM_PARAMS_PER_SAMPLE = 2000
 
 
 def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.device) -> torch.nn.Module:
-    """The model as the config asks, with sparse table gradients where Adam updates rows."""
+    """The model as the config asks, with sparse table gradients where Adam should update rows."""
     o, m = cfg.optim, cfg.model
     sparse = o.sparse_embeddings
     if sparse is None:
-        sparse = o.optimizer == "adam" and table_params(m.model, n_users, n_items, m.factors, m.layers) >= (
-            SPARSE_FROM_TABLE_PARAMS
-        )
+        batch = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 65536  # max: a large batch
+        tables = table_params(m.model, n_users, n_items, m.factors, m.layers)
+        sparse = o.optimizer == "adam" and tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
     return build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
 
 

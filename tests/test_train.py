@@ -238,3 +238,16 @@ def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
     assert not sparse(cfg)
     cfg.optim.sparse_embeddings, cfg.optim.optimizer = None, "sgd"
     assert not sparse(cfg)
+
+
+def test_micro_batches_by_default_only_for_large_cpu_batches(tmp_path):
+    from scalerec.train import CPU_MICRO_BATCH, micro_batch_for
+
+    cfg = tiny_config(tmp_path)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert micro_batch_for(cfg, cpu, CPU_MICRO_BATCH) is None
+    assert micro_batch_for(cfg, cpu, CPU_MICRO_BATCH + 1) == CPU_MICRO_BATCH
+    assert micro_batch_for(cfg, cpu, None) == CPU_MICRO_BATCH  # --batch-size max: not known yet
+    assert micro_batch_for(cfg, cuda, 10**6) is None
+    cfg.train.micro_batch = 100
+    assert micro_batch_for(cfg, cuda, 10**6) == 100 and micro_batch_for(cfg, cpu, 50) == 100

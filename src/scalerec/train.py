@@ -181,7 +181,7 @@ def largest_batch(
         budget,
     )
     tried = ", ".join(f"{b}: {'out of memory' if p is None else f'{p / 2**20:.0f} MB'}" for b, p in found.tried)
-    per = f", {found.per_sample_bytes / 1024:.1f} KB per sample" if found.per_sample_bytes else ""
+    per = f", {found.per_sample_bytes:,.0f} bytes per sample" if found.per_sample_bytes else ""
     where = "GPU memory" if device.type == "cuda" else "peak process memory"
     log(
         f"Largest batch: {found.batch} (of {samples:,} samples per epoch), {where} {found.peak_bytes / 2**30:.2f} GB"

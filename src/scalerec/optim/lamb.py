@@ -15,6 +15,19 @@ import torch
 from torch.optim import Optimizer
 
 
+def adam_defaults(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict:
+    """The checked hyperparameters of an Adam-type optimizer (LAMB, RowwiseAdam), as param-group defaults."""
+    if not lr > 0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        raise ValueError(f"Invalid betas: {betas}")
+    if not eps >= 0:
+        raise ValueError(f"Invalid epsilon: {eps}")
+    if not weight_decay >= 0:
+        raise ValueError(f"Invalid weight_decay: {weight_decay}")
+    return dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
 class LAMB(Optimizer):
     def __init__(
         self,
@@ -25,15 +38,7 @@ class LAMB(Optimizer):
         weight_decay: float = 0.0,
         adapt: bool = True,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Invalid betas: {betas}")
-        if not eps >= 0:
-            raise ValueError(f"Invalid epsilon: {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adapt=adapt))
+        super().__init__(params, dict(adam_defaults(lr, betas, eps, weight_decay), adapt=adapt))
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
+from scalerec.optim.lamb import adam_defaults
+
 
 class RowwiseAdam(Optimizer):
     def __init__(
@@ -28,15 +30,7 @@ class RowwiseAdam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Invalid betas: {betas}")
-        if not eps >= 0:
-            raise ValueError(f"Invalid epsilon: {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, adam_defaults(lr, betas, eps, weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -120,13 +120,24 @@ def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_
 
 
 def test_a_diverging_run_is_recorded_as_diverged_not_a_crash(tmp_path):
+    import scalerec.train as train_module
     from scalerec.cli import main
 
-    cfg = tiny_config(tmp_path)
+    steps = []
+    real_step = train_module.train_step
+
+    def counting_step(*args, **kwargs):
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    cfg = tiny_config(tmp_path, batch_size=8)  # about 700 steps per epoch
     cfg.optim.optimizer, cfg.optim.lr = "sgd", 1e9
     lines = []
-    summary = train(cfg, log=lines.append)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_module, "train_step", counting_step)
+        summary = train(cfg, log=lines.append)
     assert summary["state"] == "diverged" and summary["epochs"] == 0
+    assert len(steps) == train_module.DIVERGENCE_CHECK < summary["steps_per_epoch"]  # stopped at the first check
     message = next(x for x in lines if x.startswith("Diverged:"))
     assert "epoch 0, step" in message and "lr 1e+09" in message
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["state"] == "diverged"

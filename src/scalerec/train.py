@@ -68,6 +68,9 @@ def train_step(
     return total, skipped
 
 
+DIVERGENCE_CHECK = 64
+
+
 def train_epoch(
     model,
     optimizer,
@@ -98,6 +101,11 @@ def train_epoch(
             scheduler.step()
         if bar is not None:
             bar.update(e - s)
+        # One host sync every DIVERGENCE_CHECK steps: a diverged run stops within them instead of training
+        # on nans to the end of the epoch (a whole epoch of ML-20M).
+        if (k + 1) % DIVERGENCE_CHECK == 0 and not bool(torch.isfinite(losses[k])):
+            losses[k + 1 :] = float("nan")
+            break
     return losses, skipped
 
 

@@ -128,7 +128,7 @@ def main() -> None:
             plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)
             candidates = {"plain": functools.partial(plain_step, plain, plain_opt)}
             scaler, ctx = torch.amp.GradScaler(device.type, enabled=False), contextlib.nullcontext()
-            variants = [("scalerec", True, None), ("scalerec_dense", False, None)]
+            variants = [("scalerec_rows", True, None), ("scalerec_dense", False, None)]
             variants += [(f"scalerec_micro{m}", True, m) for m in args.micro_batches if m < bs]
             for name, sparse, micro in variants:
                 ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)

@@ -87,3 +87,26 @@ def test_forward_is_interact_of_the_encodings_and_trains_both_halves(name):
     if name != "gmf":
         assert m.first_user.weight.grad.abs().sum() > 0 and m.first_item.weight.grad.abs().sum() > 0
         assert m.first_user.bias.grad is not None
+
+
+@pytest.mark.parametrize("name", ["neumf", "mlp", "mf"])
+def test_training_by_distinct_rows_gives_the_per_sample_gradients(name):
+    torch.manual_seed(0)
+    m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0)
+    users, items = torch.tensor([0, 3, 6, 6, 3, 1]), torch.tensor([8, 0, 2, 2, 5, 8])
+    m(users, items).pow(2).sum().backward()  # on the CPU: each distinct user and item encoded once
+    by_rows = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.interact(m.encode_users(users), m.encode_items(items)).pow(2).sum().backward()  # per sample
+    for a, b in zip(by_rows, (p.grad for p in m.parameters())):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [10, 10_000])  # a mark per row; torch.unique for a table much larger than the batch
+def test_unique_rows(n):
+    from scalerec.model import unique_rows
+
+    ids = torch.tensor([7, 2, 7, 9, 0, 2, 2])
+    rows, at = unique_rows(ids, n)
+    assert rows.tolist() == [0, 2, 7, 9]
+    assert torch.equal(rows[at], ids)

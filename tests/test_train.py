@@ -198,8 +198,9 @@ def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch
     assert seen[0] < seen[steps // 2] and seen[-1] < 0.1 * max(seen)
 
 
+@pytest.mark.parametrize("name", ["neumf", "mf"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "lars", "lamb"])
-def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer):
+def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name):
     import contextlib
 
     from scalerec.model import build_model
@@ -212,7 +213,7 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer):
     results = []
     for micro in (None, 7, 16, 50, 1000):  # 7 and 16 slice; 50 and 1000 take the whole batch
         torch.manual_seed(0)
-        model = build_model("neumf", 9, 11, 4, (8, 8, 4), 0.0, sparse=optimizer == "adam")
+        model = build_model(name, 9, 11, 4, (8, 8, 4), 0.0, sparse=optimizer == "adam")
         opt, _ = build_optimizer(optimizer, model, lr=0.05)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         for _ in range(2):
@@ -220,7 +221,7 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer):
         results.append((loss, [p.detach().clone() for p in model.parameters()]))
     (loss0, params0), *others = results
     torch.manual_seed(0)
-    untrained = build_model("neumf", 9, 11, 4, (8, 8, 4), 0.0)
+    untrained = build_model(name, 9, 11, 4, (8, 8, 4), 0.0)
     assert any(not torch.equal(a, b) for a, b in zip(params0, untrained.parameters()))  # it did train
     for loss, params in others:
         assert torch.allclose(loss, loss0, atol=1e-6)

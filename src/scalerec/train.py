@@ -26,7 +26,7 @@ from scalerec.errors import UserError
 from scalerec.evaluate import evaluate
 from scalerec.files import write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
-from scalerec.model import build_model, table_params
+from scalerec.model import build_model, encode_rows, gather, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
@@ -50,18 +50,31 @@ def train_step(
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
     tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
     gradients add up to the whole batch's (each slice's loss is its sum over the batch size): one optimizer step,
-    the same gradient, but activations that stay in cache (or fit in device memory)."""
+    the same gradient, but activations that stay in cache (or fit in device memory). Each distinct user and item
+    is encoded once for the whole batch; the slices gather from the encodings and add up their gradients, and one
+    backward takes those to the tables (one sparse gradient per table, not one per slice)."""
     n = len(labels)
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=labels.device)
-    for s in range(0, n, chunk):
-        u, i, y = (users, items, labels) if chunk == n else (t[s : s + chunk] for t in (users, items, labels))
+    if chunk == n:
         with ctx:
-            logits = model(u, i)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum") / n
-        scaler.scale(loss).backward()
-        total += loss.detach()
+            logits = model(users, items)
+        total = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        scaler.scale(total).backward()
+        total = total.detach()
+    else:
+        with ctx:
+            (user, u_at), (item, i_at) = encode_rows(model, users, items)
+        user_leaf, item_leaf = (tuple(None if t is None else t.detach().requires_grad_() for t in e) for e in (user, item))
+        pairs = [(t, leaf) for t, leaf in zip(user + item, user_leaf + item_leaf) if t is not None]
+        total = torch.zeros((), device=labels.device)
+        for s in range(0, n, chunk):
+            with ctx:
+                logits = model.interact(gather(user_leaf, u_at[s : s + chunk]), gather(item_leaf, i_at[s : s + chunk]))
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
+            scaler.scale(loss).backward()
+            total += loss.detach()
+        torch.autograd.backward([t for t, _ in pairs], [leaf.grad for _, leaf in pairs])
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
     skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
     scaler.update()

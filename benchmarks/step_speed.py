@@ -1,16 +1,21 @@
 """The bare training step: a plain PyTorch NeuMF step against scalerec's, side by side, with an sgemm for scale.
 
 "plain" is the step a PyTorch user writes first: four nn.Embedding tables, an nn.Linear MLP on the concatenated
-embeddings, dense torch.optim.Adam. "scalerec" is scalerec's model, optimizer and step exactly as
-`scalerec train` runs them for adam (sparse table gradients, RowwiseAdam); "scalerec_dense" the same with
-`--no-sparse-embeddings` (dense Adam); with --micro-batches, also in those slices. All train on the same
+embeddings, dense torch.optim.Adam (its default, foreach). "scalerec" is scalerec's model, optimizer and step
+exactly as `scalerec train` runs them for adam: each distinct user and item encoded once, table rows or dense
+updates chosen by the table size per sample, micro-batches on the CPU above 8192. "scalerec_rows" and
+"scalerec_dense" force one table update, whole batch at once; --micro-batches adds scalerec in those slices,
+--compile adds scalerec with torch.compile on the per-sample part (model.interact). All train on the same
 pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the same threads, alternated R
-times in one process; the median is printed. "sgemm" is a plain matrix product at the shape of the MLP's largest
-layer, the machine's practical FLOP rate; each step line also gives its FLOP rate (3 x the forward FLOPs of the
-MLP and the GMF product). Run:
+times in one process; the median is printed.
+
+FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
+as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
+user and item of a batch. "sgemm" is a plain matrix product at the MLP's largest layer with the batch's rows,
+"sgemm_best" the best over 1024 to 16384 rows: the machine's practical FLOP rate. Run:
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
-    .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096
+    .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096 --compile
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import torch.nn.functional as F
 from common import machine
 from torch import nn
 
+from scalerec.config import Config
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
-from scalerec.model import build_model
+from scalerec.model import build_model, unique_rows
 from scalerec.optim import build_optimizer
-from scalerec.train import train_step
+from scalerec.train import build_run_model, micro_batch_for, train_step
 
 SHAPES = {"ml-1m": (6040, 3706), "ml-20m": (138493, 26744), "ml-100k": (943, 1682)}
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
@@ -53,6 +59,14 @@ class PlainNeuMF(nn.Module):
 def train_flops_per_sample() -> int:
     macs = sum(a * b for a, b in zip(LAYERS, LAYERS[1:])) + FACTORS + LAYERS[-1]
     return 3 * 2 * macs + 3 * FACTORS  # forward + backward (twice the forward), and the GMF product
+
+
+def executed_flops_per_sample(batches, n_users: int, n_items: int, micro: int | None) -> float:
+    """Scalerec's FLOPs per sample: the first MLP layer per distinct user and item (per whole batch, also with
+    micro-batches), the rest per sample."""
+    first = 3 * 2 * (LAYERS[0] // 2) * LAYERS[1]  # one half of the first layer, for one row
+    rows = statistics.mean(len(unique_rows(u, n_users)[0]) + len(unique_rows(i, n_items)[0]) for u, i, _ in batches)
+    return train_flops_per_sample() - 2 * first + first * rows / len(batches[0][0])
 
 
 def plain_step(model, opt, users, items, labels) -> torch.Tensor:
@@ -83,7 +97,7 @@ def run_steps(step, batches) -> float:
     return time.perf_counter() - t0
 
 
-def sgemm_gflops(batch: int, device: torch.device, seconds: float = 1.0) -> float:
+def sgemm_gflops(batch: int, device: torch.device, seconds: float = 0.5) -> float:
     a = torch.randn(batch, LAYERS[0], device=device)
     b = torch.randn(LAYERS[0], LAYERS[1], device=device)
     torch.mm(a, b)
@@ -102,6 +116,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2_000_000, help="samples per timed pass (rounded to batches)")
     p.add_argument("--repeats", type=int, default=3, help="alternations of the steps")
     p.add_argument("--micro-batches", type=int, nargs="*", default=[], help="also scalerec's step in these slices")
+    p.add_argument("--compile", action="store_true", help="also scalerec with torch.compile on model.interact")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -128,12 +143,24 @@ def main() -> None:
             plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)
             candidates = {"plain": functools.partial(plain_step, plain, plain_opt)}
             scaler, ctx = torch.amp.GradScaler(device.type, enabled=False), contextlib.nullcontext()
-            variants = [("scalerec_rows", True, None), ("scalerec_dense", False, None)]
-            variants += [(f"scalerec_micro{m}", True, m) for m in args.micro_batches if m < bs]
+            cfg = Config()
+            cfg.optim.optimizer, cfg.train.batch_size = "adam", bs
+            train_micro = micro_batch_for(cfg, device, bs)
+            variants = [("scalerec", None, train_micro), ("scalerec_rows", True, None), ("scalerec_dense", False, None)]
+            variants += [(f"scalerec_micro{m}", None, m) for m in args.micro_batches if m < bs]
+            variants += [("scalerec_compiled", None, train_micro)] if args.compile else []
+            micro_of = {}
             for name, sparse, micro in variants:
-                ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
+                torch.manual_seed(0)
+                if sparse is None:  # as `scalerec train` builds it
+                    ours = build_run_model(cfg, n_users, n_items, device)
+                else:
+                    ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
+                if name == "scalerec_compiled":
+                    ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]
                 candidates[name] = functools.partial(scalerec_step, ours, opt, scaler, ctx, micro)
+                micro_of[name] = micro
             for step in candidates.values():
                 run_steps(step, batches[:2])  # warm-up: allocator, optimizer state
             times: dict[str, list[float]] = {name: [] for name in candidates}
@@ -144,18 +171,30 @@ def main() -> None:
                     times[name].append(run_steps(step, batches))
                     peaks[name] = max(peaks[name], peak_memory_bytes(device))
             gemm = sgemm_gflops(bs, device)
+            best_gemm = max(gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
+            executed = executed_flops_per_sample(batches, n_users, n_items, None)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": "fp32", "shape": shape}
             base.update(users=n_users, items=n_items, batch=bs, optimizer="adam")
             rates = {}
             for name, ts in times.items():
                 rates[name] = steps * bs / statistics.median(ts)
                 line = {**base, "step": name, "samples_per_s": round(rates[name])}
+                if name.startswith("scalerec"):
+                    line["micro_batch"] = micro_of[name]
+                    line["executed_gflops"] = round(rates[name] * executed / 1e9, 1)
                 line["gflops"] = round(rates[name] * flops / 1e9, 1)
                 line["peak_memory_mb"] = round(peaks[name] / 2**20)  # GPU allocated, or the process's RSS
                 print(json.dumps(line), flush=True)
-            print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1)}), flush=True)
+            print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}))
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}
-            ratio.update({f"{name}_flops_over_sgemm": round(rates[name] * flops / 1e9 / gemm, 3) for name in rates})
+            ratio["plain_flops_over_sgemm_best"] = round(rates["plain"] * flops / 1e9 / best_gemm, 3)
+            ratio.update(
+                {
+                    f"{n}_executed_flops_over_sgemm_best": round(r * executed / 1e9 / best_gemm, 3)
+                    for n, r in rates.items()
+                    if n != "plain"
+                }
+            )
             print(json.dumps({**base, "step": "ratio", **ratio}), flush=True)
 
 

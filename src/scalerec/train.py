@@ -65,7 +65,7 @@ def train_step(
     else:
         with ctx:
             (user, u_at), (item, i_at) = encode_rows(model, users, items)
-        user_leaf, item_leaf = (tuple(None if t is None else t.detach().requires_grad_() for t in e) for e in (user, item))
+        user_leaf, item_leaf = (tuple(t if t is None else t.detach().requires_grad_() for t in e) for e in (user, item))
         pairs = [(t, leaf) for t, leaf in zip(user + item, user_leaf + item_leaf) if t is not None]
         total = torch.zeros((), device=labels.device)
         for s in range(0, n, chunk):

@@ -18,13 +18,16 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     cache_dir = data_dir / "cache"
     options = {"eval_negatives": cfg.eval_negatives, "data_seed": cfg.data_seed}
     if cfg.dataset == "synthetic":
-        users, items, ts = synthetic.generate(
-            cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions, cfg.data_seed
-        )
-        source = (
-            f"the synthetic generator (seed {cfg.data_seed}, {cfg.synthetic_users} users, {cfg.synthetic_items} items)"
-        )
-        return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed)
+        sizes = (cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions)
+        source = f"the synthetic generator (seed {cfg.data_seed}, {sizes[0]} users, {sizes[1]} items)"
+
+        def generate() -> Dataset:
+            users, items, ts = synthetic.generate(*sizes, cfg.data_seed)
+            return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed)
+
+        # cached too: ML-20M's shape takes a minute to generate and prepare
+        identity = {"name": "synthetic", **options, "sizes": sizes, "generator": synthetic.VERSION}
+        return cached(cache_dir, identity, generate, log)
     if cfg.dataset == "ncf":
         prefix = ncf.resolve_prefix(cfg.data)
         files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]

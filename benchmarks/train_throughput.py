@@ -1,82 +1,98 @@
-"""Training throughput: the bare step vs a full epoch (sampling and shuffling included), side by side.
+"""Training throughput: the bare step vs a full epoch (sampling and shuffling included), side by side, over epochs.
 
-For each batch size, alternates R times between
-  (a) bare step: the training step over one epoch's batches already in memory (the model's limit here), and
-  (b) full epoch: fresh negatives + shuffle + the same steps, exactly as `scalerec train` runs it,
-and prints one JSON line per measurement (median over the repeats) and one with their ratio. Run:
+For each batch size, with the model, optimizer and micro-batches that `scalerec train` would use, each epoch runs
+  (a) bare step: training steps over batches already in memory (one epoch drawn up front, or its first
+      --bare-samples), the model's limit here, and
+  (b) full epoch: fresh negatives + shuffle + every step, exactly as `scalerec train` runs it,
+and prints one JSON line per epoch and mode (so slowdowns that appear only after a while show), then one with
+the ratio of the mean rates over the epochs. Peak memory is the process's (its high-water mark since the last
+reset: the dataset, the sampler's tensors, the model and optimizer state). Run:
 
-    .venv/bin/python benchmarks/train_throughput.py                      # synthetic, ml-100k shape
+    .venv/bin/python benchmarks/train_throughput.py --shape ml-1m --batch-sizes 4096 65536 --epochs 3
     .venv/bin/python benchmarks/train_throughput.py --ncf ../shared/data/ncf-ml-1m/ml-1m
+    .venv/bin/python benchmarks/train_throughput.py --shape ml-20m --batch-sizes 65536 --epochs 1 --bare-samples 5000000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from common import machine
 
-from scalerec.config import DataConfig, ModelConfig, OptimConfig
+from scalerec.config import Config, DataConfig
 from scalerec.data import load_dataset
-from scalerec.model import build_model
-from scalerec.optim import build_optimizer
+from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.sampling import EpochSampler
-from scalerec.train import train_epoch
+from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
+
+# Synthetic data of MovieLens' shapes: users, items, mean interactions per user.
+SHAPES = {"ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165), "ml-20m": (138493, 26744, 144)}
+
+
+def timed_epoch(model, opt, users, items, labels, bs: int, micro: int | None) -> tuple[float, int]:
+    """(samples per second, peak process memory in bytes) of one pass, waiting for the device at its end."""
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    losses, _ = train_epoch(model, opt, users, items, labels, bs, micro_batch=micro)
+    float(losses.sum())
+    return len(users) / (time.perf_counter() - t0), peak_memory_bytes(users.device)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384])
-    p.add_argument("--repeats", type=int, default=3, help="alternations of (a) and (b) per batch size")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 65536])
+    p.add_argument("--epochs", type=int, default=3, help="epochs of (a) and (b) each, alternated")
+    p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
-    p.add_argument("--optimizer", choices=["adam", "sgd", "lars", "lamb"], default=OptimConfig.optimizer)
+    p.add_argument("--bare-samples", type=int, default=None, help="(a) over this many samples (default: an epoch)")
+    p.add_argument("--optimizer", choices=["adam", "sgd", "lars", "lamb"], default="adam")
+    p.add_argument("--data-dir", default=None, help="where the prepared synthetic data is cached")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ncf:
         data = DataConfig(dataset="ncf", data=args.ncf)
-    else:  # the shape of MovieLens-100K: 943 users, 1682 items, ~100 interactions per user
-        data = DataConfig(dataset="synthetic", synthetic_users=943, synthetic_items=1682, synthetic_interactions=106)
+    else:
+        n_users, n_items, mean = SHAPES[args.shape]
+        data = DataConfig(dataset="synthetic", synthetic_users=n_users, synthetic_items=n_items)
+        data.synthetic_interactions = mean
+    if args.data_dir:
+        data.data_dir = args.data_dir
+    t0 = time.perf_counter()
     ds = load_dataset(data, log=lambda s: None)
+    load_s = time.perf_counter() - t0
     device = torch.device("cpu")
-    mcfg = ModelConfig()
-    base = {
-        "bench": "train_throughput",
-        "device": device.type,
-        **machine(),
-        "dataset": ds.name,
-        "users": ds.n_users,
-        "items": ds.n_items,
-        "train_positives": len(ds.train_users),
-        "model": mcfg.model,
-        "optimizer": args.optimizer,
-    }
+    base = {"bench": "train_throughput", "device": device.type, **machine(), "dataset": ds.name}
+    base.update(shape=None if args.ncf else args.shape, users=ds.n_users, items=ds.n_items)
+    base.update(train_positives=len(ds.train_users), optimizer=args.optimizer, load_s=round(load_s, 1))
     for bs in args.batch_sizes:
+        cfg = Config(data=data)
+        cfg.optim.optimizer, cfg.train.batch_size = args.optimizer, bs
         torch.manual_seed(0)
-        model = build_model(
-            mcfg.model, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout, args.optimizer == "adam"
-        )  # as `scalerec train` builds it: sparse table gradients for adam
-        opt, _ = build_optimizer(args.optimizer, model, OptimConfig.lr)
+        model = build_run_model(cfg, ds.n_users, ds.n_items, device)
+        opt, _ = optimizer_for(cfg, model, cfg.optim.lr)
+        micro = micro_batch_for(cfg, device, bs)
         sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
-        fixed = sampler.epoch()  # (a) reuses one epoch's batches, already in memory
-        n = len(fixed[0])
-        train_epoch(model, opt, *(t[: 8 * bs] for t in fixed), bs)  # warm-up: allocator, optimizer state
-        bare, full = [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            train_epoch(model, opt, *fixed, bs)
-            bare.append(n / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            train_epoch(model, opt, *sampler.epoch(), bs)[0].sum().item()
-            full.append(n / (time.perf_counter() - t0))
-        a, b = statistics.median(bare), statistics.median(full)
-        print(json.dumps({**base, "batch": bs, "mode": "bare_step", "samples_per_s": round(a)}), flush=True)
-        print(json.dumps({**base, "batch": bs, "mode": "full_epoch", "samples_per_s": round(b)}), flush=True)
-        print(json.dumps({**base, "batch": bs, "mode": "ratio", "full_over_bare": round(b / a, 4)}), flush=True)
+        fixed = [t[: args.bare_samples] for t in sampler.epoch()]  # (a): batches already in memory
+        train_epoch(model, opt, *(t[: 4 * bs] for t in fixed), bs, micro_batch=micro)  # warm-up
+        sparse = any(getattr(m, "sparse", False) for m in model.modules())
+        line = {**base, "batch": bs, "micro_batch": micro, "tables": "rows" if sparse else "dense"}
+        rates: dict[str, list[float]] = {"bare_step": [], "full_epoch": []}
+        for epoch in range(args.epochs):
+            for mode in rates:
+                batch = fixed if mode == "bare_step" else sampler.epoch()
+                rate, peak = timed_epoch(model, opt, *batch, bs, micro)
+                rates[mode].append(rate)
+                out = {**line, "epoch": epoch, "mode": mode, "samples": len(batch[0]), "samples_per_s": round(rate)}
+                print(json.dumps({**out, "peak_memory_mb": round(peak / 2**20)}), flush=True)
+                del batch
+        mean = {mode: sum(r) / len(r) for mode, r in rates.items()}
+        ratio = round(mean["full_epoch"] / mean["bare_step"], 4)
+        print(json.dumps({**line, "mode": "ratio", "epochs": args.epochs, "full_over_bare": ratio}), flush=True)
 
 
 if __name__ == "__main__":

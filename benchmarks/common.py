@@ -6,6 +6,9 @@ import platform
 
 import torch
 
+# MovieLens' shapes for synthetic data: users, items, mean interactions per user.
+SHAPES = {"ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165), "ml-20m": (138493, 26744, 144)}
+
 
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()

@@ -2,6 +2,7 @@
 
 .venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m   # 6,040 users x 100 items
 .venv/bin/python benchmarks/eval_speed.py                                          # synthetic, ml-1m shape
+.venv/bin/python benchmarks/eval_speed.py --shape ml-20m                           # 138,493 users x 101 items
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import statistics
 import time
 
 import torch
-from common import machine
+from common import SHAPES, machine
 
 from scalerec.config import DataConfig, EvalConfig, ModelConfig
 from scalerec.data import load_dataset
@@ -41,11 +42,14 @@ def main() -> None:
     p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
     p.add_argument("--batch-users", type=int, nargs="+", default=[EvalConfig.eval_batch_size])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     args = p.parse_args()
     if args.ncf:
         data = DataConfig(dataset="ncf", data=args.ncf)
-    else:  # MovieLens-1M's shape: 6,040 users, 3,706 items, ~165 interactions per user
-        data = DataConfig(dataset="synthetic", synthetic_users=6040, synthetic_items=3706, synthetic_interactions=165)
+    else:
+        n_users, n_items, mean = SHAPES[args.shape]
+        data = DataConfig(dataset="synthetic", synthetic_users=n_users, synthetic_items=n_items)
+        data.synthetic_interactions = mean
     ds = load_dataset(data, log=lambda s: None)
     mcfg = ModelConfig()
     torch.manual_seed(0)

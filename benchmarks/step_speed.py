@@ -29,7 +29,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import machine
+from common import SHAPES, machine
 from torch import nn
 
 from scalerec.config import Config
@@ -38,7 +38,6 @@ from scalerec.model import build_model, unique_rows
 from scalerec.optim import build_optimizer
 from scalerec.train import build_run_model, micro_batch_for, train_step
 
-SHAPES = {"ml-1m": (6040, 3706), "ml-20m": (138493, 26744), "ml-100k": (943, 1682)}
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
 
 
@@ -125,7 +124,7 @@ def main() -> None:
     device = torch.device(args.device)
     flops = train_flops_per_sample()
     for shape in args.shapes:
-        n_users, n_items = SHAPES[shape]
+        n_users, n_items, _ = SHAPES[shape]
         item_weights = (torch.arange(n_items, dtype=torch.float64) + 1) ** -0.8  # Zipf-like popularity
         for bs in args.batch_sizes:
             g = torch.Generator().manual_seed(0)

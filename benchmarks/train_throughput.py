@@ -20,16 +20,13 @@ import json
 import time
 
 import torch
-from common import machine
+from common import SHAPES, machine
 
 from scalerec.config import Config, DataConfig
 from scalerec.data import load_dataset
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.sampling import EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
-
-# Synthetic data of MovieLens' shapes: users, items, mean interactions per user.
-SHAPES = {"ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165), "ml-20m": (138493, 26744, 144)}
 
 
 def timed_epoch(model, opt, users, items, labels, bs: int, micro: int | None) -> tuple[float, int]:

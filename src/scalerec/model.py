@@ -160,7 +160,8 @@ def unique_rows(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gather(encoding: Encoding, index: torch.Tensor) -> Encoding:
     """Each sample's rows of an encoding of distinct rows. index_select, not encoding[index]: its backward is an
-    index_add, several times faster than advanced indexing's on the CPU (benchmarks/step_speed.py)."""
+    index_add, much faster than advanced indexing's on the CPU (measured: the whole step at ML-1M shape and
+    batch 4096 ran 1.4x faster)."""
     return tuple(None if t is None else t.index_select(0, index) for t in encoding)
 
 

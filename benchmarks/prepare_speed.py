@@ -1,0 +1,65 @@
+"""Dataset preparation and cache reload: seconds and peak memory, one JSON line per dataset and phase.
+
+"prepare" is what the first `scalerec train` on a dataset does: read (or generate) the interactions, remap ids,
+split leave-one-out, draw the evaluation negatives and write the cache; "reload" is every later run, reading
+that cache. Each dataset gets a fresh cache folder. Real files are read from ../shared/data where present. Run:
+
+    .venv/bin/python benchmarks/prepare_speed.py                       # the real files found, and ml-1m shape
+    .venv/bin/python benchmarks/prepare_speed.py --shapes ml-20m       # synthetic, ML-20M's shape (20M rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from common import SHAPES, machine
+
+from scalerec.config import DataConfig
+from scalerec.data import load_dataset
+from scalerec.find_batch import peak_rss_bytes, reset_peak_rss
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = {  # name -> (dataset, file or prefix)
+    "ml-100k": ("ml-100k", SHARED / "ml-100k" / "u.data"),
+    "ml-latest-small": ("ml-100k", SHARED / "ml-latest-small" / "ratings.csv"),
+    "ncf-ml-1m": ("ncf", SHARED / "ncf-ml-1m" / "ml-1m"),
+}
+
+
+def measure(name: str, data: DataConfig) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data.data_dir = tmp
+        for phase in ("prepare", "reload"):
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            ds = load_dataset(data, log=lambda s: None)
+            seconds = time.perf_counter() - t0
+            cache = sum(f.stat().st_size for f in Path(tmp, "cache").glob("*.npz"))
+            line = {"bench": "prepare_speed", **machine(), "dataset": name, "phase": phase}
+            line.update(users=ds.n_users, items=ds.n_items, interactions=len(ds.train_users) + len(ds.test_users))
+            line.update(seconds=round(seconds, 2), peak_memory_mb=round(peak_rss_bytes() / 2**20))
+            print(json.dumps({**line, "cache_mb": round(cache / 2**20, 1)}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", nargs="*", choices=list(SHAPES), default=["ml-1m"], help="synthetic data shapes")
+    p.add_argument("--real", nargs="*", choices=list(REAL), default=list(REAL), help="real files, where present")
+    args = p.parse_args()
+    for name in args.real:
+        dataset, path = REAL[name]
+        if path.is_file() or Path(f"{path}.train.rating").is_file():
+            measure(name, DataConfig(dataset=dataset, data=str(path)))
+    for shape in args.shapes:
+        users, items, mean = SHAPES[shape]
+        data = DataConfig(dataset="synthetic", synthetic_users=users, synthetic_items=items)
+        data.synthetic_interactions = mean
+        measure(f"synthetic {shape}", data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Every benchmark script runs end to end on tiny inputs and prints JSON lines with the fields its README table
+reads (the scripts are not imported by the package, so nothing else would notice one breaking)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str, tmp_path: Path) -> list[dict]:
+    env = {**os.environ, "SCALEREC_DATA_DIR": str(tmp_path)}  # synthetic data cached there, not in ~/.cache
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=BENCHMARKS,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_step_speed(tmp_path):
+    lines = run(
+        "step_speed.py", "--shapes", "ml-100k", "--batch-sizes", "512", "--samples", "1024", "--repeats", "1",
+        "--micro-batches", "256", tmp_path=tmp_path,
+    )  # fmt: skip
+    steps = {line["step"]: line for line in lines}
+    assert set(steps) == {"plain", "scalerec", "scalerec_rows", "scalerec_dense", "scalerec_micro256", "sgemm", "ratio"}
+    assert steps["scalerec_micro256"]["micro_batch"] == 256 and steps["scalerec"]["samples_per_s"] > 0
+    assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]
+
+
+def test_train_throughput(tmp_path):
+    lines = run(
+        "train_throughput.py", "--shape", "ml-100k", "--batch-sizes", "1024", "--epochs", "2",
+        "--bare-samples", "8192", tmp_path=tmp_path,
+    )  # fmt: skip
+    modes = [(line.get("epoch"), line["mode"]) for line in lines]
+    assert modes == [(0, "bare_step"), (0, "full_epoch"), (1, "bare_step"), (1, "full_epoch"), (None, "ratio")]
+    assert lines[0]["samples"] == 8192 and lines[1]["samples"] > 400_000  # ml-100k's shape: ~99k positives x 5
+    assert lines[-1]["full_over_bare"] > 0
+
+
+def test_step_accuracy(tmp_path):
+    lines = run("step_accuracy.py", "--shape", "ml-100k", "--epochs", "1", tmp_path=tmp_path)
+    plain, ours = lines
+    assert (plain["step"], ours["step"]) == ("plain", "scalerec")
+    # The same start, batches and math: after one epoch both rank the held-out items alike.
+    assert abs(plain["HR@10"] - ours["HR@10"]) <= 0.02 and ours["HR@10"] > 0.2
+
+
+def test_eval_and_prepare_speed(tmp_path):
+    (line,) = run("eval_speed.py", "--shape", "ml-100k", "--repeats", "1", tmp_path=tmp_path)
+    assert line["users"] == 943 and line["seconds_median"] > 0
+    lines = run("prepare_speed.py", "--real", "--shapes", "ml-100k", tmp_path=tmp_path)
+    assert [line["phase"] for line in lines] == ["prepare", "reload"]
+    assert lines[0]["interactions"] == lines[1]["interactions"] > 90_000 and lines[1]["cache_mb"] > 0
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py"))
+def test_every_benchmark_has_a_test(script):
+    assert f'"{script}"' in Path(__file__).read_text()

@@ -6,6 +6,8 @@ import platform
 
 import torch
 
+from scalerec.config import DataConfig
+
 # MovieLens' shapes for synthetic data: users, items, mean interactions per user.
 SHAPES = {"ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165), "ml-20m": (138493, 26744, 144)}
 
@@ -19,3 +21,11 @@ def machine() -> dict:
         pass
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "accelerator": device}
+
+
+def data_config(ncf: str | None, shape: str) -> DataConfig:
+    """The NCF paper's files at prefix `ncf`, or else synthetic data of a MovieLens shape."""
+    if ncf:
+        return DataConfig(dataset="ncf", data=ncf)
+    users, items, mean = SHAPES[shape]
+    return DataConfig(dataset="synthetic", synthetic_users=users, synthetic_items=items, synthetic_interactions=mean)

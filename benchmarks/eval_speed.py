@@ -13,9 +13,9 @@ import statistics
 import time
 
 import torch
-from common import SHAPES, machine
+from common import SHAPES, data_config, machine
 
-from scalerec.config import DataConfig, EvalConfig, ModelConfig
+from scalerec.config import EvalConfig, ModelConfig
 from scalerec.data import load_dataset
 from scalerec.evaluate import evaluate
 from scalerec.model import build_model
@@ -44,12 +44,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     args = p.parse_args()
-    if args.ncf:
-        data = DataConfig(dataset="ncf", data=args.ncf)
-    else:
-        n_users, n_items, mean = SHAPES[args.shape]
-        data = DataConfig(dataset="synthetic", synthetic_users=n_users, synthetic_items=n_items)
-        data.synthetic_interactions = mean
+    data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)
     mcfg = ModelConfig()
     torch.manual_seed(0)

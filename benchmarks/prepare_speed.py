@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SHAPES, machine
+from common import SHAPES, data_config, machine
 
 from scalerec.config import DataConfig
 from scalerec.data import load_dataset
@@ -55,10 +55,7 @@ def main() -> None:
         if path.is_file() or Path(f"{path}.train.rating").is_file():
             measure(name, DataConfig(dataset=dataset, data=str(path)))
     for shape in args.shapes:
-        users, items, mean = SHAPES[shape]
-        data = DataConfig(dataset="synthetic", synthetic_users=users, synthetic_items=items)
-        data.synthetic_interactions = mean
-        measure(f"synthetic {shape}", data)
+        measure(f"synthetic {shape}", data_config(None, shape))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ import json
 import time
 
 import torch
-from common import SHAPES, machine
+from common import SHAPES, data_config, machine
 from step_speed import FACTORS, LAYERS, PlainNeuMF, plain_step
 
-from scalerec.config import Config, DataConfig
+from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.evaluate import evaluate
 from scalerec.model import NeuMF
@@ -55,12 +55,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4096)
     args = p.parse_args()
-    if args.ncf:
-        data = DataConfig(dataset="ncf", data=args.ncf)
-    else:
-        n_users, n_items, mean = SHAPES[args.shape]
-        data = DataConfig(dataset="synthetic", synthetic_users=n_users, synthetic_items=n_items)
-        data.synthetic_interactions = mean
+    data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)
     device = torch.device("cpu")
     cfg = Config(data=data)

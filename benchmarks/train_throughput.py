@@ -20,9 +20,9 @@ import json
 import time
 
 import torch
-from common import SHAPES, machine
+from common import SHAPES, data_config, machine
 
-from scalerec.config import Config, DataConfig
+from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.sampling import EpochSampler
@@ -51,12 +51,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.ncf:
-        data = DataConfig(dataset="ncf", data=args.ncf)
-    else:
-        n_users, n_items, mean = SHAPES[args.shape]
-        data = DataConfig(dataset="synthetic", synthetic_users=n_users, synthetic_items=n_items)
-        data.synthetic_interactions = mean
+    data = data_config(args.ncf, args.shape)
     if args.data_dir:
         data.data_dir = args.data_dir
     t0 = time.perf_counter()

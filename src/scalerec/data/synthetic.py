@@ -44,12 +44,8 @@ def generate(n_users: int, n_items: int, mean_interactions: int, seed: int, n_cl
         at = np.searchsorted(in_cluster_cdf, user_cluster[draws] + x).clip(max=n_items - 1)
         items = np.where(own, by_cluster[at], np.searchsorted(catalogue_cdf, x).clip(max=n_items - 1))
         new = draws * n_items + items
-        if accepted:  # drop what the pending users already have
-            keys = np.concatenate(accepted)
-            keys = np.sort(keys[missing[keys // n_items] > 0])
-            fresh = ~np.isin(new, keys, assume_unique=False) if len(keys) else np.ones(len(new), dtype=bool)
-        else:
-            fresh = np.ones(len(new), dtype=bool)
+        owned = np.concatenate(accepted) if accepted else np.empty(0, dtype=np.int64)
+        fresh = ~np.isin(new, owned[missing[owned // n_items] > 0])  # not what a pending user already has
         new, first = np.unique(new[fresh], return_index=True)  # sorted by user, then item
         order = np.argsort(np.flatnonzero(fresh)[first], kind="stable")  # back to draw order...
         order = order[np.argsort(new[order] // n_items, kind="stable")]  # ...within each user

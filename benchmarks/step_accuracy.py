@@ -20,6 +20,7 @@ import torch
 from common import SHAPES, data_config, machine
 from step_speed import FACTORS, LAYERS, PlainNeuMF, plain_step
 
+from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.evaluate import evaluate
@@ -58,6 +59,7 @@ def main() -> None:
     data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)
     device = torch.device("cpu")
+    keep_large_blocks_in_heap()  # as `scalerec train` runs on the CPU
     cfg = Config(data=data)
     cfg.model.factors, cfg.model.layers = FACTORS, LAYERS
     cfg.optim.optimizer, cfg.train.batch_size = "adam", args.batch_size

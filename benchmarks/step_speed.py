@@ -5,14 +5,17 @@ embeddings, dense torch.optim.Adam (its default, foreach). "scalerec" is scalere
 exactly as `scalerec train` runs them for adam: each distinct user and item encoded once, table rows or dense
 updates chosen by the table size per sample, micro-batches on the CPU above 8192. "scalerec_rows" and
 "scalerec_dense" force one table update, whole batch at once; --micro-batches adds scalerec in those slices,
---compile adds scalerec with torch.compile on the per-sample part (model.interact). All train on the same
+--compile adds scalerec with torch.compile on the per-sample part (model.interact). On the CPU every step runs
+with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
+the minor page faults per step in each line show what the setting changes. All train on the same
 pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the same threads, alternated R
 times in one process; the median is printed.
 
 FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
 user and item of a batch. "sgemm" is a plain matrix product at the MLP's largest layer with the batch's rows,
-"sgemm_best" the best over 1024 to 16384 rows: the machine's practical FLOP rate. Run:
+"sgemm_best" the best over 1024 to 16384 rows: the machine's practical FLOP rate. Both are measured after each
+alternation of the steps, and the best is kept: noise only ever slows a product down. Run:
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096 --compile
@@ -24,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import json
+import resource
 import statistics
 import time
 
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from common import SHAPES, machine
 from torch import nn
 
+from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model, unique_rows
@@ -87,13 +92,14 @@ def reset_peak(device: torch.device) -> None:
         reset_peak_rss()  # Linux: VmHWM restarts; elsewhere the process's peak since it started
 
 
-def run_steps(step, batches) -> float:
-    """Seconds for one pass over the batches."""
+def run_steps(step, batches) -> tuple[float, int]:
+    """(seconds, minor page faults of the process) for one pass over the batches."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for users, items, labels in batches:
         loss = step(users, items, labels)
     float(loss)  # wait for the device
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
 def sgemm_gflops(batch: int, device: torch.device, seconds: float = 0.5) -> float:
@@ -118,7 +124,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also scalerec with torch.compile on model.interact")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
     args = p.parse_args()
+    malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -163,17 +171,21 @@ def main() -> None:
             for step in candidates.values():
                 run_steps(step, batches[:2])  # warm-up: allocator, optimizer state
             times: dict[str, list[float]] = {name: [] for name in candidates}
+            faults: dict[str, list[int]] = {name: [] for name in candidates}
             peaks: dict[str, int] = dict.fromkeys(candidates, 0)
+            gemm = best_gemm = 0.0
             for _ in range(args.repeats):
                 for name, step in candidates.items():
                     reset_peak(device)
-                    times[name].append(run_steps(step, batches))
+                    seconds, faulted = run_steps(step, batches)
+                    times[name].append(seconds)
+                    faults[name].append(faulted)
                     peaks[name] = max(peaks[name], peak_memory_bytes(device))
-            gemm = sgemm_gflops(bs, device)
-            best_gemm = max(gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
+                gemm = max(gemm, sgemm_gflops(bs, device))
+                best_gemm = max(best_gemm, gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
             executed = executed_flops_per_sample(batches, n_users, n_items, None)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": "fp32", "shape": shape}
-            base.update(users=n_users, items=n_items, batch=bs, optimizer="adam")
+            base.update(users=n_users, items=n_items, batch=bs, optimizer="adam", malloc=malloc)
             rates = {}
             for name, ts in times.items():
                 rates[name] = steps * bs / statistics.median(ts)
@@ -183,6 +195,7 @@ def main() -> None:
                     line["executed_gflops"] = round(rates[name] * executed / 1e9, 1)
                 line["gflops"] = round(rates[name] * flops / 1e9, 1)
                 line["peak_memory_mb"] = round(peaks[name] / 2**20)  # GPU allocated, or the process's RSS
+                line["page_faults_per_step"] = round(statistics.median(faults[name]) / steps)
                 print(json.dumps(line), flush=True)
             print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}))
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}

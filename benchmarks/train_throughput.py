@@ -22,6 +22,7 @@ import time
 import torch
 from common import SHAPES, data_config, machine
 
+from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
@@ -58,6 +59,7 @@ def main() -> None:
     ds = load_dataset(data, log=lambda s: None)
     load_s = time.perf_counter() - t0
     device = torch.device("cpu")
+    keep_large_blocks_in_heap()  # as `scalerec train` runs on the CPU
     base = {"bench": "train_throughput", "device": device.type, **machine(), "dataset": ds.name}
     base.update(shape=None if args.ncf else args.shape, users=ds.n_users, items=ds.n_items)
     base.update(train_positives=len(ds.train_users), optimizer=args.optimizer, load_s=round(load_s, 1))

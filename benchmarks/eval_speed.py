@@ -1,6 +1,11 @@
-"""Sampled evaluation speed: HR@10/NDCG@10 of NeuMF (default sizes) over every test user, one JSON line each.
+"""Evaluation speed: HR@10/NDCG@10 over every test user, sampled and full ranking, one JSON line each.
+
+Sampled: each user's test item and its negatives. Full: every item (minus the user's training items). The models
+have the default sizes (NeuMF: 64 factors, layers 256 256 128 64) and untrained weights: speed does not depend
+on them. An sgemm at evaluation's largest layer is timed after each repeat, for a same-run ratio.
 
 .venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m   # 6,040 users x 100 items
+.venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m --protocols full --models neumf mf
 .venv/bin/python benchmarks/eval_speed.py                                          # synthetic, ml-1m shape
 .venv/bin/python benchmarks/eval_speed.py --shape ml-20m                           # 138,493 users x 101 items
 """
@@ -8,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -17,14 +23,15 @@ from common import SHAPES, data_config, machine
 
 from scalerec.config import EvalConfig, ModelConfig
 from scalerec.data import load_dataset
-from scalerec.evaluate import evaluate
+from scalerec.evaluate import evaluate, full_ranks, seen_index
 from scalerec.model import build_model
 
 
 def pair_flops(model: torch.nn.Module) -> int:
-    """FLOPs to score one (user, item) pair once both are encoded: the layers after the split first layer."""
+    """FLOPs to score one (user, item) pair once both are encoded: the layers after the split first layer (for MF,
+    the dot product)."""
     layers = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not name.startswith("first")]
-    return sum(2 * m.in_features * m.out_features for m in layers)
+    return sum(2 * m.in_features * m.out_features for m in layers) or 2 * model.user.embedding_dim
 
 
 def sgemm_gflops(m: int = 1600, k: int = 256, n: int = 128, reps: int = 200) -> float:
@@ -40,46 +47,46 @@ def sgemm_gflops(m: int = 1600, k: int = 256, n: int = 128, reps: int = 200) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
-    p.add_argument("--batch-users", type=int, nargs="+", default=[EvalConfig.eval_batch_size])
+    p.add_argument("--protocols", nargs="+", choices=["sampled", "full"], default=["sampled", "full"])
+    p.add_argument("--models", nargs="+", choices=["neumf", "mf"], default=["neumf"])
+    p.add_argument("--batch-users", type=int, nargs="+", default=[EvalConfig.eval_batch_size], help="sampled only")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     args = p.parse_args()
     data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)
-    mcfg = ModelConfig()
-    torch.manual_seed(0)
-    model = build_model(mcfg.model, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout)
     users, items = torch.tensor(ds.test_users), torch.tensor(ds.test_items)
     negatives = torch.tensor(ds.eval_negatives)
-    for bu in args.batch_users:
-        evaluate(model, users, items, negatives, ds.n_items, (10,), bu)  # warm-up
-        times, gemm = [], []
-        for _ in range(args.repeats):  # alternate with the reference so both see the same machine
-            t0 = time.perf_counter()
-            evaluate(model, users, items, negatives, ds.n_items, (10,), bu)
-            times.append(time.perf_counter() - t0)
-            gemm.append(sgemm_gflops())
-        pairs = len(users) * (1 + negatives.shape[1])
-        eval_gflops = pairs * pair_flops(model) / statistics.median(times) / 1e9
-        print(
-            json.dumps(
-                {
-                    "bench": "eval_speed",
-                    "dataset": ds.name,
-                    "users": len(users),
-                    "candidates": 1 + negatives.shape[1],
-                    "model": mcfg.model,
-                    "batch_users": bu,
-                    **machine(),
-                    "seconds_median": round(statistics.median(times), 4),
-                    "seconds_min": round(min(times), 4),
-                    "eval_gflops": round(eval_gflops, 1),
-                    "sgemm_gflops": round(statistics.median(gemm), 1),
-                    "eval_over_sgemm": round(eval_gflops / statistics.median(gemm), 3),
-                }
-            ),
-            flush=True,
-        )
+    seen = seen_index(torch.tensor(ds.train_users), torch.tensor(ds.train_items), ds.n_users)
+    mcfg = ModelConfig()
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout)
+        runs = []
+        if "sampled" in args.protocols:
+            for bu in args.batch_users:
+                run = functools.partial(evaluate, model, users, items, negatives, ds.n_items, (10,), bu)
+                runs.append(("sampled", bu, 1 + negatives.shape[1], run))
+        if "full" in args.protocols:
+            runs.append(
+                ("full", None, ds.n_items, functools.partial(full_ranks, model, users, items, seen, ds.n_items))
+            )
+        for protocol, bu, candidates, run in runs:
+            run()  # warm-up
+            times, gemm = [], []
+            for _ in range(args.repeats):  # alternate with the reference so both see the same machine
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+                gemm.append(sgemm_gflops())
+            # full ranking scores every item, training items included, and then leaves those out
+            eval_gflops = len(users) * candidates * pair_flops(model) / statistics.median(times) / 1e9
+            line = {"bench": "eval_speed", "protocol": protocol, "dataset": ds.name, "users": len(users)}
+            line.update(candidates=candidates, model=name, batch_users=bu, **machine())
+            line.update(seconds_median=round(statistics.median(times), 4), seconds_min=round(min(times), 4))
+            line.update(eval_gflops=round(eval_gflops, 1), sgemm_gflops=round(statistics.median(gemm), 1))
+            line["eval_over_sgemm"] = round(eval_gflops / statistics.median(gemm), 3)
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def test_step_accuracy(tmp_path):
 
 
 def test_eval_and_prepare_speed(tmp_path):
-    (line,) = run("eval_speed.py", "--shape", "ml-100k", "--repeats", "1", tmp_path=tmp_path)
-    assert line["users"] == 943 and line["seconds_median"] > 0
+    lines = run("eval_speed.py", "--shape", "ml-100k", "--repeats", "1", "--models", "neumf", "mf", tmp_path=tmp_path)
+    assert [(x["model"], x["protocol"]) for x in lines] == [
+        (m, p) for m in ("neumf", "mf") for p in ("sampled", "full")
+    ]
+    assert all(x["users"] == 943 and x["seconds_median"] > 0 for x in lines)
+    assert [x["candidates"] for x in lines[:2]] == [101, 1682]
     lines = run("prepare_speed.py", "--real", "--shapes", "ml-100k", tmp_path=tmp_path)
     assert [line["phase"] for line in lines] == ["prepare", "reload"]
     assert lines[0]["interactions"] == lines[1]["interactions"] > 90_000 and lines[1]["cache_mb"] > 0

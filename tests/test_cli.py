@@ -20,7 +20,7 @@ import torch
 import scalerec
 from scalerec.cli import main
 
-METRIC_KEYS = {"epoch", "loss", "HR@10", "NDCG@10", "samples_per_s", "train_s", "eval_s", "best_epoch"}
+METRIC_KEYS = {"epoch", "loss", "sampled_HR@10", "sampled_NDCG@10", "samples_per_s", "train_s", "eval_s", "best_epoch"}
 
 
 @pytest.fixture(autouse=True)
@@ -97,9 +97,9 @@ def check_run_folder(out: Path, epochs: int) -> tuple[dict, list[dict]]:
     for r in rows:
         assert METRIC_KEYS <= set(r), set(r)
         assert 0 < r["loss"] < 10 and np.isfinite(r["loss"])
-        assert 0 <= r["NDCG@10"] <= r["HR@10"] <= 1
+        assert 0 <= r["sampled_NDCG@10"] <= r["sampled_HR@10"] <= 1
         assert r["samples_per_s"] > 0 and r["train_s"] > 0 and r["eval_s"] >= 0
-    hrs = [r["HR@10"] for r in rows]
+    hrs = [r["sampled_HR@10"] for r in rows]
     for n, r in enumerate(rows):  # best so far: the first epoch with the highest HR@10
         assert r["best_epoch"] == int(np.argmax(hrs[: n + 1]))
     return config, rows
@@ -409,8 +409,8 @@ def test_train_synthetic_end_to_end(capsys, tmp_path):
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("Data: Synthetic") and "#user=200, #item=100" in lines[0]
-    assert any(ln.startswith("Epoch 0: HR@10 = ") for ln in lines)
-    assert any(ln.startswith("Epoch 1: HR@10 = ") for ln in lines)
+    assert any(ln.startswith("Epoch 0: sampled_HR@10 = ") for ln in lines)
+    assert any(ln.startswith("Epoch 1: sampled_HR@10 = ") for ln in lines)
     assert not any(ln.startswith("Epoch 2") for ln in lines)
     config, rows = check_run_folder(out_dir, epochs=2)
     assert config["data"]["dataset"] == "synthetic" and config["data"]["synthetic_users"] == 200
@@ -418,7 +418,7 @@ def test_train_synthetic_end_to_end(capsys, tmp_path):
     assert config["train"]["batch_size"] == 256 and config["train"]["output"] == str(out_dir)
     assert config["eval"]["topk"] == [10]
     epoch0 = next(ln for ln in lines if ln.startswith("Epoch 0:"))
-    assert f"HR@10 = {rows[0]['HR@10']:.4f}" in epoch0  # the log and the metrics file agree
+    assert f"sampled_HR@10 = {rows[0]['sampled_HR@10']:.4f}" in epoch0  # the log and the metrics file agree
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["best"]["epoch"] == rows[-1]["best_epoch"]
 
@@ -428,7 +428,7 @@ def test_same_seed_same_metrics(capsys, tmp_path):
         rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / name, epochs=1)])
         assert rc == 0, err
     a, b = ((tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in ("a", "b"))
-    keep = ("loss", "HR@10", "NDCG@10")
+    keep = ("loss", "sampled_HR@10", "sampled_NDCG@10")
     assert [json.loads(x)[k] for x in a for k in keep] == [json.loads(x)[k] for x in b for k in keep]
 
 
@@ -439,7 +439,7 @@ def test_train_udata_end_to_end(capsys, tmp_path):
     assert rc == 0, err
     first = out.splitlines()[0]
     assert first == f"Data: MovieLens-100K from {path}. #user=60, #item=80, #train=420, #test=60"
-    assert any(ln.startswith("Epoch 1: HR@10 = ") for ln in out.splitlines())
+    assert any(ln.startswith("Epoch 1: sampled_HR@10 = ") for ln in out.splitlines())
     config, _ = check_run_folder(out_dir, epochs=2)
     assert config["data"]["data"] == str(path) and config["data"]["dataset"] == "ml-100k"
     # the prepared data was cached under $SCALEREC_DATA_DIR, not ~/.cache
@@ -482,7 +482,7 @@ def test_subprocess_train_piped_has_no_progress_bar(tmp_path):
     result = run_module(["train", "--data", path, *tiny(out_dir)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"Data: MovieLens-100K from {path}.")
-    assert "Epoch 1: HR@10 = " in result.stdout
+    assert "Epoch 1: sampled_HR@10 = " in result.stdout
     check_run_folder(out_dir, epochs=2)
     # stderr is a pipe, not a TTY: no tqdm bar (carriage returns, bar blocks, rates)
     for mark in ("\r", "█", "%|", "sample/s", "it/s"):

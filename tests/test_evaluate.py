@@ -3,7 +3,17 @@ import math
 import pytest
 import torch
 
-from scalerec.evaluate import NAN_RANK, evaluate, hit_rate, metrics_from_ranks, ndcg, positive_rank, ranks
+from scalerec.evaluate import (
+    NAN_RANK,
+    evaluate,
+    full_ranks,
+    hit_rate,
+    metrics_from_ranks,
+    ndcg,
+    positive_rank,
+    ranks,
+    seen_index,
+)
 from scalerec.model import build_model
 
 
@@ -91,3 +101,67 @@ def test_batched_candidate_scores_equal_the_forward_pass(name):
         scores = model(users[:, None].expand_as(cand).reshape(-1), cand.reshape(-1)).view(20, 10)
     expected = positive_rank(scores[:, 0], scores[:, 1:])
     assert ranks(model, users, positives, negatives, 40, batch_users=6).tolist() == expected.tolist()
+
+
+class Grid(Lookup):
+    """Lookup with the full-ranking interface: every user's row of the table."""
+
+    def score_grid(self, u, i):
+        return self.table[u[0]][:, i[0]]
+
+
+def brute_full_rank(table, users, positives, train_pairs):
+    """Rank of each positive among all items but the user's training items and itself, ties against it."""
+    out = []
+    for u, p in zip(users.tolist(), positives.tolist()):
+        seen = {i for uu, i in train_pairs if uu == u}
+        others = [j for j in range(table.shape[1]) if j != p and j not in seen]
+        out.append(sum(float(table[u, j]) >= float(table[u, p]) for j in others))
+    return out
+
+
+def test_seen_index_groups_each_users_training_items():
+    users = torch.tensor([2, 0, 2, 1, 0, 2])
+    items = torch.tensor([5, 1, 6, 3, 2, 7])
+    offsets, grouped = seen_index(users, items, 4)
+    assert offsets.tolist() == [0, 2, 3, 6, 6]
+    assert [sorted(grouped[offsets[u] : offsets[u + 1]].tolist()) for u in range(4)] == [[1, 2], [3], [5, 6, 7], []]
+
+
+def test_full_ranking_leaves_out_training_items_and_counts_ties_against_the_positive():
+    torch.manual_seed(0)
+    table = torch.randint(0, 6, (9, 25)).float()  # few distinct scores: many ties
+    users = torch.tensor([4, 0, 8, 3, 7])  # not in id order
+    positives = torch.randint(0, 25, (5,))
+    train_pairs = [(u, i) for u in range(9) for i in torch.randperm(25)[:8].tolist()]
+    seen = seen_index(torch.tensor([u for u, _ in train_pairs]), torch.tensor([i for _, i in train_pairs]), 9)
+    expected = brute_full_rank(table, users, positives, train_pairs)
+    for per_batch in (25, 50, 10**6):  # one, two and all users per batch
+        assert full_ranks(Grid(table), users, positives, seen, 25, scores_per_batch=per_batch).tolist() == expected
+    constant = full_ranks(Grid(torch.zeros(9, 25)), users, positives, seen, 25)
+    assert hit_rate(constant, 10) == 0  # every other unseen item ties with the positive, and wins
+
+
+def test_full_ranking_nan_positive_ranks_last():
+    table = torch.rand(2, 6)
+    table[1, 3] = float("nan")
+    seen = seen_index(torch.tensor([0]), torch.tensor([1]), 2)
+    got = full_ranks(Grid(table), torch.tensor([0, 1]), torch.tensor([2, 3]), seen, 6).tolist()
+    assert got[1] == NAN_RANK and got[0] == brute_full_rank(table, torch.tensor([0]), torch.tensor([2]), [(0, 1)])[0]
+
+
+@pytest.mark.parametrize("name", ["neumf", "gmf", "mlp", "mf"])
+def test_score_grid_is_interact_on_every_pair(name):
+    torch.manual_seed(0)
+    model = build_model(name, 7, 30, 8, (16, 16, 8), 0.0).eval()
+    users, items = torch.arange(7), torch.arange(30)
+    with torch.no_grad():
+        pairs = model(users.repeat_interleave(30), items.repeat(7)).view(7, 30)
+        kw = {"pairs_per_tile": 20} if name != "mf" else {}  # tiles of 2 items for 7 users: 15 tiles
+        grid = model.score_grid(model.encode_users(users), model.encode_items(items), **kw)
+    torch.testing.assert_close(grid, pairs, rtol=1e-5, atol=1e-6)
+
+
+def test_full_metrics_report_recall_equal_to_the_hit_rate_with_one_held_out_item():
+    m = metrics_from_ranks(torch.tensor([0, 3, 12]), (10,), recall=True)
+    assert m["Recall@10"] == m["HR@10"] == pytest.approx(2 / 3)

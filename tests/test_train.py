@@ -45,7 +45,7 @@ class Popularity(torch.nn.Module):
 def test_training_beats_chance_and_popularity_by_a_wide_margin(tmp_path):
     cfg = tiny_config(tmp_path)
     summary = train(cfg, log=lambda s: None)
-    hr = summary["best"]["HR@10"]
+    hr = summary["best"]["sampled_HR@10"]
     ds = load_dataset(cfg.data, log=lambda s: None)
     counts = torch.as_tensor(np.bincount(ds.train_items, minlength=ds.n_items), dtype=torch.float32)
     pop = metrics_from_ranks(
@@ -99,9 +99,9 @@ def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, mo
     assert abs(row["loss"] - seen[-1][0]) > 1e-4  # not the last batch's loss
     assert any(x.startswith("Data: Synthetic") and "#user=400" in x for x in lines)
     epoch = next(x for x in lines if x.startswith("Epoch 0: "))
-    for part in ("HR@10 = ", "NDCG@10 = ", "loss = ", "train_time = ", "val_time = ", "throughput = "):
+    for part in ("sampled_HR@10 = ", "sampled_NDCG@10 = ", "loss = ", "train_time = ", "val_time = ", "throughput = "):
         assert part in epoch
-    assert "New best HR@10!" in lines
+    assert "New best sampled_HR@10!" in lines
 
 
 def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_path):
@@ -263,3 +263,29 @@ def test_micro_batches_by_default_only_for_large_cpu_batches(tmp_path):
     assert micro_batch_for(cfg, cuda, 10**6) is None
     cfg.train.micro_batch = 100
     assert micro_batch_for(cfg, cuda, 10**6) == 100 and micro_batch_for(cfg, cpu, 50) == 100
+
+
+def test_eval_both_logs_each_protocol_and_picks_the_best_epoch_by_full_ranking(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=3)
+    cfg.eval.eval = "both"
+    lines = []
+    summary = train(cfg, log=lines.append)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert {"sampled_HR@10", "sampled_NDCG@10", "full_HR@10", "full_NDCG@10", "full_Recall@10"} <= set(r)
+        assert not any(key.startswith(("HR@", "NDCG@")) for key in r)  # every metric names its protocol
+        assert r["full_Recall@10"] == r["full_HR@10"]
+        # the sampled negatives are a subset of the full ranking's candidates: a rank can only grow
+        assert r["full_HR@10"] <= r["sampled_HR@10"] and r["full_NDCG@10"] <= r["sampled_NDCG@10"]
+    assert rows[-1]["full_HR@10"] > 0.05  # 200 items: chance is 0.05
+    full = [r["full_HR@10"] for r in rows]
+    assert summary["best"]["epoch"] == full.index(max(full))
+    assert any("full_HR@10 = " in line and "sampled_HR@10 = " in line for line in lines)
+    assert "New best full_HR@10!" in lines
+
+
+def test_eval_full_alone_runs_no_sampled_evaluation(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg.eval.eval = "full"
+    summary = train(cfg, log=lambda s: None)
+    assert "full_HR@10" in summary["best"] and not any(k.startswith("sampled_") for k in summary["best"])

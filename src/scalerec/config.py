@@ -183,12 +183,21 @@ class TrainConfig:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
 
+# --eval: the protocols each epoch runs; the last one picks the best epoch.
+PROTOCOLS = {"sampled": ("sampled",), "full": ("full",), "both": ("sampled", "full")}
+
+
 @dataclass
 class EvalConfig:
+    eval: Literal["sampled", "full", "both"] = "sampled"
+    """Evaluation protocol: sampled (each test item ranked among --eval-negatives sampled items, as in the NCF
+    paper), full (among all items the user did not train on, with Recall@K: exact, and slower), or both (the best
+    epoch is then picked by full ranking). Every metric name starts with its protocol: sampled_HR@10, full_HR@10."""
     topk: tuple[int, ...] = (10,)
     """Cut-offs K for HR@K and NDCG@K; the first one picks the best epoch."""
     eval_batch_size: int = 16
-    """Test users scored per evaluation batch (small batches keep the candidates' activations in cache)."""
+    """Test users scored per batch of sampled evaluation (small batches keep the candidates' activations in
+    cache)."""
 
     def __post_init__(self) -> None:
         self.topk = tuple(int(k) for k in self.topk)

@@ -1,9 +1,13 @@
-"""Sampled HR@K and NDCG@K: pure tensor functions, and evaluate(model, ...) batched on the device.
+"""HR@K and NDCG@K by two protocols: pure tensor functions, and ranking batched on the device.
 
-Each test user's held-out item is ranked among its evaluation negatives. rank = the number of valid negatives
-scoring at least as high as the positive, so ties count against the positive: a model that scores every item
-the same gets rank N and HR@K = 0. A NaN score for the positive ranks it last (NAN_RANK, never a hit).
-HR@K is the share of users with rank < K; NDCG@K is the mean over users of 1/log2(rank + 2) for those hits, 0 otherwise.
+Sampled (the default): each test user's held-out item is ranked among its evaluation negatives. Full: it is
+ranked among all items except the user's training items (Krichene and Rendle, KDD 2020: sampled metrics can
+reorder models), and Recall@K is reported too (with one held-out item per user it equals HR@K).
+
+In both, rank = the number of candidates scoring at least as high as the positive, so ties count against the
+positive: a model that scores every item the same gets rank N and HR@K = 0. A NaN score for the positive ranks it
+last (NAN_RANK, never a hit); a NaN candidate never beats it. HR@K is the share of users with rank < K; NDCG@K
+is the mean over users of 1/log2(rank + 2) for those hits, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ def ndcg(rank: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(rank < k, gain, torch.zeros_like(gain)).mean()
 
 
-def metrics_from_ranks(rank: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+def metrics_from_ranks(rank: torch.Tensor, ks: tuple[int, ...], recall: bool = False) -> dict[str, float]:
+    """HR@K and NDCG@K for each K (and Recall@K: one held-out item per user, so the share of users who hit)."""
     out = {}
     for k in ks:
         out[f"HR@{k}"] = float(hit_rate(rank, k))
         out[f"NDCG@{k}"] = float(ndcg(rank, k))
+        if recall:
+            out[f"Recall@{k}"] = out[f"HR@{k}"]
     return out
 
 
@@ -91,3 +98,58 @@ def evaluate(
 ) -> dict[str, float]:
     """HR@K and NDCG@K for every K in `ks` (the float() calls are the host syncs)."""
     return metrics_from_ranks(ranks(model, users, positives, negatives, n_items, batch_users), ks)
+
+
+# Full ranking scores this many user-item pairs per batch of users at most (64 MB in fp32), whatever the catalogue.
+FULL_SCORES_PER_BATCH = 2**24
+
+
+def seen_index(users: torch.Tensor, items: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets [n_users + 1], items grouped by user): user u's training items are items[offsets[u]:offsets[u+1]]."""
+    order = torch.argsort(users, stable=True)
+    offsets = torch.zeros(n_users + 1, dtype=torch.int64, device=users.device)
+    offsets[1:] = torch.cumsum(torch.bincount(users, minlength=n_users), 0)
+    return offsets, items[order]
+
+
+def _seen_pairs(seen: tuple[torch.Tensor, torch.Tensor], users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row in `users`, item) of every training item of the given users."""
+    offsets, items = seen
+    starts, lengths = offsets[users], offsets[users + 1] - offsets[users]
+    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+    first = torch.cumsum(lengths, 0) - lengths  # where each user's run starts in the output
+    return rows, items[torch.arange(len(rows), device=users.device) - first[rows] + starts[rows]]
+
+
+@torch.no_grad()
+def full_ranks(
+    model: nn.Module,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    seen: tuple[torch.Tensor, torch.Tensor],
+    n_items: int,
+    scores_per_batch: int = FULL_SCORES_PER_BATCH,
+) -> torch.Tensor:
+    """Rank of each user's positive among all items but the user's training items (`seen_index`), on the device.
+
+    Every item is encoded once; users are scored in batches against all items with the model's score_grid (which
+    tiles its own activations), at most `scores_per_batch` scores at a time."""
+    was_training = model.training
+    model.eval()
+    try:
+        item_enc = model.encode_items(torch.arange(n_items, device=users.device))
+        out = torch.empty(len(users), dtype=torch.int64, device=users.device)
+        step = max(1, scores_per_batch // n_items)
+        for s in range(0, len(users), step):
+            u, pos_items = users[s : s + step], positives[s : s + step]
+            scores = model.score_grid(model.encode_users(u), item_enc).float()
+            rows = torch.arange(len(u), device=u.device)
+            pos = scores[rows, pos_items]
+            beats = scores >= pos[:, None]
+            beats[_seen_pairs(seen, u)] = False
+            beats[rows, pos_items] = False  # the positive is not its own competitor
+            rank = beats.sum(1)
+            out[s : s + len(u)] = torch.where(torch.isnan(pos), torch.full_like(rank, NAN_RANK), rank)
+        return out
+    finally:
+        model.train(was_training)

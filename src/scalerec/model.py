@@ -7,6 +7,7 @@ pairs scored by gathering or broadcasting the encodings. Evaluation encodes all 
 CPU encodes each distinct user and item of a batch once (`encode_rows`), which makes the lookups and the first
 MLP layer cost per distinct row, not per sample: at batch 4096 on ML-1M shape, 5,000 rows instead of 8,192
 half-rows, and at 65536, under 10,000 instead of 131,072 (benchmarks/step_speed.py). It is the same function.
+`score_grid` scores every pair of encoded users and items at once, for full-ranking evaluation.
 """
 
 from __future__ import annotations
@@ -91,12 +92,34 @@ class NeuMF(nn.Module):
         """Logits from the GMF product and the first MLP layer's pre-activation."""
         parts = [gmf] if gmf is not None else []
         if first is not None:
-            h = F.dropout(F.relu(first), self.dropout, self.training)
-            for layer in self.hidden:
-                h = F.dropout(F.relu(layer(h)), self.dropout, self.training)
-            parts.append(h)
+            parts.append(self._mlp(first))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return self.predict(x).squeeze(-1)
+
+    def _mlp(self, first: torch.Tensor) -> torch.Tensor:
+        """The MLP branch's output from the first layer's pre-activation."""
+        h = F.dropout(F.relu(first), self.dropout, self.training)
+        for layer in self.hidden:
+            h = F.dropout(F.relu(layer(h)), self.dropout, self.training)
+        return h
+
+    def score_grid(self, user: Encoding, item: Encoding, pairs_per_tile: int = 8192) -> torch.Tensor:
+        """Logits of every pair of U encoded users and I encoded items, [U, I]: interact() on all pairs. The GMF
+        branch with its share of the prediction layer is one matrix product ((u * w) @ i.T); the MLP branch runs
+        on tiles of about `pairs_per_tile` pairs, so that its activations stay in cache."""
+        n_users, n_items = len(next(t for t in user if t is not None)), len(next(t for t in item if t is not None))
+        w = self.predict.weight[0]
+        out = self.predict.bias.expand(n_users, n_items).clone()
+        if self.use_gmf:
+            g = user[0].shape[1]
+            out += (user[0] * w[:g]) @ item[0].T
+            w = w[g:]
+        if self.use_mlp:
+            step = max(1, pairs_per_tile // n_users)
+            for s in range(0, n_items, step):
+                h = self._mlp(user[1][:, None, :] + item[1][None, s : s + step, :])  # [U, tile, hidden]
+                out[:, s : s + step] += h @ w
+        return out
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """On the CPU, by distinct rows (`forward_by_rows`). On a GPU, per sample with the first MLP layer as one
@@ -137,6 +160,10 @@ class MF(nn.Module):
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
         return (user[0] * item[0]).sum(-1) + user[1] + item[1] + self.bias
+
+    def score_grid(self, user: Encoding, item: Encoding) -> torch.Tensor:
+        """Logits of every pair of U encoded users and I encoded items, [U, I]: one matrix product."""
+        return user[0] @ item[0].T + user[1][:, None] + item[1][None, :] + self.bias
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         if users.device.type != "cuda":

@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+from scalerec.config import PROTOCOLS
 from scalerec.errors import UserError
 from scalerec.files import write_atomic, write_with
 
@@ -21,6 +22,7 @@ COLUMNS = [
     "warmup",
     "precision",
     "lr",
+    "eval",
     "K",
     "best_HR",
     "vs_base",
@@ -60,9 +62,13 @@ def _json(path: Path):
 
 
 def hr_key(run: dict) -> str:
-    """The HR@K a run's table row reports: HR@10 when the run measured it, else its first K."""
-    topk = run["config"]["eval"]["topk"]
-    return "HR@10" if 10 in topk else f"HR@{topk[0]}"
+    """The metric a run's table row reports: HR@10 when the run measured it, else its first K, by the protocol
+    that picked its best epoch (sampled_HR@10, full_HR@10; plain HR@10 in runs made before the prefixes)."""
+    ev = run["config"]["eval"]
+    k = 10 if 10 in ev["topk"] else ev["topk"][0]
+    if run["metrics"] and f"HR@{k}" in run["metrics"][0]:
+        return f"HR@{k}"
+    return f"{PROTOCOLS[ev.get('eval', 'sampled')][-1]}_HR@{k}"
 
 
 def run_order(name: str) -> tuple:
@@ -118,10 +124,12 @@ def table(runs: list[dict]) -> list[dict]:
                 warmup=o["warmup"],
                 precision=t.get("precision", "fp32"),
                 lr=f"{summary['lr']:.4g}" if "lr" in summary else "",
-                K=hr_key(r)[3:],
+                eval=hr_key(r).split("_")[0] if "_" in hr_key(r) else "sampled",
+                K=hr_key(r).split("@")[1],
             )
         if metrics:
-            hr, ndcg = hr_key(r), "NDCG@" + hr_key(r)[3:]
+            hr = hr_key(r)
+            ndcg = hr.replace("HR@", "NDCG@")
             best = max(metrics, key=lambda m: m[hr])
             elapsed, reached = 0.0, ""
             for m in metrics:
@@ -231,7 +239,7 @@ def write_report(path: Path) -> Path:
         f"Base run: `{base['name'] if base else 'none finished'}` (the finished run with the smallest batch). "
         "`vs_base`: a run's best HR@K minus the base run's. `s_to_base_HR`: training seconds until a run first "
         "reached the base run's best HR@K; empty where it never did. `K`: the cut-off of best_HR and best_NDCG "
-        "(10 where the run measured it).",
+        "(10 where the run measured it); `eval`: their protocol (sampled negatives, or full ranking).",
         "",
     ]
     text += [f"![{name}]({name})" for name in images] or ["(plots need matplotlib: pip install matplotlib)"]

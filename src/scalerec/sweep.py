@@ -163,9 +163,9 @@ def better_in_bf16(runs: list[tuple[str, Overrides]]) -> Callable[[dict[str, dic
         scored = []
         for name in ("6-192x-lars-warmup", "7-192x-lamb-warmup"):
             best = (results.get(name) or {}).get("best") or {}
-            hr = [v for k, v in best.items() if k.startswith("HR@")]  # the first K, as the run ordered them
+            hr = [v for k, v in best.items() if "HR@" in k]  # the first K, as the run ordered them
             if hr:
-                scored.append((best.get("HR@10", hr[0]), name))
+                scored.append((next((v for k, v in best.items() if k.endswith("HR@10")), hr[0]), name))
         if not scored:
             return None
         name = max(scored)[1]

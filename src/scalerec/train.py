@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scalerec.allocator import keep_large_blocks_in_heap
-from scalerec.config import Config
+from scalerec.config import PROTOCOLS, Config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
-from scalerec.evaluate import evaluate
+from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
 from scalerec.files import write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model, encode_rows, table_params
@@ -261,12 +261,32 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     test_users = torch.tensor(ds.test_users, device=device)
     test_items = torch.tensor(ds.test_items, device=device)
     test_negatives = torch.tensor(ds.eval_negatives, device=device)
+    protocols = PROTOCOLS[cfg.eval.eval]
+    seen = None
+    if "full" in protocols:  # each user's training items, left out of its full ranking
+        train_users = torch.tensor(ds.train_users, device=device)
+        seen = seen_index(train_users, torch.tensor(ds.train_items, device=device), ds.n_users)
+        del train_users
+
+    def evaluation() -> dict[str, float]:
+        """Every protocol's metrics, each name prefixed with its protocol."""
+        out = {}
+        if "sampled" in protocols:
+            found = evaluate(
+                model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk, cfg.eval.eval_batch_size
+            )
+            out.update({f"sampled_{name}": v for name, v in found.items()})
+        if seen is not None:
+            rank = full_ranks(model, test_users, test_items, seen, ds.n_items)
+            out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, cfg.eval.topk, recall=True).items()})
+        return out
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
     k = cfg.eval.topk[0]
+    hr_key = f"{protocols[-1]}_HR@{k}"  # picks the best epoch
     n = sampler.samples_per_epoch
     steps = (n + bs - 1) // bs
     warmup_steps = o.warmup_epochs * steps
@@ -291,7 +311,7 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         f"precision {cfg.train.precision}"
     )
 
-    best = {"epoch": -1, f"HR@{k}": -1.0}
+    best = {"epoch": -1, hr_key: -1.0}
     history = []
     state, diverged = "finished", None
     for epoch in range(cfg.train.epochs):
@@ -325,19 +345,17 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             break
 
         t1 = time.perf_counter()
-        metrics = evaluate(
-            model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk, cfg.eval.eval_batch_size
-        )
+        metrics = evaluation()
         val_s = time.perf_counter() - t1
-        hr, nd = metrics[f"HR@{k}"], metrics[f"NDCG@{k}"]
+        shown = ", ".join(f"{p}_{m}@{k} = {metrics[f'{p}_{m}@{k}']:.4f}" for p in protocols for m in ("HR", "NDCG"))
         log(
-            f"Epoch {epoch}: HR@{k} = {hr:.4f}, NDCG@{k} = {nd:.4f}, loss = {epoch_loss:.4f}, "
+            f"Epoch {epoch}: {shown}, loss = {epoch_loss:.4f}, "
             f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
             + (f", skipped_steps = {skipped_steps} (fp16 overflow)" if skipped_steps else "")
         )
-        if hr > best[f"HR@{k}"]:
+        if metrics[hr_key] > best[hr_key]:
             best = {"epoch": epoch, **metrics}
-            log(f"New best HR@{k}!")
+            log(f"New best {hr_key}!")
         row = {
             "epoch": epoch,
             "loss": epoch_loss,
@@ -376,7 +394,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if history:
         log(
-            f"Best HR@{k} = {best[f'HR@{k}']:.4f}, NDCG@{k} = {best[f'NDCG@{k}']:.4f} at epoch {best['epoch']}; "
+            f"Best {hr_key} = {best[hr_key]:.4f}, {protocols[-1]}_NDCG@{k} = {best[f'{protocols[-1]}_NDCG@{k}']:.4f} "
+            f"at epoch {best['epoch']}; "
             f"results in {run_dir}"
         )
     return summary

@@ -30,6 +30,25 @@ class DataConfig:
     data: str | None = None
     """A local file instead of the download: u.data, RecBole's ml-100k.inter, or the ml-100k zip or folder;
     for --dataset ncf the prefix of NAME.train.rating / NAME.test.rating / NAME.test.negative."""
+    user_col: str | None = None
+    """Any table (CSV, TSV or Parquet with a header): the user id column. Without it, a column with a usual name
+    (user, user_id, userId) is used."""
+    item_col: str | None = None
+    """Any table: the item id column (default: item, item_id, movieId, ...)."""
+    time_col: str | None = None
+    """Any table: the time column, numbers or dates (default: timestamp, time, ts; without one, each user's
+    held-out item is drawn at random with --data-seed)."""
+    rating_col: str | None = None
+    """Any table: the rating column, for --min-rating (default: rating)."""
+    sep: str | None = None
+    """Any table: the field separator (default: tab for .tsv, else guessed from the header line)."""
+    min_rating: float | None = None
+    """Keep only rows whose rating is at least this as positives (default: every row is a positive)."""
+    min_user_interactions: int = 2
+    """k-core: drop users with fewer distinct items than this, and items below --min-item-interactions,
+    repeatedly until none is left (2: only users that leave-one-out cannot split)."""
+    min_item_interactions: int = 1
+    """k-core: drop items with fewer users than this (1: every item stays a candidate)."""
     data_dir: str | None = None
     """Folder for downloaded and cached data (default: $SCALEREC_DATA_DIR, else $XDG_CACHE_HOME/scalerec,
     else ~/.cache/scalerec)."""
@@ -53,6 +72,12 @@ class DataConfig:
             raise ValueError("--dataset ncf needs --data PREFIX (the path before .train.rating)")
         if self.synthetic_users < 2 or self.synthetic_items < 4 or self.synthetic_interactions < 2:
             raise ValueError("synthetic sizes must be at least 2 users, 4 items and 2 interactions per user")
+        if self.min_user_interactions < 2:
+            raise ValueError(
+                f"min_user_interactions must be at least 2 (to train and to test), got {self.min_user_interactions}"
+            )
+        if self.min_item_interactions < 1:
+            raise ValueError(f"min_item_interactions must be at least 1, got {self.min_item_interactions}")
         if not 0 <= self.data_seed <= MAX_SEED:
             raise ValueError(f"data_seed must be in [0, 2**63), got {self.data_seed}")
 

@@ -6,10 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scalerec.config import DataConfig
-from scalerec.data import movielens, ncf, synthetic
+from scalerec.data import movielens, ncf, synthetic, table
 from scalerec.data.prepare import Dataset, cached, file_identity, from_interactions
+from scalerec.errors import UserError
 
 __all__ = ["Dataset", "load_dataset"]
+
+# DataConfig fields that make --data be read as any table (data/table.py)
+TABLE_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "sep")
 
 
 def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset:
@@ -17,23 +21,35 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     data_dir = Path(cfg.data_dir) if cfg.data_dir else movielens.default_data_dir()
     cache_dir = data_dir / "cache"
     options = {"eval_negatives": cfg.eval_negatives, "data_seed": cfg.data_seed}
+    core = {"min_user_interactions": cfg.min_user_interactions, "min_item_interactions": cfg.min_item_interactions}
+    columns = {k: getattr(cfg, k) for k in TABLE_OPTIONS if getattr(cfg, k) is not None}
+    if cfg.dataset in ("synthetic", "ncf") and (columns or cfg.min_rating is not None):
+        raise UserError(
+            f"--{next(iter(columns), 'min_rating').replace('_', '-')} applies to a table or ratings file "
+            f"given with --data, not to --dataset {cfg.dataset}"
+        )
     if cfg.dataset == "synthetic":
         sizes = (cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions)
         source = f"the synthetic generator (seed {cfg.data_seed}, {sizes[0]} users, {sizes[1]} items)"
 
         def generate() -> Dataset:
             users, items, ts = synthetic.generate(*sizes, cfg.data_seed)
-            return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed)
+            return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed, **core)
 
         # cached too: ML-20M's shape takes a minute to generate and prepare
-        identity = {"name": "synthetic", **options, "sizes": sizes, "generator": synthetic.VERSION}
+        identity = {"name": "synthetic", **options, **core, "sizes": sizes, "generator": synthetic.VERSION}
         return cached(cache_dir, identity, generate, log)
     if cfg.dataset == "ncf":
+        if core != {"min_user_interactions": 2, "min_item_interactions": 1}:
+            raise UserError(
+                "--min-user-interactions and --min-item-interactions do not apply to the NCF paper's "
+                "split, which is used as it is"
+            )
         prefix = ncf.resolve_prefix(cfg.data)
         files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]
         identity = {"name": f"ncf-{prefix.name}", **options, "files": [file_identity(f) for f in files if f.is_file()]}
         return cached(cache_dir, identity, lambda: ncf.read_ncf(prefix, cfg.eval_negatives, cfg.data_seed), log)
-    # MovieLens-100K downloaded, or a local ratings file in one of MovieLens' layouts
+    # MovieLens-100K downloaded, a local ratings file in one of MovieLens' layouts, or any table
     if cfg.data:
         path = movielens.find_ratings_file(cfg.data)
         source = str(path)
@@ -42,11 +58,32 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     else:
         path, source = movielens.fetch_ml100k(data_dir, log)
         name = "MovieLens-100K"
+    any_table = bool(columns) or table.is_table_file(path)
 
     def build() -> Dataset:
-        raw = movielens.read_ratings_file(path)
-        return from_interactions(raw.users, raw.items, raw.timestamps, name, source, cfg.eval_negatives, cfg.data_seed)
+        if any_table:
+            raw = table.read_table_file(path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, cfg.sep)
+        else:
+            raw = movielens.read_ratings_file(path)
+        notes = []
+        if cfg.min_rating is not None:
+            if raw.ratings is None:
+                raise UserError(
+                    f"{path}: --min-rating {cfg.min_rating:g} needs a rating column (name it with --rating-col)"
+                )
+            positive = raw.ratings >= cfg.min_rating
+            notes.append(f"{int((~positive).sum())} rows rated below {cfg.min_rating:g} dropped (not positives)")
+            if not positive.any():
+                raise UserError(f"{path}: no row is rated {cfg.min_rating:g} or more (--min-rating)")
+            raw.users, raw.items = raw.users[positive], raw.items[positive]
+            raw.timestamps = None if raw.timestamps is None else raw.timestamps[positive]
+        ds = from_interactions(
+            raw.users, raw.items, raw.timestamps, name, source, cfg.eval_negatives, cfg.data_seed, **core
+        )
+        ds.notes[:0] = notes
+        return ds
 
     slug = "ml-100k" if name == "MovieLens-100K" else path.stem
-    identity = {"name": slug, **options, "file": file_identity(path), "source": source}
+    identity = {"name": slug, **options, **core, "file": file_identity(path), "source": source}
+    identity.update(columns=columns, min_rating=cfg.min_rating)
     return cached(cache_dir, identity, build, log)

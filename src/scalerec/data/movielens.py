@@ -39,13 +39,15 @@ class Interactions:
     """Raw user-item interactions as read from a file, one entry per row, in file order."""
 
     users: np.ndarray
-    """int64 user ids as in the file."""
+    """User ids as in the file: int64, or strings (object) from a table of any ids."""
     items: np.ndarray
-    """int64 item ids as in the file."""
-    timestamps: np.ndarray
-    """Timestamps, int64 or float64 (any number whose order is the time order)."""
+    """Item ids as in the file, like users."""
+    timestamps: np.ndarray | None
+    """Timestamps, int64 or float64 (any number whose order is the time order); None where the file has none."""
     source: str
     """Where the rows came from, for the log."""
+    ratings: np.ndarray | None = None
+    """float64 ratings, where the file has them (for --min-rating)."""
 
 
 def read_table(
@@ -101,7 +103,8 @@ def read_table(
                         f"{name}, line {line}: too few fields: no {col} (expected {len(columns)} fields: "
                         f"{', '.join(columns)} separated by {sep!r})"
                     )
-                raise UserError(f"{name}, line {line}: {col} is '{value}', expected {what}")
+                hint = "" if col in numeric_ok else " (for string ids, name the columns with --user-col and --item-col)"
+                raise UserError(f"{name}, line {line}: {col} is '{value}', expected {what}{hint}")
             if col not in numeric_ok and numbers.abs().max() >= 2**53:  # parsed as float: no longer exact
                 row = int(np.argmax(numbers.abs().to_numpy() >= 2**53))
                 raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} is too large for an exact id")
@@ -174,7 +177,8 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
         if len(missing) == 3:
             raise UserError(
                 f"{name}, line 1: not a ratings table: {first.strip()[:80]!r} (expected user, item, rating, timestamp "
-                "separated by tabs, '::' or commas, with or without a header such as userId,movieId,rating,timestamp)"
+                "separated by tabs, '::' or commas, with or without a header such as userId,movieId,rating,timestamp; "
+                "for another table, name its columns with --user-col, --item-col and --time-col)"
             )
         if missing:
             raise UserError(
@@ -199,6 +203,7 @@ def _interactions(df: pd.DataFrame, source: str) -> Interactions:
         items=df["item"].to_numpy(np.int64),
         timestamps=df["timestamp"].to_numpy(),  # int64 stays int64: nanosecond stamps keep their order
         source=source,
+        ratings=df["rating"].to_numpy(np.float64) if "rating" in df else None,
     )
 
 

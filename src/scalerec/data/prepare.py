@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from scalerec import __version__
 from scalerec.errors import UserError
@@ -116,8 +117,9 @@ def sample_eval_negatives(
     free = n_items - counts
     if (free < n).any():
         i = int(np.flatnonzero(free < n)[0])
+        who = users[i] if user_ids is None or not len(user_ids) else user_ids[users[i]]
         raise UserError(
-            f"user {int(users[i] if user_ids is None or not len(user_ids) else user_ids[users[i]])} has "
+            f"user {who} has "
             f"interacted with {counts[i]} of {n_items} items, leaving {free[i]} "
             f"for {n} evaluation negatives; lower --eval-negatives"
         )
@@ -144,22 +146,40 @@ def sample_eval_negatives(
     return out
 
 
+def _contiguous(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's contiguous id, the raw id of each contiguous id, ascending): numbers or strings."""
+    codes, uniques = pd.factorize(ids, sort=True)
+    uniques = np.asarray(uniques)
+    if uniques.dtype == object:  # strings: a fixed-width array, so that the cache needs no pickle
+        uniques = uniques.astype(str)
+    return codes.astype(np.int64), uniques
+
+
 def from_interactions(
     users: np.ndarray,
     items: np.ndarray,
-    timestamps: np.ndarray,
+    timestamps: np.ndarray | None,
     name: str,
     source: str,
     eval_negatives: int,
     seed: int,
+    min_user_interactions: int = 2,
+    min_item_interactions: int = 1,
 ) -> Dataset:
-    """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives."""
+    """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives.
+
+    Users with fewer than `min_user_interactions` distinct items and items with fewer than
+    `min_item_interactions` users are dropped, repeatedly until none is left (a k-core). Without timestamps the
+    held-out item of each user is drawn at random with `seed`."""
     notes = []
     n_rows = len(users)
-    user_ids, u = np.unique(users, return_inverse=True)
-    item_ids, i = np.unique(items, return_inverse=True)
-    u, i = u.astype(np.int64), i.astype(np.int64)
+    u, user_ids = _contiguous(users)
+    i, item_ids = _contiguous(items)
     n_items = len(item_ids)
+    untimed = timestamps is None
+    if untimed:
+        notes.append(f"no timestamps: each user's held-out item drawn at random (seed {seed})")
+        timestamps = np.zeros(n_rows)
     # Sort by user, then time, then file position: the last row of a user is its test item.
     order = np.lexsort((np.arange(n_rows), timestamps, u))
     u, i = u[order], i[order]
@@ -171,19 +191,48 @@ def from_interactions(
     if not keep.all():
         notes.append(f"{n_rows - keep.sum()} repeated user-item rows kept once, at their latest time")
         u, i = u[keep], i[keep]
-    counts = np.bincount(u, minlength=len(user_ids))
-    single = counts == 1
-    if single.any():
-        notes.append(f"{int(single.sum())} users with a single interaction dropped (nothing left to train on)")
-        kept_users = np.flatnonzero(~single)
-        if len(kept_users) == 0:
-            raise UserError(f"{source}: every user has a single interaction; leave-one-out needs at least two")
+    if untimed:  # the held-out row: a random one of each user's
+        shuffled = np.lexsort((np.random.default_rng(seed).random(len(u)), u))
+        u, i = u[shuffled], i[shuffled]
+    rows = np.ones(len(u), bool)
+    while True:  # the k-core: dropping users can leave items short, and the other way round
+        user_count = np.bincount(u[rows], minlength=len(user_ids))
+        item_count = np.bincount(i[rows], minlength=n_items)
+        short = rows & ((user_count[u] < min_user_interactions) | (item_count[i] < min_item_interactions))
+        if not short.any():
+            break
+        rows &= ~short
+    if not rows.all():
+        user_count = np.bincount(u[rows], minlength=len(user_ids))
+        gone_users = int(((user_count == 0) & (np.bincount(u, minlength=len(user_ids)) > 0)).sum())
+        default = min_user_interactions == 2 and min_item_interactions <= 1
+        if not rows.any():
+            if default:
+                raise UserError(f"{source}: every user has a single interaction; leave-one-out needs at least two")
+            raise UserError(
+                f"{source}: no interactions left in the k-core of users with at least {min_user_interactions} and "
+                f"items with at least {min_item_interactions}"
+            )
+        if default:
+            notes.append(f"{gone_users} users with a single interaction dropped (nothing left to train on)")
+        else:
+            left, before = np.bincount(i[rows], minlength=n_items), np.bincount(i, minlength=n_items)
+            gone_items = int(((left == 0) & (before > 0)).sum()) if min_item_interactions > 1 else 0
+            notes.append(
+                f"k-core (users with at least {min_user_interactions} interactions, items with at least "
+                f"{min_item_interactions}): dropped {gone_users} users, {gone_items} items, {int((~rows).sum())} rows"
+            )
+        kept_users = np.flatnonzero(user_count > 0)
         remap = np.full(len(user_ids), -1, np.int64)
         remap[kept_users] = np.arange(len(kept_users))
-        rows = ~single[u]
         u, i, user_ids = remap[u[rows]], i[rows], user_ids[kept_users]
-        counts = counts[kept_users]
-        # Items seen only by dropped users keep their ids: they stay valid candidates and negatives.
+        if min_item_interactions > 1:  # the k-core's items only; otherwise every item stays a candidate
+            kept_items = np.flatnonzero(np.bincount(i, minlength=n_items) > 0)
+            item_remap = np.full(n_items, -1, np.int64)
+            item_remap[kept_items] = np.arange(len(kept_items))
+            i, item_ids, n_items = item_remap[i], item_ids[kept_items], len(kept_items)
+        # Otherwise items seen only by dropped users keep their ids: they stay valid candidates and negatives.
+    counts = np.bincount(u, minlength=len(user_ids))
     last = np.cumsum(counts) - 1
     is_test = np.zeros(len(u), bool)
     is_test[last] = True

@@ -1,0 +1,156 @@
+"""Any table: CSV, TSV, Parquet; string ids, dates, no timestamps, --min-rating, the k-core, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scalerec.config import DataConfig
+from scalerec.data import load_dataset
+from scalerec.data.prepare import from_interactions
+from scalerec.data.table import read_table_file
+from scalerec.errors import UserError
+
+
+def load(tmp_path, path, **kw):
+    notes = []
+    cfg = DataConfig(data=str(path), data_dir=str(tmp_path / "cache"), **{"eval_negatives": 2, **kw})
+    ds = load_dataset(cfg, notes.append)
+    return ds, ds.notes
+
+
+ROWS = [  # user, item, when, stars
+    ("alice", "book-1", "2024-01-03", 5),
+    ("alice", "book-2", "2024-01-01", 3),
+    ("alice", "film-9", "2024-02-01", 4),
+    ("bob", "book-1", "2024-03-01 10:00", 2),
+    ("bob", "film-9", "2024-03-01 09:00", 5),
+    ("carol", "book-2", "2023-12-31", 4),
+    ("carol", "film-7", "2024-01-05", 1),
+    ("carol", "book-3", "2024-01-04", 5),
+]
+
+
+def write_csv(path, rows=ROWS, header="who,what,when,stars", sep=","):
+    path.write_text(header + "\n" + "".join(sep.join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def test_string_ids_and_dates_hold_out_each_users_latest(tmp_path):
+    path = write_csv(tmp_path / "log.csv")
+    ds, _ = load(tmp_path, path, user_col="who", item_col="what", time_col="when", rating_col="stars")
+    assert list(ds.user_ids) == ["alice", "bob", "carol"]
+    assert list(ds.item_ids) == ["book-1", "book-2", "book-3", "film-7", "film-9"]
+    held_out = {ds.user_ids[u]: ds.item_ids[i] for u, i in zip(ds.test_users, ds.test_items)}
+    assert held_out == {"alice": "film-9", "bob": "book-1", "carol": "film-7"}  # dates, not file order
+    assert len(ds.train_users) == len(ROWS) - 3
+
+
+def test_columns_found_by_their_usual_names_in_tsv_and_parquet(tmp_path):
+    rows = [(u, i, t) for u, i, t, _ in ROWS]
+    tsv = write_csv(tmp_path / "log.tsv", rows, "user_id\titem_id\ttimestamp", "\t")
+    frame = pd.DataFrame(rows, columns=["userId", "movieId", "time"])
+    frame["time"] = pd.to_datetime(frame["time"], format="mixed")
+    frame.to_parquet(tmp_path / "log.parquet")
+    a, _ = load(tmp_path, tsv)
+    b, _ = load(tmp_path, tmp_path / "log.parquet")
+    for ds in (a, b):
+        assert list(ds.user_ids) == ["alice", "bob", "carol"]
+        assert [ds.item_ids[i] for i in ds.test_items] == ["film-9", "book-1", "film-7"]
+
+
+def test_numeric_ids_in_parquet_stay_numbers(tmp_path):
+    frame = pd.DataFrame({"user": [7, 7, 9, 9, 9], "item": [1, 2, 1, 3, 4], "timestamp": [1, 2, 3, 4, 5]})
+    frame.to_parquet(tmp_path / "t.pq")
+    ds, _ = load(tmp_path, tmp_path / "t.pq", eval_negatives=1)
+    assert ds.user_ids.tolist() == [7, 9] and ds.item_ids.tolist() == [1, 2, 3, 4]
+    assert ds.item_ids[ds.test_items].tolist() == [2, 4]
+
+
+def test_a_string_user_too_busy_for_the_negatives_is_named(tmp_path):
+    path = write_csv(tmp_path / "busy.csv", [("zoe", f"i{k}", k) for k in range(4)] + [("max", "i0", 9)] * 2, "u,i,t")
+    with pytest.raises(UserError, match="user zoe has interacted with 4 of 4 items"):
+        load(tmp_path, path, user_col="u", item_col="i", time_col="t")
+
+
+def test_without_timestamps_the_held_out_item_is_random_with_the_seed(tmp_path):
+    rows = [(f"u{u}", f"i{i}") for u in range(30) for i in range(u % 5, u % 5 + 6)]
+    path = write_csv(tmp_path / "pairs.csv", rows, "user,item")
+    picks = []
+    for seed in (0, 0, 1):
+        ds, notes = load(tmp_path, path, data_seed=seed)
+        assert any("no timestamps" in n and f"seed {seed}" in n for n in notes)
+        picks.append(ds.test_items.tolist())
+    assert picks[0] == picks[1] and picks[0] != picks[2]
+    # each held-out item is one of its user's, and the rest are its training items
+    held = [(int(ds.user_ids[u][1:]), int(ds.item_ids[i][1:])) for u, i in zip(ds.test_users, ds.test_items)]
+    assert len(held) == 30 and all(u % 5 <= item < u % 5 + 6 for u, item in held)
+    assert len({item - u % 5 for u, item in held}) > 3  # not always the first or the last of a user's rows
+
+
+def test_min_rating_keeps_only_the_positives_and_says_how_many_it_dropped(tmp_path):
+    path = write_csv(tmp_path / "log.csv")
+    ds, notes = load(tmp_path, path, user_col="who", item_col="what", time_col="when", rating_col="stars", min_rating=4)
+    assert len(ds.train_users) + len(ds.test_users) == 4  # 5 of 8 rows rated 4+, and bob is left with one
+    assert any(n.startswith("3 rows rated below 4 dropped") for n in notes)
+    assert "bob" not in list(ds.user_ids)  # one positive left: dropped, and said so
+    with pytest.raises(UserError, match="needs a rating column"):
+        load(tmp_path, write_csv(tmp_path / "nr.csv", [r[:3] for r in ROWS], "user,item,time"), min_rating=4)
+
+
+def brute_core(pairs, ku, ki):
+    pairs = set(pairs)
+    while True:
+        users = pd.Series([u for u, _ in pairs]).value_counts()
+        items = pd.Series([i for _, i in pairs]).value_counts()
+        keep = {(u, i) for u, i in pairs if users[u] >= ku and items[i] >= ki}
+        if keep == pairs:
+            return keep
+        pairs = keep
+
+
+def test_k_core_iterates_to_a_fixed_point():
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 60, 700), (rng.zipf(1.6, 700) % 80)
+    ts = np.arange(700.0)
+    ds = from_interactions(users, items, ts, "t", "t", 1, 0, min_user_interactions=5, min_item_interactions=4)
+    got = {
+        (int(ds.user_ids[u]), int(ds.item_ids[i]))
+        for u, i in zip(np.r_[ds.train_users, ds.test_users], np.r_[ds.train_items, ds.test_items])
+    }
+    expected = brute_core(zip(users.tolist(), items.tolist()), 5, 4)
+    assert got == expected and len(expected) > 100
+    assert ds.n_items == len({i for _, i in expected})  # items outside the core are gone
+    assert any(n.startswith("k-core (users with at least 5") for n in ds.notes)
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "message"),
+    [
+        ("", {}, "empty file"),
+        ("user,item,timestamp\n", {}, "a header but no rows"),
+        ("a,b,c\n1,2,3\n", {}, "no user column among 'a', 'b', 'c'; name it with --user-col"),
+        ("u,i,t\n1,2,3\n", {"user_col": "u", "item_col": "x"}, "no column 'x' \\(--item-col\\)"),
+        ("u,i,t\n1,2,3\n,4,5\n", {"user_col": "u", "item_col": "i"}, "line 3: no value in column 'u'"),
+        ("u,i,t\n1,2,3\n1,3,yesterday-ish\n", {"user_col": "u", "item_col": "i", "time_col": "t"}, "line 3: t is"),
+        ("u,i,t\n1,2,3\n1,3,4,5,6\n", {"user_col": "u", "item_col": "i"}, "line 3"),
+    ],
+)
+def test_bad_tables_name_the_file_and_the_line(tmp_path, text, kw, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        read_table_file(path, **{k: v for k, v in kw.items()})
+
+
+def test_a_file_that_is_not_parquet_is_an_error(tmp_path):
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        read_table_file(path)
+
+
+def test_an_unknown_header_points_to_the_column_options(tmp_path):
+    with pytest.raises(UserError, match="--user-col"):
+        load(tmp_path, write_csv(tmp_path / "log.csv"))

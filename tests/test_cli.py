@@ -503,3 +503,24 @@ def test_preset_configs_load_and_start_with_their_command(path):
 
     assert path.read_text().splitlines()[0].startswith("# scalerec train --config configs/" + path.name)
     build_config(read_config_file(path))
+
+
+def test_data_info_prints_sizes_times_split_and_what_was_dropped(capsys, tmp_path):
+    path = tmp_path / "log.csv"
+    rows = [f"u{u},i{(u * 7 + k) % 40},2024-01-{1 + k:02d}\n" for u in range(30) for k in range(3 + u % 4)]
+    path.write_text("user,item,time\n" + "".join(rows) + "loner,i1,2024-02-01\n")
+    assert main(["data", "info", str(path), "--eval-negatives", "5"]) == 0
+    out = capsys.readouterr().out
+    n = len(rows)  # 3 to 6 distinct items for each of 30 users; the loner's one is dropped
+    assert f"Users: 30  Items: 40  Interactions: {n}  Density: {n / 1200:.4%}" in out
+    assert f"Rows read: {n + 1}" in out
+    assert "Time: 2024-01-01 00:00:00 UTC to 2024-01-06 00:00:00 UTC" in out  # the loner's row is gone too
+    assert f"{n - 30} training interactions, 30 test users" in out and "5 evaluation negatives" in out
+    assert "Dropped or adjusted: 1 users with a single interaction dropped" in out
+
+
+def test_data_info_on_a_missing_file_and_a_bad_option(capsys, tmp_path):
+    assert main(["data", "info", str(tmp_path / "nope.csv")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["data", "info", "synthetic", "--min-user-interactions", "1"]) == 1
+    assert "min_user_interactions must be at least 2" in capsys.readouterr().err

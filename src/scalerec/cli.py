@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scalerec import __version__
-from scalerec.config import SECTIONS, build_config, field_docs, field_owner, read_config_file
+from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, field_owner, read_config_file
 from scalerec.errors import UserError
 
 
@@ -102,7 +102,32 @@ def make_parser() -> argparse.ArgumentParser:
     fetch = data_sub.add_parser("fetch", help="download a dataset into the data folder and check its checksum")
     fetch.add_argument("name", choices=["ml-100k"])
     fetch.add_argument("--data-dir", help="data folder (default: $SCALEREC_DATA_DIR or the user cache)")
+    info = data_sub.add_parser(
+        "info",
+        help="prepare a dataset (or read its cache) and print its sizes, time range, split and what was dropped",
+        description="SOURCE: a ratings file, table, zip or folder; the NCF paper's files (PREFIX or one of them); "
+        "ml-100k (the download); or synthetic. The data options are those of train.",
+    )
+    info.add_argument("source", help="a file or folder, ml-100k, or synthetic")
+    group = info.add_argument_group("data options")
+    docs, hints = field_docs(DataConfig), typing.get_type_hints(DataConfig)
+    for f in dataclasses.fields(DataConfig):
+        if f.name not in ("dataset", "data"):
+            _add_field(group, f.name, hints[f.name], f.default, docs.get(f.name, ""))
     return parser
+
+
+def data_config_for(source: str, given: dict[str, Any]) -> Any:
+    """`scalerec data info SOURCE`: the DataConfig that SOURCE names (the dataset told from the path)."""
+    from scalerec.config import DataConfig
+    from scalerec.data.ncf import resolve_prefix
+
+    if source in ("ml-100k", "synthetic"):
+        return DataConfig(dataset=source, **given)
+    prefix = resolve_prefix(source)
+    if Path(f"{prefix}.train.rating").is_file():
+        return DataConfig(dataset="ncf", data=source, **given)
+    return DataConfig(data=source, **given)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -193,6 +218,16 @@ def main(argv: list[str] | None = None) -> int:
             from scalerec.report import write_report
 
             print(f"Report: {write_report(Path(args.folder))}")
+        elif args.command == "data" and args.data_command == "info":
+            from scalerec.data import load_dataset
+            from scalerec.data.info import describe
+
+            given = {f.name: vars(args)[f.name] for f in dataclasses.fields(DataConfig) if f.name in vars(args)}
+            try:
+                cfg = data_config_for(args.source, given)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            print("\n".join(describe(load_dataset(cfg, log=print))))
         elif args.command == "data":
             from scalerec.data.movielens import default_data_dir, fetch_ml100k
 

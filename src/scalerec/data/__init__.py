@@ -65,22 +65,31 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
             raw = table.read_table_file(path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, cfg.sep)
         else:
             raw = movielens.read_ratings_file(path)
-        notes = []
+        notes, rows = [], len(raw.users)
         if cfg.min_rating is not None:
             if raw.ratings is None:
                 raise UserError(
                     f"{path}: --min-rating {cfg.min_rating:g} needs a rating column (name it with --rating-col)"
                 )
             positive = raw.ratings >= cfg.min_rating
-            notes.append(f"{int((~positive).sum())} rows rated below {cfg.min_rating:g} dropped (not positives)")
+            notes.append(f"{int((~positive).sum()):,} rows rated below {cfg.min_rating:g} dropped (not positives)")
             if not positive.any():
                 raise UserError(f"{path}: no row is rated {cfg.min_rating:g} or more (--min-rating)")
             raw.users, raw.items = raw.users[positive], raw.items[positive]
             raw.timestamps = None if raw.timestamps is None else raw.timestamps[positive]
         ds = from_interactions(
-            raw.users, raw.items, raw.timestamps, name, source, cfg.eval_negatives, cfg.data_seed, **core
+            raw.users,
+            raw.items,
+            raw.timestamps,
+            name,
+            source,
+            cfg.eval_negatives,
+            cfg.data_seed,
+            **core,
+            time_unit=raw.time_unit,
         )
         ds.notes[:0] = notes
+        ds.stats["rows"] = rows
         return ds
 
     slug = "ml-100k" if name == "MovieLens-100K" else path.stem

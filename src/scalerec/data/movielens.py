@@ -48,6 +48,8 @@ class Interactions:
     """Where the rows came from, for the log."""
     ratings: np.ndarray | None = None
     """float64 ratings, where the file has them (for --min-rating)."""
+    time_unit: str | None = None
+    """"ns" where the timestamps are nanoseconds from dates; None: numbers as in the file."""
 
 
 def read_table(

@@ -127,7 +127,10 @@ def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
         test_items=si,
         eval_negatives=negs if negs is not None else np.zeros((0, 0), np.int64),
         notes=notes,
+        stats={"rows": len(train) + len(test), "time_unit": None},
     )
+    times = np.concatenate([train["timestamp"].to_numpy(), test["timestamp"].to_numpy()])
+    ds.stats.update(time_min=times.min().item(), time_max=times.max().item())
     if negs is None:
         ds.eval_negatives = sample_eval_negatives(su, n_items, ds.positive_keys(), eval_negatives, seed)
     return ds

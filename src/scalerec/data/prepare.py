@@ -25,7 +25,7 @@ from scalerec import __version__
 from scalerec.errors import UserError
 from scalerec.files import write_with
 
-CACHE_VERSION = 1  # bump when the processing changes, so old caches are rebuilt
+CACHE_VERSION = 2  # bump when the processing changes, so old caches are rebuilt
 
 
 @dataclass
@@ -54,6 +54,9 @@ class Dataset:
     """Raw item id of each contiguous item id (empty when the file's ids are used as they are)."""
     notes: list[str] = field(default_factory=list)
     """What was dropped or adjusted while preparing, said once in the log."""
+    stats: dict = field(default_factory=dict)
+    """About the source, for `scalerec data info`: rows read, and the first and last time where there are times
+    (time_unit "ns" where they were dates, else None: numbers as in the file)."""
 
     def summary(self) -> str:
         return (
@@ -79,6 +82,7 @@ class Dataset:
             "n_users": self.n_users,
             "n_items": self.n_items,
             "notes": self.notes,
+            "stats": self.stats,
             "version": CACHE_VERSION,
         }
         arrays = {k: getattr(self, k) for k in self._ARRAYS}
@@ -165,6 +169,7 @@ def from_interactions(
     seed: int,
     min_user_interactions: int = 2,
     min_item_interactions: int = 1,
+    time_unit: str | None = None,
 ) -> Dataset:
     """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives.
 
@@ -177,12 +182,13 @@ def from_interactions(
     i, item_ids = _contiguous(items)
     n_items = len(item_ids)
     untimed = timestamps is None
+    stats = {"rows": n_rows, "time_unit": time_unit}
     if untimed:
         notes.append(f"no timestamps: each user's held-out item drawn at random (seed {seed})")
         timestamps = np.zeros(n_rows)
     # Sort by user, then time, then file position: the last row of a user is its test item.
     order = np.lexsort((np.arange(n_rows), timestamps, u))
-    u, i = u[order], i[order]
+    u, i, t = u[order], i[order], timestamps[order]
     # Repeated user-item pairs: keep the latest (the last in this order).
     key = u * n_items + i
     _, last_from_end = np.unique(key[::-1], return_index=True)
@@ -190,7 +196,7 @@ def from_interactions(
     keep[n_rows - 1 - last_from_end] = True
     if not keep.all():
         notes.append(f"{n_rows - keep.sum()} repeated user-item rows kept once, at their latest time")
-        u, i = u[keep], i[keep]
+        u, i, t = u[keep], i[keep], t[keep]
     if untimed:  # the held-out row: a random one of each user's
         shuffled = np.lexsort((np.random.default_rng(seed).random(len(u)), u))
         u, i = u[shuffled], i[shuffled]
@@ -220,18 +226,21 @@ def from_interactions(
             gone_items = int(((left == 0) & (before > 0)).sum()) if min_item_interactions > 1 else 0
             notes.append(
                 f"k-core (users with at least {min_user_interactions} interactions, items with at least "
-                f"{min_item_interactions}): dropped {gone_users} users, {gone_items} items, {int((~rows).sum())} rows"
+                f"{min_item_interactions}): dropped {gone_users:,} users, {gone_items:,} items, "
+                f"{int((~rows).sum()):,} rows"
             )
         kept_users = np.flatnonzero(user_count > 0)
         remap = np.full(len(user_ids), -1, np.int64)
         remap[kept_users] = np.arange(len(kept_users))
-        u, i, user_ids = remap[u[rows]], i[rows], user_ids[kept_users]
+        u, i, t, user_ids = remap[u[rows]], i[rows], t[rows], user_ids[kept_users]
         if min_item_interactions > 1:  # the k-core's items only; otherwise every item stays a candidate
             kept_items = np.flatnonzero(np.bincount(i, minlength=n_items) > 0)
             item_remap = np.full(n_items, -1, np.int64)
             item_remap[kept_items] = np.arange(len(kept_items))
             i, item_ids, n_items = item_remap[i], item_ids[kept_items], len(kept_items)
         # Otherwise items seen only by dropped users keep their ids: they stay valid candidates and negatives.
+    if not untimed:  # of the interactions kept
+        stats.update(time_min=t.min().item(), time_max=t.max().item())
     counts = np.bincount(u, minlength=len(user_ids))
     last = np.cumsum(counts) - 1
     is_test = np.zeros(len(u), bool)
@@ -249,6 +258,7 @@ def from_interactions(
         user_ids=user_ids,
         item_ids=item_ids,
         notes=notes,
+        stats=stats,
     )
     ds.eval_negatives = sample_eval_negatives(
         ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids

@@ -142,7 +142,7 @@ def read_table_file(
         return text
 
     users, items = ids(user), ids(item)
-    timestamps = ratings = None
+    timestamps = ratings = unit = None
     if time is not None:
         values = df[time]
         if values.dtype.kind in "iuf":
@@ -150,7 +150,7 @@ def read_table_file(
             timestamps = values.to_numpy()
         elif values.dtype.kind == "M":
             bad = values.isna().to_numpy()
-            timestamps = _nanoseconds(values)
+            timestamps, unit = _nanoseconds(values), "ns"
         else:
             numbers = pd.to_numeric(values, errors="coerce")
             if numbers.notna().any():  # numbers: the first value that is not one is the error
@@ -161,7 +161,7 @@ def read_table_file(
                 except (ValueError, TypeError):
                     dates = pd.Series(pd.NaT, index=values.index)
                 bad = dates.isna().to_numpy()
-                timestamps = _nanoseconds(dates)
+                timestamps, unit = _nanoseconds(dates), "ns"
         if bad.any():
             row = _first_bad(bad)
             raise UserError(f"{name}, {where(row)}: {time} is {df[time].iloc[row]!r}, expected a number or a date/time")
@@ -172,4 +172,4 @@ def read_table_file(
             row = _first_bad(bad)
             raise UserError(f"{name}, {where(row)}: {rating} is {df[rating].iloc[row]!r}, expected a number")
         ratings = numbers.to_numpy(np.float64)
-    return Interactions(users=users, items=items, timestamps=timestamps, source=name, ratings=ratings)
+    return Interactions(users, items, timestamps, name, ratings=ratings, time_unit=unit)

@@ -6,6 +6,11 @@ that cache. Each dataset gets a fresh cache folder. Real files are read from ../
 
     .venv/bin/python benchmarks/prepare_speed.py                       # the real files found, and ml-1m shape
     .venv/bin/python benchmarks/prepare_speed.py --shapes ml-20m       # synthetic, ML-20M's shape (20M rows)
+    .venv/bin/python benchmarks/prepare_speed.py --csv ml-20m          # the same as a ratings.csv, parsed
+    .venv/bin/python benchmarks/prepare_speed.py --csv ml-20m --csv-blocks 10   # 10x: 200M rows, 1.4M users
+
+--csv writes synthetic data of a shape as a MovieLens ratings.csv (ML-20M: 20,000,263 rows, as the real file)
+into --csv-dir (kept for later runs) and measures `scalerec train --data ratings.csv`'s preparation of it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from common import SHAPES, data_config, machine
 
 from scalerec.config import DataConfig
 from scalerec.data import load_dataset
+from scalerec.data.synthetic import write_ratings_csv
 from scalerec.find_batch import peak_rss_bytes, reset_peak_rss
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -28,6 +34,7 @@ REAL = {  # name -> (dataset, file or prefix)
     "ml-latest-small": ("ml-100k", SHARED / "ml-latest-small" / "ratings.csv"),
     "ncf-ml-1m": ("ncf", SHARED / "ncf-ml-1m" / "ml-1m"),
 }
+ROWS = {"ml-20m": 20_000_263}  # the real file's rows; other shapes: what the generator gives
 
 
 def measure(name: str, data: DataConfig) -> None:
@@ -49,6 +56,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", nargs="*", choices=list(SHAPES), default=["ml-1m"], help="synthetic data shapes")
     p.add_argument("--real", nargs="*", choices=list(REAL), default=list(REAL), help="real files, where present")
+    p.add_argument("--csv", nargs="*", choices=list(SHAPES), default=[], help="shapes written as ratings.csv")
+    p.add_argument("--csv-blocks", type=int, default=1, help="--csv: this many shapes' users stacked (10: 10x)")
+    p.add_argument("--csv-dir", default=str(Path(tempfile.gettempdir()) / "scalerec-bench"))
     args = p.parse_args()
     for name in args.real:
         dataset, path = REAL[name]
@@ -56,6 +66,17 @@ def main() -> None:
             measure(name, DataConfig(dataset=dataset, data=str(path)))
     for shape in args.shapes:
         measure(f"synthetic {shape}", data_config(None, shape))
+    for shape in args.csv:
+        path = Path(args.csv_dir) / f"{shape}-x{args.csv_blocks}" / "ratings.csv"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            users, items, mean = SHAPES[shape]
+            t0 = time.perf_counter()
+            rows = write_ratings_csv(path, users, items, mean + 1, 0, ROWS.get(shape), args.csv_blocks)
+            line = {"bench": "prepare_speed", **machine(), "dataset": f"{shape} x{args.csv_blocks} ratings.csv"}
+            line.update(phase="write_csv", rows=rows, seconds=round(time.perf_counter() - t0, 1))
+            print(json.dumps({**line, "file_mb": round(path.stat().st_size / 2**20)}), flush=True)
+        measure(f"{shape} x{args.csv_blocks} ratings.csv", DataConfig(data=str(path)))
 
 
 if __name__ == "__main__":

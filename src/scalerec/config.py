@@ -28,8 +28,9 @@ class DataConfig:
     """Which data: ml-100k (MovieLens-100K, fetched on first use), ncf (the NCF paper's files, give --data
     PREFIX), synthetic (generated, with a planted preference structure)."""
     data: str | None = None
-    """A local file instead of the download: u.data, RecBole's ml-100k.inter, or the ml-100k zip or folder;
-    for --dataset ncf the prefix of NAME.train.rating / NAME.test.rating / NAME.test.negative."""
+    """A local file instead of the download: a MovieLens ratings file (u.data, ratings.dat, ratings.csv, a RecBole
+    .inter, a zip or folder), or any CSV, TSV or Parquet table (see --user-col); for --dataset ncf the prefix of
+    NAME.train.rating / NAME.test.rating / NAME.test.negative."""
     user_col: str | None = None
     """Any table (CSV, TSV or Parquet with a header): the user id column. Without it, a column with a usual name
     (user, user_id, userId) is used."""

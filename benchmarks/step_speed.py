@@ -9,7 +9,8 @@ updates chosen by the table size per sample, micro-batches on the CPU above 8192
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
 the minor page faults per step in each line show what the setting changes. All train on the same
 pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the same threads, alternated R
-times in one process; the median is printed.
+times in one process, each alternation starting with the next step (so none always follows the same one); the
+median is printed.
 
 FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
@@ -174,8 +175,10 @@ def main() -> None:
             faults: dict[str, list[int]] = {name: [] for name in candidates}
             peaks: dict[str, int] = dict.fromkeys(candidates, 0)
             gemm = best_gemm = 0.0
-            for _ in range(args.repeats):
-                for name, step in candidates.items():
+            names = list(candidates)
+            for r in range(args.repeats):
+                for name in names[r % len(names) :] + names[: r % len(names)]:  # each repeat starts one later
+                    step = candidates[name]
                     reset_peak(device)
                     seconds, faulted = run_steps(step, batches)
                     times[name].append(seconds)

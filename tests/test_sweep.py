@@ -162,3 +162,21 @@ def test_grid_is_checked_over_the_base_options_and_resume_refuses_changed_option
     saved.write_text(json.dumps(old))
     assert main(args) == 0
     assert capsys.readouterr().out.count("already finished, skipped") == 2
+
+
+def test_report_reads_full_ranking_runs_and_runs_from_before_the_protocol_names(tmp_path):
+    base = tiny_base(tmp_path)
+    base["eval"] = {"eval": "both"}
+    sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
+    (row,) = table(collect(tmp_path / "s"))
+    metrics = [json.loads(x) for x in (tmp_path / "s" / "1-batch_size=256" / "metrics.jsonl").read_text().splitlines()]
+    assert row["eval"] == "full" and row["best_HR"] == round(max(m["full_HR@10"] for m in metrics), 4)
+    # an older run: HR@10 without a protocol, no eval option in its config
+    old = tmp_path / "s" / "1-batch_size=256"
+    config = json.loads((old / "config.json").read_text())
+    del config["eval"]["eval"]
+    (old / "config.json").write_text(json.dumps(config))
+    renamed = [{k.removeprefix("sampled_"): v for k, v in m.items() if not k.startswith("full_")} for m in metrics]
+    (old / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in renamed))
+    (row,) = table(collect(tmp_path / "s"))
+    assert row["eval"] == "sampled" and row["best_HR"] == round(max(m["HR@10"] for m in renamed), 4)

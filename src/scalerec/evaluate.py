@@ -139,7 +139,8 @@ def full_ranks(
     try:
         item_enc = model.encode_items(torch.arange(n_items, device=users.device))
         out = torch.empty(len(users), dtype=torch.int64, device=users.device)
-        step = max(1, scores_per_batch // n_items)
+        # at most 4096 users at a time too, so that a tile of pairs holds at least two items of a small catalogue
+        step = max(1, min(4096, scores_per_batch // n_items))
         for s in range(0, len(users), step):
             u, pos_items = users[s : s + step], positives[s : s + step]
             scores = model.score_grid(model.encode_users(u), item_enc).float()

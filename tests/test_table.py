@@ -135,6 +135,7 @@ def test_k_core_iterates_to_a_fixed_point():
         ("u,i,t\n1,2,3\n,4,5\n", {"user_col": "u", "item_col": "i"}, "line 3: no value in column 'u'"),
         ("u,i,t\n1,2,3\n1,3,yesterday-ish\n", {"user_col": "u", "item_col": "i", "time_col": "t"}, "line 3: t is"),
         ("u,i,t\n1,2,3\n1,3,4,5,6\n", {"user_col": "u", "item_col": "i"}, "line 3"),
+        ("u,i,t\n1,2,3\n", {"user_col": "u", "item_col": "u"}, "one column named for two roles"),
     ],
 )
 def test_bad_tables_name_the_file_and_the_line(tmp_path, text, kw, message):

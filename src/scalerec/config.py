@@ -24,9 +24,12 @@ MAX_SEED = 2**63 - 1
 
 @dataclass
 class DataConfig:
-    dataset: Literal["ml-100k", "ncf", "synthetic"] = "ml-100k"
-    """Which data: ml-100k (MovieLens-100K, fetched on first use), ncf (the NCF paper's files, give --data
-    PREFIX), synthetic (generated, with a planted preference structure)."""
+    dataset: Literal[
+        "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small", "ml-latest", "ncf", "synthetic"
+    ] = "ml-100k"
+    """Which data: a MovieLens release (its official zip fetched on first use and checked, unless --data names a
+    local copy), ncf (the NCF paper's files, give --data PREFIX), synthetic (generated, with a planted preference
+    structure)."""
     data: str | None = None
     """A local file instead of the download: a MovieLens ratings file (u.data, ratings.dat, ratings.csv, a RecBole
     .inter, a zip or folder), or any CSV, TSV or Parquet table (see --user-col); for --dataset ncf the prefix of

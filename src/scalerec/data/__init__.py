@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scalerec.config import DataConfig
-from scalerec.data import movielens, ncf, synthetic, table
+from scalerec.data import download, movielens, ncf, synthetic, table
 from scalerec.data.prepare import Dataset, cached, file_identity, from_interactions
 from scalerec.errors import UserError
 
@@ -55,9 +55,13 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         source = str(path)
         is_100k = path.name in ("u.data", "ml-100k.inter", "ml-100k.zip")
         name = "MovieLens-100K" if is_100k else path.name
-    else:
+    elif cfg.dataset == "ml-100k":
         path, source = movielens.fetch_ml100k(data_dir, log)
         name = "MovieLens-100K"
+    else:
+        path = download.fetch(cfg.dataset, data_dir, log)
+        source = f"GroupLens ({download.url_of(cfg.dataset)}), cached at {path}"
+        name = download.RELEASES[cfg.dataset].title
     any_table = bool(columns) or table.is_table_file(path)
 
     def build() -> Dataset:

@@ -11,11 +11,9 @@ import codecs
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalerec.data import download
 from scalerec.errors import UserError
 
-ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-ML100K_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"  # the checksum GroupLens' zip is known by
-ML100K_UDATA_SHA256 = "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 RECBOLE_INTER_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
@@ -269,33 +265,19 @@ def sha256_of(path: Path) -> str:
 def fetch_ml100k(data_dir: Path, log=print) -> tuple[Path, str]:
     """Return (local file, where it came from), downloading MovieLens-100K on first use.
 
-    First the official GroupLens zip (md5 and u.data's sha256 checked); where that host cannot be reached,
+    First the official GroupLens zip (size, sha256 and md5 checked); where that host cannot be reached,
     the copy inside the recbole 1.2.1 wheel from the package index (wheel and member sha256 checked).
     """
     folder = data_dir / "ml-100k"
-    zip_path, inter_path = folder / "ml-100k.zip", folder / "ml-100k.inter"
-    if zip_path.is_file():
-        return zip_path, f"GroupLens ({ML100K_URL}), cached at {zip_path}"
-    if inter_path.is_file():
+    inter_path = folder / "ml-100k.inter"
+    if inter_path.is_file() and not download.local_zip("ml-100k", data_dir).is_file():
         return inter_path, f"the recbole 1.2.1 wheel on the package index, cached at {inter_path}"
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        log(f"Downloading {ML100K_URL} ...")
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            tmp_zip = Path(tmp) / "ml-100k.zip"
-            with urllib.request.urlopen(ML100K_URL, timeout=30) as r, open(tmp_zip, "wb") as f:
-                shutil.copyfileobj(r, f)
-            md5 = hashlib.md5(tmp_zip.read_bytes()).hexdigest()
-            if md5 != ML100K_ZIP_MD5:
-                raise UserError(f"{ML100K_URL}: md5 {md5} does not match the published {ML100K_ZIP_MD5}")
-            with zipfile.ZipFile(tmp_zip) as zf:
-                udata = hashlib.sha256(zf.read("ml-100k/u.data")).hexdigest()
-            if udata != ML100K_UDATA_SHA256:
-                raise UserError(f"{ML100K_URL}: u.data sha256 {udata} is not the expected {ML100K_UDATA_SHA256}")
-            os.replace(tmp_zip, zip_path)
-        return zip_path, f"GroupLens ({ML100K_URL}), cached at {zip_path}"
-    except (OSError, ValueError) as e:  # URLError is an OSError: no network, DNS failure, refused
-        log(f"GroupLens unreachable ({e}); trying the copy in the {RECBOLE_WHEEL} wheel from the package index")
+        zip_path = download.fetch("ml-100k", data_dir, log)
+        return zip_path, f"GroupLens ({download.url_of('ml-100k')}), cached at {zip_path}"
+    except download.Unreachable as e:
+        log(f"GroupLens unreachable ({e.reason}); trying the copy in the {RECBOLE_WHEEL} wheel from the package index")
+    folder.mkdir(parents=True, exist_ok=True)
     return _fetch_from_recbole_wheel(folder, inter_path), (
         f"the {RECBOLE_WHEEL} wheel on the package index (its ml-100k.inter, sha256 checked), cached at {inter_path}"
     )

@@ -149,7 +149,10 @@ def test_train_help_lists_options(capsys):
         "--topk",
     ):
         assert f"{flag} " in out or f"{flag}\n" in out or f"{flag}," in out, flag
-    assert "{ml-100k,ncf,synthetic}" in out and "{neumf,gmf,mlp,mf}" in out
+    assert (
+        "{ml-100k,ml-1m,ml-10m,ml-20m,ml-25m,ml-latest-small,ml-latest,ncf,synthetic}" in out
+        and "{neumf,gmf,mlp,mf}" in out
+    )
     assert "(default: 0.002)" in " ".join(out.split())  # the help comes from the config fields
 
 

@@ -48,8 +48,49 @@ def test_read_ratings_file_and_bytes(tmp_path):
         np.testing.assert_array_equal(raw.users, [196, 186, 22, 196])
         np.testing.assert_array_equal(raw.items, [242, 302, 377, 51])
         np.testing.assert_array_equal(raw.timestamps, [881250949, 891717742, 878887116, 880606923])
-        assert raw.users.dtype == np.int64 and raw.items.dtype == np.int64
-        assert raw.timestamps.dtype == np.int64  # integer stamps stay exact
+        assert raw.users.dtype == np.int32 and raw.items.dtype == np.int32  # 4 bytes where the ids fit
+        assert raw.timestamps.dtype.kind == "i"  # integer stamps stay exact
+
+
+def test_large_files_are_read_in_chunks_exactly_and_errors_name_the_file_line(tmp_path, monkeypatch):
+    from scalerec.data import movielens
+
+    monkeypatch.setattr(movielens, "CHUNK_ROWS", 3)  # every few rows a new chunk: their seams are tested
+    rows = [(u, 1 + u % 4, 1 + u % 5, 1_000_000 + u) for u in range(1, 12)]
+    rows[8] = (2**40, 3, 4.5, 2**35)  # the third chunk needs int64 ids and times, and a float rating
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
+    raw = read_ratings_file(path)
+    np.testing.assert_array_equal(raw.users, [r[0] for r in rows])
+    np.testing.assert_array_equal(raw.timestamps, [r[3] for r in rows])
+    np.testing.assert_array_equal(raw.ratings, [r[2] for r in rows])
+    assert raw.users.dtype == np.int64 and raw.timestamps.dtype == np.int64  # the wider of the chunks, exact
+    text = path.read_text().splitlines()
+    text[10] = "10,x,3,1000010"  # data row 10 (line 11): in the fourth chunk
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(UserError) as e:
+        read_ratings_file(path)
+    assert_line_error(e, "ratings.csv", 11)
+    assert "item is 'x', expected an integer id" in str(e.value)
+    text[10] = "10,2,3,1000010,7"  # a surplus field past the first chunk: pandas' error, its line
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(UserError) as e:
+        read_ratings_file(path)
+    assert_line_error(e, "ratings.csv", 11)
+
+
+def test_ids_and_times_near_int32s_limit_prepare_without_overflow(tmp_path):
+    # int32 ids and times spanning int32's range: the (user, time) key and user * n_items must be int64
+    top = 2**31 - 1
+    rows = [(top - u, top - (u + k) % 4, 1, [0, top - u, 2**30][k]) for u in range(5) for k in range(3)]
+    path = tmp_path / "u.data"
+    path.write_text(udata(rows))
+    raw = read_ratings_file(path)
+    assert raw.users.dtype == np.int32 and raw.timestamps.dtype == np.int32
+    ds = from_interactions(raw.users, raw.items, raw.timestamps, "t", "t", 1, 0)
+    held_out = dict(zip(ds.user_ids[ds.test_users], ds.item_ids[ds.test_items]))
+    assert held_out == {top - u: top - (u + 1) % 4 for u in range(5)}  # each user's latest row (k = 1)
+    assert len(ds.train_users) == 10 and ds.train_users.dtype == np.int64
 
 
 def test_read_ratings_file_folder_finds_udata(tmp_path):

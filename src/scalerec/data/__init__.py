@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from scalerec.config import DataConfig
 from scalerec.data import download, movielens, ncf, synthetic, table
 from scalerec.data.prepare import Dataset, cached, file_identity, from_interactions
@@ -75,7 +77,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
                 raise UserError(
                     f"{path}: --min-rating {cfg.min_rating:g} needs a rating column (name it with --rating-col)"
                 )
-            positive = raw.ratings >= cfg.min_rating
+            positive = raw.ratings >= np.float64(cfg.min_rating)  # float64: never rounded to float32 ratings
             notes.append(f"{int((~positive).sum()):,} rows rated below {cfg.min_rating:g} dropped (not positives)")
             if not positive.any():
                 raise UserError(f"{path}: no row is rated {cfg.min_rating:g} or more (--min-rating)")

@@ -35,17 +35,21 @@ class Interactions:
     """Raw user-item interactions as read from a file, one entry per row, in file order."""
 
     users: np.ndarray
-    """User ids as in the file: int64, or strings (object) from a table of any ids."""
+    """User ids as in the file: integers (int32 where they fit, else int64), or strings from a table of any
+    ids."""
     items: np.ndarray
     """Item ids as in the file, like users."""
     timestamps: np.ndarray | None
-    """Timestamps, int64 or float64 (any number whose order is the time order); None where the file has none."""
+    """Timestamps, integers or floats (any number whose order is the time order); None where the file has none."""
     source: str
     """Where the rows came from, for the log."""
     ratings: np.ndarray | None = None
-    """float64 ratings, where the file has them (for --min-rating)."""
+    """Ratings (float32 where exact, else float64), where the file has them (for --min-rating)."""
     time_unit: str | None = None
     """"ns" where the timestamps are nanoseconds from dates; None: numbers as in the file."""
+
+
+CHUNK_ROWS = 1 << 22  # rows parsed at a time: a 200M-row file never holds more than one chunk as pandas' int64s
 
 
 def read_table(
@@ -56,34 +60,76 @@ def read_table(
     `name` is what error messages call the file; `columns` names the fields in order; those in `numeric_ok`
     may be any number, the others must be integers. Extra trailing columns are an error; a header row is
     skipped when `header` is true. Raises UserError naming the line of the first bad row.
+
+    Parsed in chunks of CHUNK_ROWS rows, each column kept as compactly as it is exact (int32 where the values
+    fit, float32 where every value is a float32), so that memory grows with the rows at about 4 bytes a field.
     """
     buf = io.BytesIO(source) if isinstance(source, bytes) else source
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    rows = 0
     try:
         # index_col=False: never turn a surplus first column into an index; compression=None: never guess
         # from the file name (a broken .zip must be reported as such, not half-parsed).
-        df = pd.read_csv(
-            buf, sep=sep, header=None, skiprows=1 if header else 0, engine="c", index_col=False, compression=None
-        )
+        with pd.read_csv(
+            buf,
+            sep=sep,
+            header=None,
+            skiprows=1 if header else 0,
+            engine="c",
+            index_col=False,
+            compression=None,
+            chunksize=CHUNK_ROWS,
+        ) as reader:
+            for chunk in reader:
+                for col, values in _checked_chunk(chunk, source, name, sep, columns, numeric_ok, header, rows).items():
+                    parts[col].append(values)
+                rows += len(chunk)
     except pd.errors.EmptyDataError:
-        df = pd.DataFrame(columns=columns)
+        pass
     except pd.errors.ParserError as e:
         msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
         raise UserError(f"{name}: {msg} (expected {len(columns)} fields: {', '.join(columns)})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{name}: not a text file ({e})") from None
-    if len(df) == 0:
+    if rows == 0:
         raise UserError(f"{name}: no rows (expected lines of {', '.join(columns)} separated by {sep!r})")
+    # one column at a time, each chunk list dropped once joined: the peak is the table plus one column
+    return pd.DataFrame({c: _joined(parts.pop(c)) for c in columns}, copy=False)
+
+
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)  # mixed widths: the wider one
+    chunks.clear()
+    return out
+
+
+def _checked_chunk(
+    df: pd.DataFrame,
+    source: str | Path | bytes,
+    name: str,
+    sep: str,
+    columns: list[str],
+    numeric_ok: set[str],
+    header: bool,
+    offset: int,
+) -> dict[str, np.ndarray]:
+    """One parsed chunk (rows `offset`.. of the file's data rows), checked, as compact numpy columns."""
+
+    def line_of(row: int) -> int:
+        return _line_of_row(source, offset + row, header)
+
     while df.shape[1] > len(columns) and df.iloc[:, -1].isna().all():
         df = df.iloc[:, :-1]  # a trailing separator on every line, e.g. "1,2,5,100,"
     if df.shape[1] > len(columns):  # the first line had surplus fields; name the first row that has them
         row = int(np.flatnonzero(df.iloc[:, len(columns) :].notna().any(axis=1).to_numpy())[0])
         raise UserError(
-            f"{name}, line {_line_of_row(source, row, header)}: more than {len(columns)} fields "
+            f"{name}, line {line_of(row)}: more than {len(columns)} fields "
             f"(expected {', '.join(columns)} separated by {sep!r})"
         )
     df.columns = columns[: df.shape[1]]
     for col in columns[df.shape[1] :]:
         df[col] = np.nan  # too few fields on every line: reported below as the first line's error
+    out = {}
     for col in columns:
         values = df[col]
         if values.dtype.kind not in "iu":
@@ -93,37 +139,48 @@ def read_table(
                 bad |= ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan)) | (numbers % 1 != 0).to_numpy()
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                line = _line_of_row(source, row, header)
                 value = values.iloc[row]
                 what = "a number" if col in numeric_ok else "an integer id"
                 if pd.isna(value):
                     raise UserError(
-                        f"{name}, line {line}: too few fields: no {col} (expected {len(columns)} fields: "
+                        f"{name}, line {line_of(row)}: too few fields: no {col} (expected {len(columns)} fields: "
                         f"{', '.join(columns)} separated by {sep!r})"
                     )
                 hint = "" if col in numeric_ok else " (for string ids, name the columns with --user-col and --item-col)"
-                raise UserError(f"{name}, line {line}: {col} is '{value}', expected {what}{hint}")
+                raise UserError(f"{name}, line {line_of(row)}: {col} is '{value}', expected {what}{hint}")
             if col not in numeric_ok and numbers.abs().max() >= 2**53:  # parsed as float: no longer exact
                 row = int(np.argmax(numbers.abs().to_numpy() >= 2**53))
-                raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} is too large for an exact id")
-            df[col] = numbers if col in numeric_ok else numbers.astype(np.int64)
+                raise UserError(f"{name}, line {line_of(row)}: {col} is too large for an exact id")
+            values = numbers if col in numeric_ok else numbers.astype(np.int64)
         elif values.dtype.kind == "u" and values.max() > np.iinfo(np.int64).max:
             row = int(np.argmax(values.to_numpy() > np.iinfo(np.int64).max))
-            raise UserError(f"{name}, line {_line_of_row(source, row, header)}: {col} {values.iloc[row]} is too large")
-    return df
+            raise UserError(f"{name}, line {line_of(row)}: {col} {values.iloc[row]} is too large")
+        out[col] = _compact(values.to_numpy())
+    return out
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """int32 for integers that fit, float32 for floats that are all float32s (MovieLens' half stars), else as is."""
+    if values.dtype.kind in "iu":
+        if len(values) and values.min() >= -(2**31) and values.max() < 2**31:
+            return values.astype(np.int32)
+        return values.astype(np.int64)
+    narrow = values.astype(np.float32)
+    return narrow if np.array_equal(narrow, values) else values.astype(np.float64)
 
 
 def _line_of_row(source: str | Path | bytes, row: int, header: bool) -> int:
-    """1-based file line of data row `row`, counting the header and blank lines that pandas skipped."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    """1-based file line of data row `row`, counting the header and blank lines that pandas skipped (read line by
+    line: only an error pays for it)."""
     seen = -1
-    for lineno, line in enumerate(data.splitlines(), start=1):
-        if header and lineno == 1:
-            continue
-        if line.strip(b"\r\n"):
-            seen += 1
-            if seen == row:
-                return lineno
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if header and lineno == 1:
+                continue
+            if line.strip(b"\r\n"):
+                seen += 1
+                if seen == row:
+                    return lineno
     return row + 1 + int(header)
 
 
@@ -157,10 +214,16 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
     """A ratings table in one of MovieLens' layouts, told apart by its first line:
     `u.data` (tab-separated), `ratings.dat` (`::`-separated), `ratings.csv` (comma-separated with a header such
     as userId,movieId,rating,timestamp). Without a header the fields are user, item, rating, timestamp."""
-    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-    raw = raw.removeprefix(codecs.BOM_UTF8)  # files saved by Windows tools
-    first = next((line for line in raw.splitlines() if line.strip()), b"").decode("utf-8", "replace")
+    if isinstance(source, bytes):
+        head = source[: 1 << 16]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(1 << 16)
+    head = head.removeprefix(codecs.BOM_UTF8)  # files saved by Windows tools (pandas skips it too)
+    first = next((line for line in head.splitlines() if line.strip()), b"").decode("utf-8", "replace")
+    raw = source  # a file is parsed from disk in chunks, never read whole
     if "::" in first:  # pandas' fast parser takes one-character separators; line numbers are unchanged
+        raw = source if isinstance(source, bytes) else Path(source).read_bytes()
         raw, first = raw.replace(b"::", b"\t"), first.replace("::", "\t")
     sep = "\t" if "\t" in first else "," if "," in first else "\t"
     fields = [f.strip().strip('"').lower() for f in first.split(sep)]
@@ -197,11 +260,11 @@ def _is_number(text: str) -> bool:
 
 def _interactions(df: pd.DataFrame, source: str) -> Interactions:
     return Interactions(
-        users=df["user"].to_numpy(np.int64),
-        items=df["item"].to_numpy(np.int64),
+        users=df["user"].to_numpy(),  # int32 or int64, as compact as read_table kept them
+        items=df["item"].to_numpy(),
         timestamps=df["timestamp"].to_numpy(),  # int64 stays int64: nanosecond stamps keep their order
         source=source,
-        ratings=df["rating"].to_numpy(np.float64) if "rating" in df else None,
+        ratings=df["rating"].to_numpy() if "rating" in df else None,
     )
 
 

@@ -158,22 +158,38 @@ def sample_eval_negatives(
 
 
 def _contiguous(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(each row's contiguous id, the raw id of each contiguous id, ascending): numbers or strings."""
+    """(each row's contiguous id as int32, the raw id of each contiguous id, ascending): numbers or strings."""
+    if ids.dtype.kind in "iu" and len(ids) and ids.min() >= 0 and int(ids.max()) < 4 * len(ids) + (1 << 20):
+        # dense non-negative ids (MovieLens'): a lookup table indexed by id, no hashing, no int64 codes
+        present = np.zeros(int(ids.max()) + 1, bool)
+        present[ids] = True
+        lookup = (np.cumsum(present) - 1).astype(np.int32)
+        return lookup[ids], np.flatnonzero(present)
     codes, uniques = pd.factorize(ids, sort=True)
     uniques = np.asarray(uniques)
-    if uniques.dtype == object:  # strings: a fixed-width array, so that the cache needs no pickle
+    if uniques.dtype.kind in "iu":
+        uniques = uniques.astype(np.int64)
+    elif uniques.dtype.kind != "U":  # strings: a fixed-width array, so that the cache needs no pickle
         uniques = uniques.astype(str)
-    return codes.astype(np.int64), uniques
+    return codes.astype(np.int32 if len(uniques) < 2**31 else np.int64), uniques
 
 
 def _by_user_then_time(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     """The stable order by (user, time): one argsort of a combined int64 key where the times are integers that
     fit beside the user (MovieLens' seconds, nanoseconds of dates over a few years), else a lexsort."""
-    if len(users) and (timestamps.dtype.kind in "iu" or np.array_equal(timestamps, np.floor(timestamps))):
+    whole = timestamps.dtype.kind in "iu" or (len(users) and np.array_equal(timestamps, np.floor(timestamps)))
+    if len(users) and whole:
         low, high = timestamps.min(), timestamps.max()
-        span = int(high - low) + 1
+        span = int(high) - int(low) + 1
         if span * (int(users.max()) + 1) < 2**62:
-            return np.argsort(users * span + (timestamps - low).astype(np.int64), kind="stable")
+            key = users.astype(np.int64)  # built in place: a 200M-row file holds one int64 key, not four
+            key *= span
+            if timestamps.dtype.kind in "iu":
+                key += timestamps
+                key -= int(low)
+            else:
+                key += (timestamps - low).astype(np.int64)
+            return np.argsort(key, kind="stable")
     return np.lexsort((timestamps, users))
 
 
@@ -203,16 +219,21 @@ def from_interactions(
     stats = {"rows": n_rows, "time_unit": time_unit}
     if untimed:
         notes.append(f"no timestamps: each user's held-out item drawn at random (seed {seed})")
-        timestamps = np.zeros(n_rows)
+        timestamps = np.zeros(n_rows, np.int32)
     # Sort by user, then time, then file position (a stable sort): the last row of a user is its test item.
+    # u and i are int32 (4 bytes a row); products that can pass 2**31 are taken in int64.
     order = _by_user_then_time(u, timestamps)
     u, i, t = u[order], i[order], timestamps[order]
+    del order
     # Repeated user-item pairs: keep the latest, the last of its run once grouped by pair (a stable sort again).
-    key = u * n_items + i
+    key = u.astype(np.int64)
+    key *= n_items
+    key += i
     by_pair = np.argsort(key, kind="stable")
-    grouped = key[by_pair]
+    key = key[by_pair]
     keep = np.zeros(n_rows, bool)
-    keep[by_pair[np.r_[grouped[1:] != grouped[:-1], True]]] = True
+    keep[by_pair[np.r_[key[1:] != key[:-1], True]]] = True
+    del key, by_pair
     if not keep.all():
         notes.append(f"{n_rows - keep.sum()} repeated user-item rows kept once, at their latest time")
         u, i, t = u[keep], i[keep], t[keep]
@@ -269,10 +290,10 @@ def from_interactions(
         source=source,
         n_users=len(user_ids),
         n_items=n_items,
-        train_users=u[~is_test],
-        train_items=i[~is_test],
-        test_users=u[is_test],
-        test_items=i[is_test],
+        train_users=u[~is_test].astype(np.int64, copy=False),
+        train_items=i[~is_test].astype(np.int64, copy=False),
+        test_users=u[is_test].astype(np.int64, copy=False),
+        test_items=i[is_test].astype(np.int64, copy=False),
         eval_negatives=np.zeros((0, 0), np.int64),
         user_ids=user_ids,
         item_ids=item_ids,

@@ -155,3 +155,37 @@ def test_a_file_that_is_not_parquet_is_an_error(tmp_path):
 def test_an_unknown_header_points_to_the_column_options(tmp_path):
     with pytest.raises(UserError, match="--user-col"):
         load(tmp_path, write_csv(tmp_path / "log.csv"))
+
+
+def test_chunked_reading_gives_the_dataset_of_one_read(tmp_path, monkeypatch):
+    from scalerec.data import movielens
+
+    rng = np.random.default_rng(0)
+    rows = [(f"u{rng.integers(40)}", f"i{rng.integers(25)}", 1_000 + n, 1 + n % 5) for n in range(300)]
+    csv = write_csv(tmp_path / "log.csv", rows, header="user,item,ts,rating")
+    pq_path = tmp_path / "log.parquet"
+    pd.DataFrame(rows, columns=["user", "item", "ts", "rating"]).to_parquet(pq_path)
+    whole = {p: load(tmp_path / f"a{n}", p)[0] for n, p in enumerate((csv, pq_path))}
+    monkeypatch.setattr(movielens, "CHUNK_ROWS", 7)  # 43 chunks, each with its own subset of the ids
+    for n, path in enumerate((csv, pq_path)):
+        raw = read_table_file(path)
+        assert raw.users.dtype == np.int32 and list(raw.user_names) == sorted({r[0] for r in rows})
+        assert [raw.user_names[c] for c in raw.users] == [r[0] for r in rows]  # every row keeps its id
+        ds = load(tmp_path / f"b{n}", path)[0]
+        for field in ("train_users", "train_items", "test_items", "eval_negatives", "user_ids", "item_ids"):
+            np.testing.assert_array_equal(getattr(ds, field), getattr(whole[path], field), err_msg=field)
+
+
+def test_a_time_column_that_changes_kind_between_chunks_names_the_line(tmp_path, monkeypatch):
+    from scalerec.data import movielens
+
+    monkeypatch.setattr(movielens, "CHUNK_ROWS", 4)
+    rows = [(f"u{n % 3}", f"i{n}", f"2024-01-{1 + n:02d}", 5) for n in range(6)] + [("u1", "i9", "1700000000", 4)]
+    rows += [("u2", "i8", "1700000001", 4)]  # the second chunk: numbers where the first held dates
+    with pytest.raises(
+        UserError, match=r"log.csv, line 8: time is '1700000000', a number where the lines before hold dates"
+    ):
+        read_table_file(write_csv(tmp_path / "log.csv", rows, header="user,item,time,rating"))
+    rows[5:] = [("u2", "i5", "yesterday", 4), ("u1", "i9", "2024-02-01", 4), ("u2", "i8", "2024-02-02", 4)]
+    with pytest.raises(UserError, match=r"log.csv, line 7: time is 'yesterday', expected a number or a date"):
+        read_table_file(write_csv(tmp_path / "log.csv", rows, header="user,item,time,rating"))

@@ -93,6 +93,8 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
             cfg.data_seed,
             **core,
             time_unit=raw.time_unit,
+            user_names=raw.user_names,
+            item_names=raw.item_names,
         )
         ds.notes[:0] = notes
         ds.stats["rows"] = rows

@@ -47,6 +47,10 @@ class Interactions:
     """Ratings (float32 where exact, else float64), where the file has them (for --min-rating)."""
     time_unit: str | None = None
     """"ns" where the timestamps are nanoseconds from dates; None: numbers as in the file."""
+    user_names: np.ndarray | None = None
+    """Where ids are text: the sorted distinct user ids, and `users` holds int32 positions in it."""
+    item_names: np.ndarray | None = None
+    """Like user_names, for items."""
 
 
 CHUNK_ROWS = 1 << 22  # rows parsed at a time: a 200M-row file never holds more than one chunk as pandas' int64s
@@ -155,11 +159,11 @@ def _checked_chunk(
         elif values.dtype.kind == "u" and values.max() > np.iinfo(np.int64).max:
             row = int(np.argmax(values.to_numpy() > np.iinfo(np.int64).max))
             raise UserError(f"{name}, line {line_of(row)}: {col} {values.iloc[row]} is too large")
-        out[col] = _compact(values.to_numpy())
+        out[col] = compact(values.to_numpy())
     return out
 
 
-def _compact(values: np.ndarray) -> np.ndarray:
+def compact(values: np.ndarray) -> np.ndarray:
     """int32 for integers that fit, float32 for floats that are all float32s (MovieLens' half stars), else as is."""
     if values.dtype.kind in "iu":
         if len(values) and values.min() >= -(2**31) and values.max() < 2**31:

@@ -204,16 +204,23 @@ def from_interactions(
     min_user_interactions: int = 2,
     min_item_interactions: int = 1,
     time_unit: str | None = None,
+    user_names: np.ndarray | None = None,
+    item_names: np.ndarray | None = None,
 ) -> Dataset:
     """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives.
 
     Users with fewer than `min_user_interactions` distinct items and items with fewer than
     `min_item_interactions` users are dropped, repeatedly until none is left (a k-core). Without timestamps the
-    held-out item of each user is drawn at random with `seed`."""
+    held-out item of each user is drawn at random with `seed`. With `user_names` (`item_names`), `users` (`items`)
+    are positions in those sorted raw ids, as a table of text ids is read."""
     notes = []
     n_rows = len(users)
     u, user_ids = _contiguous(users)
     i, item_ids = _contiguous(items)
+    if user_names is not None:
+        user_ids = user_names[user_ids]
+    if item_names is not None:
+        item_ids = item_names[item_ids]
     n_items = len(item_ids)
     untimed = timestamps is None
     stats = {"rows": n_rows, "time_unit": time_unit}

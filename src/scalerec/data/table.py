@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions
+from scalerec.data import movielens
+from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, compact
+from scalerec.data.prepare import sorted_unique
 from scalerec.errors import UserError
 
 PARQUET = (".parquet", ".pq")
@@ -116,67 +118,118 @@ def read_table_file(
             f"{name}: one column named for two roles (user {user!r}, item {item!r}, time {time!r}, rating {rating!r})"
         )
     if parquet:
-        try:
-            df = pq.read_table(path, columns=wanted).to_pandas()
-        except Exception as e:  # a damaged file whose schema still reads
-            raise UserError(f"{name}: not a readable Parquet file ({e})") from None
+        chunks = _parquet_chunks(path, wanted, name)
     else:
-        try:
-            # every column, not usecols: with usecols pandas silently ignores a line's surplus fields
-            df = pd.read_csv(path, sep=separator, engine="c", dtype={user: str, item: str})[wanted]
-        except pd.errors.ParserError as e:
-            msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
-            raise UserError(f"{name}: {msg} (expected {len(columns)} fields per line, as in the header)") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"{name}: not a UTF-8 text file ({e})") from None
-    if len(df) == 0:
+        chunks = _csv_chunks(path, separator, wanted, {user: str, item: str}, name, len(columns))
+    parts: dict[str, list] = {"users": [], "items": [], "timestamps": [], "ratings": []}
+    time_kind: list[str] = []  # decided by the first chunk: "number" or "date", then held to
+    rows = 0
+    for df in chunks:
+
+        def where(row: int, offset: int = rows) -> str:  # the file line (text) or the row (Parquet), 0-based
+            return f"line {offset + row + 1 + header_line}" if header_line else f"row {offset + row + 1}"
+
+        parts["users"].append(_ids(df[user], user, name, where))
+        parts["items"].append(_ids(df[item], item, name, where))
+        if time is not None:
+            parts["timestamps"].append(_times(df[time], time, name, where, time_kind))
+        if rating is not None:
+            numbers = pd.to_numeric(df[rating], errors="coerce")
+            bad = numbers.isna().to_numpy()
+            if bad.any():
+                row = _first_bad(bad)
+                raise UserError(f"{name}, {where(row)}: {rating} is {df[rating].iloc[row]!r}, expected a number")
+            parts["ratings"].append(compact(numbers.to_numpy(np.float64)))
+        rows += len(df)
+    if rows == 0:
         raise UserError(f"{name}: a header but no rows")
+    users, user_names = _joined_ids(parts.pop("users"))
+    items, item_names = _joined_ids(parts.pop("items"))
+    timestamps = np.concatenate(parts.pop("timestamps")) if time is not None else None
+    ratings = np.concatenate(parts.pop("ratings")) if rating is not None else None
+    unit = "ns" if time_kind == ["date"] else None
+    return Interactions(
+        users, items, timestamps, name, ratings=ratings, time_unit=unit, user_names=user_names, item_names=item_names
+    )
 
-    def where(row: int) -> str:  # the file line (text) or the row (Parquet) of a 0-based data row
-        return f"line {row + 1 + header_line}" if header_line else f"row {row + 1}"
 
-    def ids(col: str) -> np.ndarray:
-        values = df[col]
-        missing = values.isna().to_numpy()
-        if missing.any():
-            raise UserError(f"{name}, {where(_first_bad(missing))}: no value in column {col!r}")
-        if values.dtype.kind in "iu":
-            return values.to_numpy(np.int64)
-        text = values.astype(str).str.strip().to_numpy(dtype=object)
-        empty = text == ""
-        if empty.any():
-            raise UserError(f"{name}, {where(_first_bad(empty))}: no value in column {col!r}")
-        return text
+def _csv_chunks(path: Path, sep: str, wanted: list[str], dtype: dict, name: str, n_columns: int):
+    try:
+        # every column, not usecols: with usecols pandas silently ignores a line's surplus fields
+        with pd.read_csv(path, sep=sep, engine="c", dtype=dtype, chunksize=movielens.CHUNK_ROWS) as reader:
+            for chunk in reader:
+                yield chunk[wanted]
+    except pd.errors.ParserError as e:
+        msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
+        raise UserError(f"{name}: {msg} (expected {n_columns} fields per line, as in the header)") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not a UTF-8 text file ({e})") from None
 
-    users, items = ids(user), ids(item)
-    timestamps = ratings = unit = None
-    if time is not None:
-        values = df[time]
-        if values.dtype.kind in "iuf":
-            bad = values.isna().to_numpy()
-            timestamps = values.to_numpy()
-        elif values.dtype.kind == "M":
-            bad = values.isna().to_numpy()
-            timestamps, unit = _nanoseconds(values), "ns"
+
+def _parquet_chunks(path: Path, wanted: list[str], name: str):
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=movielens.CHUNK_ROWS, columns=wanted)
+        for batch in batches:
+            yield batch.to_pandas()
+    except Exception as e:  # a damaged file whose schema still reads
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{name}: not a readable Parquet file ({e})") from None
+
+
+def _ids(values: pd.Series, col: str, name: str, where) -> tuple[np.ndarray, np.ndarray | None]:
+    """One chunk's ids: (integers, None) from a typed column, else (codes, their strings) from text."""
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise UserError(f"{name}, {where(_first_bad(missing))}: no value in column {col!r}")
+    if values.dtype.kind in "iu":
+        return compact(values.to_numpy()), None
+    text = values.astype(str).str.strip()
+    empty = (text == "").to_numpy()
+    if empty.any():
+        raise UserError(f"{name}, {where(_first_bad(empty))}: no value in column {col!r}")
+    codes, uniques = pd.factorize(text)  # per chunk: a chunk of strings, never the whole file's
+    return codes.astype(np.int32), np.asarray(uniques, dtype=object)
+
+
+def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """All chunks' ids: integers as they are, or int32 codes into the sorted strings of every chunk."""
+    if all(names is None for _, names in chunks):
+        return np.concatenate([ids for ids, _ in chunks]), None
+    # a typed column with text in another chunk cannot happen (Parquet keeps one type); text everywhere here
+    names = sorted_unique(np.concatenate([n for _, n in chunks]).astype(str))
+    out = np.concatenate([np.searchsorted(names, n.astype(str)).astype(np.int32)[codes] for codes, n in chunks])
+    chunks.clear()
+    return out, names
+
+
+def _times(values: pd.Series, col: str, name: str, where, kind: list[str]) -> np.ndarray:
+    """One chunk's times as numbers, or as nanoseconds where the column holds dates (the first chunk decides)."""
+    if values.dtype.kind in "iuf":
+        bad, out, this = values.isna().to_numpy(), compact(values.to_numpy()), "number"
+    elif values.dtype.kind == "M":
+        bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "date"
+    else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        if kind == ["number"] or (not kind and numbers.notna().any()):  # the first non-number is the error
+            bad, out, this = numbers.isna().to_numpy(), compact(numbers.to_numpy()), "number"
+        elif numbers.notna().any():  # dates in the chunks before: a number here is not read as a date
+            row = _first_bad(numbers.notna().to_numpy())
+            raise UserError(
+                f"{name}, {where(row)}: {col} is {values.iloc[row]!r}, a number where the lines before hold dates"
+            )
         else:
-            numbers = pd.to_numeric(values, errors="coerce")
-            if numbers.notna().any():  # numbers: the first value that is not one is the error
-                bad, timestamps = numbers.isna().to_numpy(), numbers.to_numpy()
-            else:
-                try:
-                    dates = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-                except (ValueError, TypeError):
-                    dates = pd.Series(pd.NaT, index=values.index)
-                bad = dates.isna().to_numpy()
-                timestamps, unit = _nanoseconds(dates), "ns"
-        if bad.any():
-            row = _first_bad(bad)
-            raise UserError(f"{name}, {where(row)}: {time} is {df[time].iloc[row]!r}, expected a number or a date/time")
-    if rating is not None:
-        numbers = pd.to_numeric(df[rating], errors="coerce")
-        bad = numbers.isna().to_numpy()
-        if bad.any():
-            row = _first_bad(bad)
-            raise UserError(f"{name}, {where(row)}: {rating} is {df[rating].iloc[row]!r}, expected a number")
-        ratings = numbers.to_numpy(np.float64)
-    return Interactions(users, items, timestamps, name, ratings=ratings, time_unit=unit)
+            try:
+                dates = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+            except (ValueError, TypeError):
+                dates = pd.Series(pd.NaT, index=values.index)
+            bad, out, this = dates.isna().to_numpy(), _nanoseconds(dates), "date"
+    if bad.any():
+        row = _first_bad(bad)
+        raise UserError(f"{name}, {where(row)}: {col} is {values.iloc[row]!r}, expected a number or a date/time")
+    if kind and kind != [this]:
+        raise UserError(f"{name}, {where(0)}: {col} holds {this}s here and {kind[0]}s before (expected one kind)")
+    kind[:] = [this]
+    return out

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from scalerec.config import DataConfig
-from scalerec.data import load_dataset, synthetic
+from scalerec.data import load_dataset, synthetic, table
 from scalerec.data.movielens import read_ratings, read_ratings_file
 from scalerec.data.ncf import read_ncf
 from scalerec.data.prepare import Dataset, cached, from_interactions, sample_eval_negatives
@@ -77,6 +77,28 @@ def test_large_files_are_read_in_chunks_exactly_and_errors_name_the_file_line(tm
     with pytest.raises(UserError) as e:
         read_ratings_file(path)
     assert_line_error(e, "ratings.csv", 11)
+
+
+def test_user_item_keys_past_int32_are_not_wrapped():
+    # 65,537 users x 65,536 items: user * n_items + item passes 2**31, and wrapped keys would collide as repeats
+    n = 2**16
+    users = np.repeat(np.arange(n + 1, dtype=np.int32), 2)
+    items = np.stack([np.arange(n + 1) % n, (np.arange(n + 1) + 1) % n], 1).ravel().astype(np.int32)
+    ds = from_interactions(users, items, np.tile(np.array([1, 2], np.int32), n + 1), "t", "t", 1, 0)
+    assert len(ds.train_users) == len(ds.test_users) == n + 1 and not ds.notes
+    np.testing.assert_array_equal(ds.test_items, (np.arange(n + 1) + 1) % n)
+
+
+def test_float_times_keep_every_user_together(tmp_path):
+    # whole float times whose span float32 cannot hold exactly: the (user, time) order must stay exact
+    path = tmp_path / "ratings.csv"
+    rows = [(2, 20, 1.0), (1, 10, 1.0), (1, 11, 33554436.0), (2, 21, 5.0), (2, 22, 3.0), (1, 12, 2.0)]
+    path.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},5,{t}\n" for u, i, t in rows))
+    for raw in (read_ratings_file(path), table.read_table_file(path)):
+        names = {"user_names": raw.user_names, "item_names": raw.item_names}
+        ds = from_interactions(raw.users, raw.items, raw.timestamps, "t", "t", 1, 0, **names)
+        held_out = dict(zip(ds.user_ids[ds.test_users].astype(int), ds.item_ids[ds.test_items].astype(int)))
+        assert held_out == {1: 11, 2: 21}
 
 
 def test_ids_and_times_near_int32s_limit_prepare_without_overflow(tmp_path):

@@ -122,3 +122,45 @@ def test_ml100k_falls_back_on_the_recbole_wheel_when_grouplens_is_unreachable(tm
     ds = load_dataset(DataConfig(data_dir=str(tmp_path / "data"), eval_negatives=3), logs.append)
     assert any("GroupLens unreachable" in line for line in logs)
     assert ds.name == "MovieLens-100K" and "recbole" in ds.source and ds.n_users == 29
+
+
+def test_tls_failures_are_unreachable_and_a_full_disk_names_the_folder(tmp_path, monkeypatch):
+    import ssl
+
+    def broken(url, timeout=None):
+        raise ssl.SSLError("bad record mac")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", broken)
+    with pytest.raises(download.Unreachable, match="bad record mac"):
+        download.fetch("ml-1m", tmp_path, lambda s: None)
+    data = ml1m_zip(tmp_path)
+    serve(monkeypatch, {"ml-1m.zip": data})
+    pin(monkeypatch, "ml-1m", data)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download.os, "replace", full)
+    with pytest.raises(UserError, match=r"ml-1m: could not write ml-1m.zip \(No space left on device\)"):
+        download.fetch("ml-1m", tmp_path, lambda s: None)
+    assert list((tmp_path / "ml-1m").iterdir()) == []
+
+
+def test_a_release_with_a_pinned_sha256_asks_for_nothing_else(tmp_path, monkeypatch):
+    data = ml1m_zip(tmp_path)
+    asked = serve(monkeypatch, {"ml-latest-small.zip": data})
+    pin(monkeypatch, "ml-latest-small", data, md5=None)
+    logs: list[str] = []
+    download.fetch("ml-latest-small", tmp_path, logs.append)
+    assert asked == [download.url_of("ml-latest-small")] and "(size, sha256 checked)" in logs[-1]
+
+
+def test_dataset_named_with_a_local_copy(tmp_path):
+    path = make_zip(
+        tmp_path / "ml-1m.zip", {"ml-1m/ratings.dat": "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ROWS)}
+    )
+    cfg = DataConfig(dataset="ml-1m", data=str(path), data_dir=str(tmp_path / "data"), eval_negatives=3)
+    assert load_dataset(cfg, lambda s: None).name == "MovieLens-1M"
+    (tmp_path / "u.data").write_text("1\t2\t3\t4\n1\t3\t3\t5\n")
+    with pytest.raises(UserError, match="MovieLens-100K's file, but --dataset ml-1m"):
+        load_dataset(DataConfig(dataset="ml-1m", data=str(tmp_path / "u.data"), data_dir=str(tmp_path)), print)

@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scalerec: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
-        print(f"scalerec: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"scalerec: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("scalerec: interrupted", file=sys.stderr)

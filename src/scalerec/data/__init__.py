@@ -57,6 +57,10 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         source = str(path)
         is_100k = path.name in ("u.data", "ml-100k.inter", "ml-100k.zip")
         name = "MovieLens-100K" if is_100k else path.name
+        if cfg.dataset not in ("ml-100k", "ncf", "synthetic"):  # said on purpose (ml-100k is the default)
+            if is_100k:
+                raise UserError(f"{path}: MovieLens-100K's file, but --dataset {cfg.dataset}")
+            name = download.RELEASES[cfg.dataset].title
     elif cfg.dataset == "ml-100k":
         path, source = movielens.fetch_ml100k(data_dir, log)
         name = "MovieLens-100K"

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import os
 import re
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -34,8 +35,9 @@ class Release:
 
 
 # Sizes and sha256 as pinned by TensorFlow Datasets (url_checksums/movielens.txt; ml-20m and ml-latest-small
-# also by Julia's DataDeps), ml-10m's as recorded with its size by other pipelines; every md5 is the one
-# GroupLens publishes. ml-latest is rebuilt by GroupLens now and then, so only its published md5 can check it.
+# also by Julia's DataDeps), ml-10m's as recorded with its size by other pipelines; the md5s are the ones
+# GroupLens publishes beside the zips (ml-latest-small's is not pinned: its sha256 is). ml-latest is rebuilt by
+# GroupLens now and then, so only the md5 published beside it at download time can check it.
 RELEASES = {
     "ml-100k": Release(
         "MovieLens-100K",
@@ -101,7 +103,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
         return path
     url = url_of(name)
     try:
-        md5 = release.md5 or _published_md5(url)
+        md5 = release.md5 or (None if release.sha256 else _published_md5(url))
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"Downloading {url} ({f'{release.size / 1e6:.1f} MB' if release.size else 'size unpinned'}) ...")
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", suffix=".part", delete=False) as f:
@@ -118,7 +120,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError) as e:
         local = "pass it with --data PATH (the zip, its folder or its ratings file)"
         if isinstance(e, urllib.error.HTTPError):  # reached, and refused: the network is not the cause
             reason = f"HTTP {e.code} {e.reason}"
@@ -130,7 +132,10 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
             f"files.grouplens.org can be reached and {local}",
             reason,
         ) from None
-    log(f"{release.title}: {path} (size, sha256 and md5 checked)")
+    except OSError as e:  # the data folder: full, read-only
+        raise UserError(f"{path.parent}: could not write {name}.zip ({e.strerror or e})") from None
+    checked = [what for what, want in (("size", release.size), ("sha256", release.sha256), ("md5", md5)) if want]
+    log(f"{release.title}: {path} ({', '.join(checked)} checked)")
     return path
 
 

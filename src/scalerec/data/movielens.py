@@ -159,18 +159,23 @@ def _checked_chunk(
         elif values.dtype.kind == "u" and values.max() > np.iinfo(np.int64).max:
             row = int(np.argmax(values.to_numpy() > np.iinfo(np.int64).max))
             raise UserError(f"{name}, line {line_of(row)}: {col} {values.iloc[row]} is too large")
-        out[col] = compact(values.to_numpy())
+        out[col] = compact(values.to_numpy(), narrow_floats=col != "timestamp")
     return out
 
 
-def compact(values: np.ndarray) -> np.ndarray:
-    """int32 for integers that fit, float32 for floats that are all float32s (MovieLens' half stars), else as is."""
+def compact(values: np.ndarray, narrow_floats: bool = True) -> np.ndarray:
+    """int32 for integers that fit; float32 for floats that are all float32s (MovieLens' half stars), where
+    `narrow_floats` (never for times: their differences must stay exact); else int64 or float64."""
     if values.dtype.kind in "iu":
         if len(values) and values.min() >= -(2**31) and values.max() < 2**31:
             return values.astype(np.int32)
         return values.astype(np.int64)
-    narrow = values.astype(np.float32)
-    return narrow if np.array_equal(narrow, values) else values.astype(np.float64)
+    if narrow_floats:
+        with np.errstate(over="ignore"):  # 1e300 becomes inf: not equal, so kept as float64
+            narrow = values.astype(np.float32)
+        if np.array_equal(narrow, values):
+            return narrow
+    return values.astype(np.float64)
 
 
 def _line_of_row(source: str | Path | bytes, row: int, header: bool) -> int:

@@ -159,11 +159,12 @@ def sample_eval_negatives(
 
 def _contiguous(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(each row's contiguous id as int32, the raw id of each contiguous id, ascending): numbers or strings."""
-    if ids.dtype.kind in "iu" and len(ids) and ids.min() >= 0 and int(ids.max()) < 4 * len(ids) + (1 << 20):
+    if ids.dtype.kind in "iu" and len(ids) and ids.min() >= 0 and int(ids.max()) < 2 * len(ids) + (1 << 20):
         # dense non-negative ids (MovieLens'): a lookup table indexed by id, no hashing, no int64 codes
         present = np.zeros(int(ids.max()) + 1, bool)
         present[ids] = True
-        lookup = (np.cumsum(present) - 1).astype(np.int32)
+        lookup = np.cumsum(present, dtype=np.int32)
+        lookup -= 1
         return lookup[ids], np.flatnonzero(present)
     codes, uniques = pd.factorize(ids, sort=True)
     uniques = np.asarray(uniques)
@@ -181,14 +182,15 @@ def _by_user_then_time(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     if len(users) and whole:
         low, high = timestamps.min(), timestamps.max()
         span = int(high) - int(low) + 1
-        if span * (int(users.max()) + 1) < 2**62:
+        exact = timestamps.dtype.kind in "iu" or span <= 2**53  # float64 differences of whole numbers are exact
+        if exact and span * (int(users.max()) + 1) < 2**62:
             key = users.astype(np.int64)  # built in place: a 200M-row file holds one int64 key, not four
             key *= span
             if timestamps.dtype.kind in "iu":
                 key += timestamps
                 key -= int(low)
             else:
-                key += (timestamps - low).astype(np.int64)
+                key += (timestamps.astype(np.float64) - float(low)).astype(np.int64)
             return np.argsort(key, kind="stable")
     return np.lexsort((timestamps, users))
 

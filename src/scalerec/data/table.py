@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from scalerec.data import movielens
-from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, compact
+from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, _line_of_row, compact
 from scalerec.data.prepare import sorted_unique
 from scalerec.errors import UserError
 
@@ -126,8 +126,8 @@ def read_table_file(
     rows = 0
     for df in chunks:
 
-        def where(row: int, offset: int = rows) -> str:  # the file line (text) or the row (Parquet), 0-based
-            return f"line {offset + row + 1 + header_line}" if header_line else f"row {offset + row + 1}"
+        def where(row: int, offset: int = rows) -> str:  # the file line (text; blank ones too) or the Parquet row
+            return f"line {_line_of_row(path, offset + row, True)}" if header_line else f"row {offset + row + 1}"
 
         parts["users"].append(_ids(df[user], user, name, where))
         parts["items"].append(_ids(df[item], item, name, where))
@@ -208,13 +208,13 @@ def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.
 def _times(values: pd.Series, col: str, name: str, where, kind: list[str]) -> np.ndarray:
     """One chunk's times as numbers, or as nanoseconds where the column holds dates (the first chunk decides)."""
     if values.dtype.kind in "iuf":
-        bad, out, this = values.isna().to_numpy(), compact(values.to_numpy()), "number"
+        bad, out, this = values.isna().to_numpy(), compact(values.to_numpy(), narrow_floats=False), "number"
     elif values.dtype.kind == "M":
         bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "date"
     else:
         numbers = pd.to_numeric(values, errors="coerce")
         if kind == ["number"] or (not kind and numbers.notna().any()):  # the first non-number is the error
-            bad, out, this = numbers.isna().to_numpy(), compact(numbers.to_numpy()), "number"
+            bad, out, this = numbers.isna().to_numpy(), compact(numbers.to_numpy(), narrow_floats=False), "number"
         elif numbers.notna().any():  # dates in the chunks before: a number here is not read as a date
             row = _first_bad(numbers.notna().to_numpy())
             raise UserError(

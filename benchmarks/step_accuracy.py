@@ -25,6 +25,7 @@ from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.evaluate import evaluate
 from scalerec.model import NeuMF
+from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
@@ -70,6 +71,7 @@ def main() -> None:
     ours_opt, _ = optimizer_for(cfg, ours, cfg.optim.lr)
     plain_opt = torch.optim.Adam(plain.parameters(), lr=cfg.optim.lr)
     micro = micro_batch_for(cfg, device, args.batch_size)
+    fp32_scaler, fp32 = grad_scaler("fp32", device), autocast_context("fp32", device)
     sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
     test = [torch.tensor(a) for a in (ds.test_users, ds.test_items, ds.eval_negatives)]
     scored = NeuMF(ds.n_users, ds.n_items, FACTORS, LAYERS)
@@ -83,7 +85,7 @@ def main() -> None:
             if name == "plain":
                 for s in range(0, len(users), args.batch_size):
                     e = s + args.batch_size
-                    loss = plain_step(plain, plain_opt, users[s:e], items[s:e], labels[s:e])
+                    loss = plain_step(plain, plain_opt, fp32_scaler, fp32, users[s:e], items[s:e], labels[s:e])
                 float(loss)
             else:
                 float(train_epoch(ours, ours_opt, users, items, labels, args.batch_size, micro_batch=micro)[0].sum())

@@ -10,7 +10,8 @@ with the malloc settings `scalerec train` sets (allocator.py), plain included; -
 the minor page faults per step in each line show what the setting changes. All train on the same
 pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the same threads, alternated R
 times in one process, each alternation starting with the next step (so none always follows the same one); the
-median is printed.
+median is printed. --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a
+GradScaler: plain as PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
 
 FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
@@ -20,12 +21,12 @@ alternation of the steps, and the best is kept: noise only ever slows a product 
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096 --compile
+    python3 benchmarks/step_speed.py --device cuda --shapes ml-20m --batch-sizes 1048576 --precisions bf16 fp16
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import resource
@@ -42,6 +43,7 @@ from scalerec.config import Config
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model, unique_rows
 from scalerec.optim import build_optimizer
+from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.train import build_run_model, micro_batch_for, train_step
 
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
@@ -74,11 +76,15 @@ def executed_flops_per_sample(batches, n_users: int, n_items: int, micro: int | 
     return train_flops_per_sample() - 2 * first + first * rows / len(batches[0][0])
 
 
-def plain_step(model, opt, users, items, labels) -> torch.Tensor:
-    loss = F.binary_cross_entropy_with_logits(model(users, items), labels)
+def plain_step(model, opt, scaler, ctx, users, items, labels) -> torch.Tensor:
+    """A plain step, with AMP as its docs show it: autocast forward, a GradScaler (a no-op but for fp16)."""
+    with ctx:
+        logits = model(users, items)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
     return loss.detach()
 
 
@@ -126,6 +132,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"], help="each step in each")
     args = p.parse_args()
     malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:
@@ -135,7 +142,7 @@ def main() -> None:
     for shape in args.shapes:
         n_users, n_items, _ = SHAPES[shape]
         item_weights = (torch.arange(n_items, dtype=torch.float64) + 1) ** -0.8  # Zipf-like popularity
-        for bs in args.batch_sizes:
+        for bs, precision in ((bs, prec) for bs in args.batch_sizes for prec in args.precisions):
             g = torch.Generator().manual_seed(0)
             steps = max(2, args.samples // bs)
             batches = [
@@ -149,8 +156,8 @@ def main() -> None:
             torch.manual_seed(0)
             plain = PlainNeuMF(n_users, n_items).to(device)
             plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)
-            candidates = {"plain": functools.partial(plain_step, plain, plain_opt)}
-            scaler, ctx = torch.amp.GradScaler(device.type, enabled=False), contextlib.nullcontext()
+            ctx = autocast_context(precision, device)  # reentered by every step
+            candidates = {"plain": functools.partial(plain_step, plain, plain_opt, grad_scaler(precision, device), ctx)}
             cfg = Config()
             cfg.optim.optimizer, cfg.train.batch_size = "adam", bs
             train_micro = micro_batch_for(cfg, device, bs)
@@ -167,7 +174,9 @@ def main() -> None:
                 if name == "scalerec_compiled":
                     ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]
-                candidates[name] = functools.partial(scalerec_step, ours, opt, scaler, ctx, micro)
+                candidates[name] = functools.partial(
+                    scalerec_step, ours, opt, grad_scaler(precision, device), ctx, micro
+                )
                 micro_of[name] = micro
             for step in candidates.values():
                 run_steps(step, batches[:2])  # warm-up: allocator, optimizer state
@@ -187,7 +196,7 @@ def main() -> None:
                 gemm = max(gemm, sgemm_gflops(bs, device))
                 best_gemm = max(best_gemm, gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
             executed = executed_flops_per_sample(batches, n_users, n_items, None)
-            base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": "fp32", "shape": shape}
+            base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": precision, "shape": shape}
             base.update(users=n_users, items=n_items, batch=bs, optimizer="adam", malloc=malloc)
             rates = {}
             for name, ts in times.items():

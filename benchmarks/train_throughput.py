@@ -26,15 +26,20 @@ from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
+from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
-def timed_epoch(model, opt, users, items, labels, bs: int, micro: int | None) -> tuple[float, int]:
-    """(samples per second, peak process memory in bytes) of one pass, waiting for the device at its end."""
-    reset_peak_rss()
+def timed_epoch(model, opt, users, items, labels, bs: int, micro: int | None, amp) -> tuple[float, int]:
+    """(samples per second, peak memory in bytes: the process's, or the GPU's) of one pass, waiting for the
+    device at its end. `amp` is the (GradScaler, autocast context) pair of the precision."""
+    if users.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(users.device)
+    else:
+        reset_peak_rss()
     t0 = time.perf_counter()
-    losses, _ = train_epoch(model, opt, users, items, labels, bs, micro_batch=micro)
+    losses, _ = train_epoch(model, opt, users, items, labels, bs, scaler=amp[0], ctx=amp[1], micro_batch=micro)
     float(losses.sum())
     return len(users) / (time.perf_counter() - t0), peak_memory_bytes(users.device)
 
@@ -49,6 +54,8 @@ def main() -> None:
     p.add_argument("--optimizer", choices=["adam", "sgd", "lars", "lamb"], default="adam")
     p.add_argument("--data-dir", default=None, help="where the prepared synthetic data is cached")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,9 +65,12 @@ def main() -> None:
     t0 = time.perf_counter()
     ds = load_dataset(data, log=lambda s: None)
     load_s = time.perf_counter() - t0
-    device = torch.device("cpu")
-    keep_large_blocks_in_heap()  # as `scalerec train` runs on the CPU
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_large_blocks_in_heap()  # as `scalerec train` runs on the CPU
+    amp = (grad_scaler(args.precision, device), autocast_context(args.precision, device))
     base = {"bench": "train_throughput", "device": device.type, **machine(), "dataset": ds.name}
+    base["dtype"] = args.precision
     base.update(shape=None if args.ncf else args.shape, users=ds.n_users, items=ds.n_items)
     base.update(train_positives=len(ds.train_users), optimizer=args.optimizer, load_s=round(load_s, 1))
     for bs in args.batch_sizes:
@@ -72,14 +82,15 @@ def main() -> None:
         micro = micro_batch_for(cfg, device, bs)
         sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
         fixed = [t[: args.bare_samples] for t in sampler.epoch()]  # (a): batches already in memory
-        train_epoch(model, opt, *(t[: 4 * bs] for t in fixed), bs, micro_batch=micro)  # warm-up
+        warm = [t[: 4 * bs] for t in fixed]
+        train_epoch(model, opt, *warm, bs, scaler=amp[0], ctx=amp[1], micro_batch=micro)  # warm-up
         sparse = any(getattr(m, "sparse", False) for m in model.modules())
         line = {**base, "batch": bs, "micro_batch": micro, "tables": "rows" if sparse else "dense"}
         rates: dict[str, list[float]] = {"bare_step": [], "full_epoch": []}
         for epoch in range(args.epochs):
             for mode in rates:
                 batch = fixed if mode == "bare_step" else sampler.epoch()
-                rate, peak = timed_epoch(model, opt, *batch, bs, micro)
+                rate, peak = timed_epoch(model, opt, *batch, bs, micro, amp)
                 rates[mode].append(rate)
                 out = {**line, "epoch": epoch, "mode": mode, "samples": len(batch[0]), "samples_per_s": round(rate)}
                 print(json.dumps({**out, "peak_memory_mb": round(peak / 2**20)}), flush=True)

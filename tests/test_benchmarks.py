@@ -37,6 +37,22 @@ def test_step_speed(tmp_path):
     assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]
 
 
+def test_gpu_check_script_runs_its_steps(tmp_path):
+    """benchmarks/gpu_check.sh, for the session that is lent a GPU: on the CPU, on tiny data (SMOKE=1)."""
+    env = {**os.environ, "SMOKE": "1", "TMPDIR": str(tmp_path), "OUT": str(tmp_path), "PYTHON": sys.executable}
+    out = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    rates = {(d["bench"], d["dtype"], d.get("step") or d["mode"]): d for d in lines}
+    for dtype in ("fp32", "bf16", "fp16"):  # every step in every precision
+        assert rates[("step_speed", dtype, "plain")]["samples_per_s"] > 0
+        assert rates[("step_speed", dtype, "scalerec")]["samples_per_s"] > 0
+    assert rates[("train_throughput", "bf16", "ratio")]["full_over_bare"] > 0
+    assert "Largest batch:" in out.stdout and out.stdout.count("Best sampled_HR@10") == 2  # bf16 and fp16 runs
+
+
 def test_train_throughput(tmp_path):
     lines = run(
         "train_throughput.py", "--shape", "ml-100k", "--batch-sizes", "1024", "--epochs", "2",

@@ -110,3 +110,18 @@ def test_unique_rows(n):
     rows, at = unique_rows(ids, n)
     assert rows.tolist() == [0, 2, 7, 9]
     assert torch.equal(rows[at], ids)
+
+
+@pytest.mark.parametrize("name", ["neumf", "gmf", "mlp"])
+def test_the_gpus_per_sample_forward_is_the_same_function(name):
+    torch.manual_seed(0)
+    m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0)
+    users, items = torch.tensor([0, 3, 6, 6, 3, 1]), torch.tensor([8, 0, 2, 2, 5, 8])
+    m(users, items).pow(2).sum().backward()  # the CPU's: by distinct rows
+    by_rows = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    out = m.forward_per_sample(users, items)
+    out.pow(2).sum().backward()
+    assert torch.allclose(out, m(users, items), atol=1e-6)
+    for a, b in zip(by_rows, (p.grad for p in m.parameters())):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -127,6 +127,10 @@ class NeuMF(nn.Module):
         (their count sizes the tensors), and the GPU has FLOPs to spare."""
         if users.device.type != "cuda":
             return forward_by_rows(self, users, items)
+        return self.forward_per_sample(users, items)
+
+    def forward_per_sample(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """model(users, items) as the GPU runs it: every lookup and the whole first layer per sample."""
         gmf = self.gmf_user(users) * self.gmf_item(items) if self.use_gmf else None
         first = None
         if self.use_mlp:

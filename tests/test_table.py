@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,7 +72,7 @@ def test_numeric_ids_in_parquet_stay_numbers(tmp_path):
 
 def test_a_string_user_too_busy_for_the_negatives_is_named(tmp_path):
     path = write_csv(tmp_path / "busy.csv", [("zoe", f"i{k}", k) for k in range(4)] + [("max", "i0", 9)] * 2, "u,i,t")
-    with pytest.raises(UserError, match="user zoe has interacted with 4 of 4 items"):
+    with pytest.raises(UserError, match="user 'zoe' has interacted with 4 of 4 items"):
         load(tmp_path, path, user_col="u", item_col="i", time_col="t")
 
 
@@ -189,3 +191,26 @@ def test_a_time_column_that_changes_kind_between_chunks_names_the_line(tmp_path,
     rows[5:] = [("u2", "i5", "yesterday", 4), ("u1", "i9", "2024-02-01", 4), ("u2", "i8", "2024-02-02", 4)]
     with pytest.raises(UserError, match=r"log.csv, line 7: time is 'yesterday', expected a number or a date"):
         read_table_file(write_csv(tmp_path / "log.csv", rows, header="user,item,time,rating"))
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".tsv.bz2", ".csv.xz"])
+def test_compressed_tables_are_read_and_their_errors_name_the_line(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix[suffix.rindex(".") :]]
+    sep = "\t" if ".tsv" in suffix else ","
+    text = write_csv(tmp_path / "plain.txt", header="user,item,time,rating", sep=sep).read_text()
+    path = tmp_path / f"log{suffix}"
+    with opener(path, "wt") as f:
+        f.write(text.replace(",", sep))
+    ds, _ = load(tmp_path, path)
+    assert ds.n_users == 3 and sorted(ds.user_ids) == ["alice", "bob", "carol"]
+    with opener(path, "wt") as f:
+        f.write(text.replace(",", sep) + "\n" + sep.join(["dave", "book-1"]) + "\n")  # a blank line, then a short one
+    with pytest.raises(UserError, match=rf"log{re.escape(suffix)}, line 11: time is missing"):
+        read_table_file(path)
+    path.write_bytes(b"not compressed")
+    with pytest.raises(UserError, match=rf"log{re.escape(suffix)}: not a readable"):
+        read_table_file(path)

@@ -178,11 +178,11 @@ def compact(values: np.ndarray, narrow_floats: bool = True) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def _line_of_row(source: str | Path | bytes, row: int, header: bool) -> int:
+def _line_of_row(source: str | Path | bytes, row: int, header: bool, opener=open) -> int:
     """1-based file line of data row `row`, counting the header and blank lines that pandas skipped (read line by
-    line: only an error pays for it)."""
+    line: only an error pays for it). `opener` opens a compressed file (gzip.open, ...)."""
     seen = -1
-    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as f:
+    with io.BytesIO(source) if isinstance(source, bytes) else opener(source, "rb") as f:
         for lineno, line in enumerate(f, start=1):
             if header and lineno == 1:
                 continue

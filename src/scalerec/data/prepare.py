@@ -129,9 +129,9 @@ def sample_eval_negatives(
     if (free < n).any():
         i = int(np.flatnonzero(free < n)[0])
         who = users[i] if user_ids is None or not len(user_ids) else user_ids[users[i]]
+        who = repr(str(who)) if isinstance(who, str) else who  # text ids quoted: user 'user 48'
         raise UserError(
-            f"user {who} has "
-            f"interacted with {counts[i]} of {n_items} items, leaving {free[i]} "
+            f"user {who} has interacted with {counts[i]} of {n_items} items, leaving {free[i]} "
             f"for {n} evaluation negatives; lower --eval-negatives"
         )
     exact = np.flatnonzero(free < 2 * n)

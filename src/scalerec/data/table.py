@@ -8,6 +8,9 @@ with the file, the line and the column; nothing is skipped silently.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +24,18 @@ from scalerec.errors import UserError
 PARQUET = (".parquet", ".pq")
 
 
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # what pandas reads by the file's suffix
+
+
 def is_table_file(path: Path) -> bool:
-    """Files read here rather than as a MovieLens layout: Parquet, .tsv / .tab, and any other text file with a
-    header row, except MovieLens' own (u.data, ratings.dat, ratings.csv, .inter, .dat, zips), which are read
-    strictly (integer ids, a time column)."""
-    if path.suffix.lower() in (*PARQUET, ".tsv", ".tab"):
+    """Files read here rather than as a MovieLens layout: Parquet, .tsv / .tab, compressed text (.gz, .bz2, .xz),
+    and any other text file with a header row, except MovieLens' own (u.data, ratings.dat, ratings.csv, .inter,
+    .dat, zips), which are read strictly (integer ids, a time column)."""
+    if path.suffix.lower() in (*PARQUET, ".tsv", ".tab", *COMPRESSED):
         return True
     if path.name in RATING_FILES or path.suffix.lower() in (".zip", ".inter", ".dat") or not path.is_file():
         return False
-    with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", "replace").removeprefix("\ufeff").strip()
+    first = _first_line(path).removeprefix("\ufeff").strip()
     field = first.replace("\t", ",").replace(";", ",").split(",")[0].strip().strip('"')
     try:
         float(field)
@@ -39,13 +44,22 @@ def is_table_file(path: Path) -> bool:
         return bool(field)
 
 
+def _first_line(path: Path) -> str:
+    opener = COMPRESSED.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rb") as f:
+            return f.readline().decode("utf-8", "replace")
+    except (OSError, EOFError, lzma.LZMAError) as e:  # gzip's BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
+
+
 def _separator(path: Path, sep: str | None) -> str:
     if sep:
         return "\t" if sep in ("\\t", "tab") else sep
-    if path.suffix.lower() in (".tsv", ".tab"):
+    plain = Path(path.stem) if path.suffix.lower() in COMPRESSED else path  # clicks.tsv.gz: a .tsv
+    if plain.suffix.lower() in (".tsv", ".tab"):
         return "\t"
-    with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", "replace")
+    first = _first_line(path)
     return "\t" if "\t" in first else ";" if ";" in first and "," not in first else ","
 
 
@@ -70,6 +84,11 @@ def _nanoseconds(dates: pd.Series) -> np.ndarray:
     if getattr(dates.dt, "tz", None) is not None:
         dates = dates.dt.tz_convert(None)
     return dates.to_numpy().astype("datetime64[ns]").astype(np.int64)
+
+
+def _shown(value) -> str:
+    """A bad value as an error message shows it: quoted text, or 'missing' (an empty field, a truncated line)."""
+    return "missing" if pd.isna(value) else repr(str(value))
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -107,6 +126,8 @@ def read_table_file(
             columns = [str(c) for c in pd.read_csv(path, sep=separator, nrows=0, engine="c").columns]
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
             raise UserError(f"{name}, line 1: not a table header ({e})") from None
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise UserError(f"{name}: not a readable compressed file ({e})") from None
         header_line = 1
     user = _pick(columns, user_col, "user", "--user-col", True, name)
     item = _pick(columns, item_col, "item", "--item-col", True, name)
@@ -127,7 +148,9 @@ def read_table_file(
     for df in chunks:
 
         def where(row: int, offset: int = rows) -> str:  # the file line (text; blank ones too) or the Parquet row
-            return f"line {_line_of_row(path, offset + row, True)}" if header_line else f"row {offset + row + 1}"
+            if not header_line:
+                return f"row {offset + row + 1}"
+            return f"line {_line_of_row(path, offset + row, True, COMPRESSED.get(path.suffix.lower(), open))}"
 
         parts["users"].append(_ids(df[user], user, name, where))
         parts["items"].append(_ids(df[item], item, name, where))
@@ -138,7 +161,7 @@ def read_table_file(
             bad = numbers.isna().to_numpy()
             if bad.any():
                 row = _first_bad(bad)
-                raise UserError(f"{name}, {where(row)}: {rating} is {df[rating].iloc[row]!r}, expected a number")
+                raise UserError(f"{name}, {where(row)}: {rating} is {_shown(df[rating].iloc[row])}, expected a number")
             parts["ratings"].append(compact(numbers.to_numpy(np.float64)))
         rows += len(df)
     if rows == 0:
@@ -164,6 +187,8 @@ def _csv_chunks(path: Path, sep: str, wanted: list[str], dtype: dict, name: str,
         raise UserError(f"{name}: {msg} (expected {n_columns} fields per line, as in the header)") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{name}: not a UTF-8 text file ({e})") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:  # a damaged .gz / .bz2 / .xz
+        raise UserError(f"{name}: not a readable compressed file ({e})") from None
 
 
 def _parquet_chunks(path: Path, wanted: list[str], name: str):
@@ -228,7 +253,7 @@ def _times(values: pd.Series, col: str, name: str, where, kind: list[str]) -> np
             bad, out, this = dates.isna().to_numpy(), _nanoseconds(dates), "date"
     if bad.any():
         row = _first_bad(bad)
-        raise UserError(f"{name}, {where(row)}: {col} is {values.iloc[row]!r}, expected a number or a date/time")
+        raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected a number or a date/time")
     if kind and kind != [this]:
         raise UserError(f"{name}, {where(0)}: {col} holds {this}s here and {kind[0]}s before (expected one kind)")
     kind[:] = [this]

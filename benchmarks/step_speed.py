@@ -195,7 +195,8 @@ def main() -> None:
                     peaks[name] = max(peaks[name], peak_memory_bytes(device))
                 gemm = max(gemm, sgemm_gflops(bs, device))
                 best_gemm = max(best_gemm, gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
-            executed = executed_flops_per_sample(batches, n_users, n_items, None)
+            # on a GPU scalerec's step runs per sample: the FLOPs of plain's
+            executed = flops if device.type == "cuda" else executed_flops_per_sample(batches, n_users, n_items, None)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": precision, "shape": shape}
             base.update(users=n_users, items=n_items, batch=bs, optimizer="adam", malloc=malloc)
             rates = {}

@@ -5,8 +5,9 @@ For each batch size, with the model, optimizer and micro-batches that `scalerec 
       --bare-samples), the model's limit here, and
   (b) full epoch: fresh negatives + shuffle + every step, exactly as `scalerec train` runs it,
 and prints one JSON line per epoch and mode (so slowdowns that appear only after a while show), then one with
-the ratio of the mean rates over the epochs. Peak memory is the process's (its high-water mark since the last
-reset: the dataset, the sampler's tensors, the model and optimizer state). Run:
+the ratio of the mean rates over the epochs. The full epoch's time includes drawing it (negatives, shuffle), as
+`scalerec train`'s does. Peak memory is the process's on the CPU (its high-water mark since the last reset: the
+dataset, the sampler's tensors, the model and optimizer state), the GPU's allocated memory on a GPU. Run:
 
     .venv/bin/python benchmarks/train_throughput.py --shape ml-1m --batch-sizes 4096 65536 --epochs 3
     .venv/bin/python benchmarks/train_throughput.py --ncf ../shared/data/ncf-ml-1m/ml-1m
@@ -31,17 +32,20 @@ from scalerec.sampling import EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
-def timed_epoch(model, opt, users, items, labels, bs: int, micro: int | None, amp) -> tuple[float, int]:
-    """(samples per second, peak memory in bytes: the process's, or the GPU's) of one pass, waiting for the
-    device at its end. `amp` is the (GradScaler, autocast context) pair of the precision."""
-    if users.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(users.device)
+def timed_epoch(model, opt, draw, bs: int, micro: int | None, amp, device) -> tuple[float, int, int]:
+    """(samples per second, peak memory in bytes: the process's, or the GPU's; samples) of one pass: `draw()`
+    (the epoch's tensors: sampling and shuffling for a full epoch, already in memory for the bare step), then
+    every step, waiting for the device at the end. `amp` is the (GradScaler, autocast context) pair."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     else:
         reset_peak_rss()
     t0 = time.perf_counter()
+    users, items, labels = draw()
     losses, _ = train_epoch(model, opt, users, items, labels, bs, scaler=amp[0], ctx=amp[1], micro_batch=micro)
     float(losses.sum())
-    return len(users) / (time.perf_counter() - t0), peak_memory_bytes(users.device)
+    return len(users) / (time.perf_counter() - t0), peak_memory_bytes(device), len(users)
 
 
 def main() -> None:
@@ -89,12 +93,11 @@ def main() -> None:
         rates: dict[str, list[float]] = {"bare_step": [], "full_epoch": []}
         for epoch in range(args.epochs):
             for mode in rates:
-                batch = fixed if mode == "bare_step" else sampler.epoch()
-                rate, peak = timed_epoch(model, opt, *batch, bs, micro, amp)
+                draw = (lambda f=fixed: f) if mode == "bare_step" else sampler.epoch  # the full epoch times its draw
+                rate, peak, n = timed_epoch(model, opt, draw, bs, micro, amp, device)
                 rates[mode].append(rate)
-                out = {**line, "epoch": epoch, "mode": mode, "samples": len(batch[0]), "samples_per_s": round(rate)}
+                out = {**line, "epoch": epoch, "mode": mode, "samples": n, "samples_per_s": round(rate)}
                 print(json.dumps({**out, "peak_memory_mb": round(peak / 2**20)}), flush=True)
-                del batch
         mean = {mode: sum(r) / len(r) for mode, r in rates.items()}
         ratio = round(mean["full_epoch"] / mean["bare_step"], 4)
         print(json.dumps({**line, "mode": "ratio", "epochs": args.epochs, "full_over_bare": ratio}), flush=True)

@@ -834,3 +834,11 @@ def test_movielens_zip_layouts_train_end_to_end(tmp_path, zip_name, members):
     ds = load_dataset(DataConfig(data=str(path), data_dir=str(tmp_path / "cache"), eval_negatives=3), lambda s: None)
     assert len(ds.train_users) + len(ds.test_users) == len(rows) and ds.n_users == 39
     assert ds.source.endswith(zip_name)
+
+
+def test_a_line_of_spaces_is_skipped_and_not_counted(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,2,5,10\n   \n1,x,5,11\n")
+    with pytest.raises(UserError) as e:
+        read_ratings_file(path)
+    assert_line_error(e, "ratings.csv", 4)

@@ -214,3 +214,13 @@ def test_compressed_tables_are_read_and_their_errors_name_the_line(tmp_path, suf
     path.write_bytes(b"not compressed")
     with pytest.raises(UserError, match=rf"log{re.escape(suffix)}: not a readable"):
         read_table_file(path)
+
+
+def test_a_compressed_file_without_a_header_says_a_table_needs_one(tmp_path):
+    import gzip
+
+    path = tmp_path / "u.data.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    with pytest.raises(UserError, match=r"u.data.gz, line 1: numbers, not a header"):
+        read_table_file(path)

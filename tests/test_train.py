@@ -7,7 +7,7 @@ import torch
 from scalerec.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from scalerec.data import load_dataset
 from scalerec.evaluate import metrics_from_ranks, ranks
-from scalerec.train import train
+from scalerec.train import build_run_model, train
 
 
 def tiny_config(tmp_path, **train_kw) -> Config:
@@ -289,3 +289,12 @@ def test_eval_full_alone_runs_no_sampled_evaluation(tmp_path):
     cfg.eval.eval = "full"
     summary = train(cfg, log=lambda s: None)
     assert "full_HR@10" in summary["best"] and not any(k.startswith("sampled_") for k in summary["best"])
+
+
+def test_sparse_tables_only_on_the_cpu():
+    # ML-20M's shape at batch 4096: rows on the CPU; any other device (meta stands in for a GPU here) dense
+    cfg = Config()
+    cfg.optim.optimizer, cfg.train.batch_size = "adam", 4096
+    for device, sparse in ((torch.device("cpu"), True), (torch.device("meta"), False)):
+        model = build_run_model(cfg, 138_493, 26_744, device)
+        assert any(getattr(m, "sparse", False) for m in model.modules()) == sparse, device

@@ -142,8 +142,8 @@ class OptimConfig:
     SGD/Adam steps). Default: yes for LARS, no for LAMB (measured; see the README)."""
     sparse_embeddings: bool | None = None
     """Embedding tables get sparse gradients and Adam updates only the rows a batch touched (lazy Adam), instead
-    of every row at every step. Default: yes for adam where the tables hold 2,000 parameters or more per sample
-    of a batch (ML-20M at batch 4096: 5x faster); the other optimizers update tables densely."""
+    of every row at every step. Default: on the CPU, yes for adam where the tables hold 2,000 parameters or more
+    per sample of a batch (ML-20M at batch 4096: 5x faster); on a GPU, and for the other optimizers, dense."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

@@ -8,6 +8,7 @@ sampler's rejection rounds. Every epoch appends one JSON line to <run>/metrics.j
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -174,7 +175,9 @@ def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.devic
     if sparse is None:
         batch = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 65536  # max: a large batch
         tables = table_params(m.model, n_users, n_items, m.factors, m.layers)
-        sparse = o.optimizer == "adam" and tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
+        # CPU only: measured there; on a GPU dense fused Adam is cheap, and coalescing sparse rows syncs the host
+        rule = tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
+        sparse = device.type == "cpu" and o.optimizer == "adam" and rule
     return build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
 
 
@@ -230,6 +233,7 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
         keep_large_blocks_in_heap()
     ds = load_dataset(cfg.data, log)
     torch.manual_seed(cfg.train.seed)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size="max"))  # the model max trains
     model = build_run_model(cfg, ds.n_users, ds.n_items, device)
     samples = len(ds.train_users) * (1 + cfg.train.negatives)
     return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)

@@ -186,7 +186,7 @@ def _line_of_row(source: str | Path | bytes, row: int, header: bool, opener=open
         for lineno, line in enumerate(f, start=1):
             if header and lineno == 1:
                 continue
-            if line.strip(b"\r\n"):
+            if line.strip(b" \r\n"):  # pandas skips empty lines and lines of spaces
                 seen += 1
                 if seen == row:
                     return lineno

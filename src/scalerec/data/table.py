@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from scalerec.data import movielens
-from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, _line_of_row, compact
+from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, _is_number, _line_of_row, compact
 from scalerec.data.prepare import sorted_unique
 from scalerec.errors import UserError
 
@@ -128,6 +128,11 @@ def read_table_file(
             raise UserError(f"{name}, line 1: not a table header ({e})") from None
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise UserError(f"{name}: not a readable compressed file ({e})") from None
+        if all(_is_number(c) for c in columns):
+            raise UserError(
+                f"{name}, line 1: numbers, not a header (a table needs a header row naming its columns; MovieLens' "
+                "headerless u.data and ratings.dat are read uncompressed)"
+            )
         header_line = 1
     user = _pick(columns, user_col, "user", "--user-col", True, name)
     item = _pick(columns, item_col, "item", "--item-col", True, name)

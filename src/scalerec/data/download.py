@@ -104,17 +104,17 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
     url = url_of(name)
     try:
         md5 = release.md5 or (None if release.sha256 else _published_md5(url))
+        pins = {k: v for k, v in (("size", release.size), ("sha256", release.sha256), ("md5", md5)) if v is not None}
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"Downloading {url} ({f'{release.size / 1e6:.1f} MB' if release.size else 'size unpinned'}) ...")
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", suffix=".part", delete=False) as f:
             tmp = Path(f.name)
         try:
-            size, sha256, got_md5 = _download(url, tmp, release.size)
-            checks = (("size", size, release.size), ("sha256", sha256, release.sha256), ("md5", got_md5, md5))
-            for what, got, want in checks:
-                if want is not None and got != want:
+            got = dict(zip(("size", "sha256", "md5"), _download(url, tmp, release.size)))
+            for what, want in pins.items():
+                if got[what] != want:
                     raise UserError(
-                        f"{url}: the download's {what} is {got}, not the published {want}; it was not kept "
+                        f"{url}: the download's {what} is {got[what]}, not the published {want}; it was not kept "
                         "(a truncated or altered download: run the command again)"
                     )
             os.replace(tmp, path)
@@ -134,8 +134,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
         ) from None
     except OSError as e:  # the data folder: full, read-only
         raise UserError(f"{path.parent}: could not write {name}.zip ({e.strerror or e})") from None
-    checked = [what for what, want in (("size", release.size), ("sha256", release.sha256), ("md5", md5)) if want]
-    log(f"{release.title}: {path} ({', '.join(checked)} checked)")
+    log(f"{release.title}: {path} ({', '.join(pins)} checked)")
     return path
 
 

@@ -120,7 +120,7 @@ def _checked_chunk(
     """One parsed chunk (rows `offset`.. of the file's data rows), checked, as compact numpy columns."""
 
     def line_of(row: int) -> int:
-        return _line_of_row(source, offset + row, header)
+        return line_of_row(source, offset + row, header)
 
     while df.shape[1] > len(columns) and df.iloc[:, -1].isna().all():
         df = df.iloc[:, :-1]  # a trailing separator on every line, e.g. "1,2,5,100,"
@@ -178,7 +178,7 @@ def compact(values: np.ndarray, narrow_floats: bool = True) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def _line_of_row(source: str | Path | bytes, row: int, header: bool, opener=open) -> int:
+def line_of_row(source: str | Path | bytes, row: int, header: bool, opener=open) -> int:
     """1-based file line of data row `row`, counting the header and blank lines that pandas skipped (read line by
     line: only an error pays for it). `opener` opens a compressed file (gzip.open, ...)."""
     seen = -1
@@ -238,7 +238,7 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
     fields = [f.strip().strip('"').lower() for f in first.split(sep)]
     while len(fields) > 1 and not fields[-1]:
         fields.pop()  # a trailing separator
-    if not fields[0] or _is_number(fields[0]):
+    if not fields[0] or is_number(fields[0]):
         columns, header = ["user", "item", "rating", "timestamp"], False
     else:
         names = {alias: canon for canon, aliases in HEADER_NAMES.items() for alias in aliases}
@@ -259,7 +259,7 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
     return _interactions(df, name)
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
         return True

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from scalerec.data import movielens
-from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, _is_number, _line_of_row, compact
+from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, compact, is_number, line_of_row
 from scalerec.data.prepare import sorted_unique
 from scalerec.errors import UserError
 
@@ -128,7 +128,7 @@ def read_table_file(
             raise UserError(f"{name}, line 1: not a table header ({e})") from None
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise UserError(f"{name}: not a readable compressed file ({e})") from None
-        if all(_is_number(c) for c in columns):
+        if all(is_number(c) for c in columns):
             raise UserError(
                 f"{name}, line 1: numbers, not a header (a table needs a header row naming its columns; MovieLens' "
                 "headerless u.data and ratings.dat are read uncompressed)"
@@ -155,7 +155,7 @@ def read_table_file(
         def where(row: int, offset: int = rows) -> str:  # the file line (text; blank ones too) or the Parquet row
             if not header_line:
                 return f"row {offset + row + 1}"
-            return f"line {_line_of_row(path, offset + row, True, COMPRESSED.get(path.suffix.lower(), open))}"
+            return f"line {line_of_row(path, offset + row, True, COMPRESSED.get(path.suffix.lower(), open))}"
 
         parts["users"].append(_ids(df[user], user, name, where))
         parts["items"].append(_ids(df[item], item, name, where))
@@ -221,7 +221,7 @@ def _ids(values: pd.Series, col: str, name: str, where) -> tuple[np.ndarray, np.
     if empty.any():
         raise UserError(f"{name}, {where(_first_bad(empty))}: no value in column {col!r}")
     codes, uniques = pd.factorize(text)  # per chunk: a chunk of strings, never the whole file's
-    return codes.astype(np.int32), np.asarray(uniques, dtype=object)
+    return codes.astype(np.int32), np.asarray(uniques).astype(str)
 
 
 def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -229,8 +229,8 @@ def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.
     if all(names is None for _, names in chunks):
         return np.concatenate([ids for ids, _ in chunks]), None
     # a typed column with text in another chunk cannot happen (Parquet keeps one type); text everywhere here
-    names = sorted_unique(np.concatenate([n for _, n in chunks]).astype(str))
-    out = np.concatenate([np.searchsorted(names, n.astype(str)).astype(np.int32)[codes] for codes, n in chunks])
+    names = sorted_unique(np.concatenate([n for _, n in chunks]))
+    out = np.concatenate([np.searchsorted(names, n).astype(np.int32)[codes] for codes, n in chunks])
     chunks.clear()
     return out, names
 

@@ -66,7 +66,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         name = "MovieLens-100K"
     else:
         path = download.fetch(cfg.dataset, data_dir, log)
-        source = f"GroupLens ({download.url_of(cfg.dataset)}), cached at {path}"
+        source = download.source_of(cfg.dataset, path)
         name = download.RELEASES[cfg.dataset].title
     any_table = bool(columns) or table.is_table_file(path)
 

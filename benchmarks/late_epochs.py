@@ -30,6 +30,7 @@ from scalerec.sampling import EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
+@torch.no_grad()
 def subnormal_share(tensors: list[torch.Tensor]) -> float:
     tiny = torch.finfo(torch.float32).tiny
     count = sum(int(((t != 0) & (t.abs() < tiny)).sum()) for t in tensors if t.is_floating_point())

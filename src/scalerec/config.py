@@ -185,7 +185,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for initialisation, train negatives and shuffling; the same seed gives identical metrics on CPU."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Mixed precision: bf16, or fp16 with dynamic loss scaling; fp32 is the fastest on CPUs without AMX."""
+    """Mixed precision: bf16, or fp16 with dynamic loss scaling. On a CPU bf16 pays only with AMX or AVX-512 BF16."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device: auto picks cuda when available."""
     threads: int | None = None

@@ -44,10 +44,14 @@ def is_table_file(path: Path) -> bool:
         return bool(field)
 
 
+def _opener(path: Path):
+    """open, or the decompressing open for the file's suffix."""
+    return COMPRESSED.get(path.suffix.lower(), open)
+
+
 def _first_line(path: Path) -> str:
-    opener = COMPRESSED.get(path.suffix.lower(), open)
     try:
-        with opener(path, "rb") as f:
+        with _opener(path)(path, "rb") as f:
             return f.readline().decode("utf-8", "replace")
     except (OSError, EOFError, lzma.LZMAError) as e:  # gzip's BadGzipFile is an OSError
         raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
@@ -148,19 +152,20 @@ def read_table_file(
     else:
         chunks = _csv_chunks(path, separator, wanted, {user: str, item: str}, name, len(columns))
     parts: dict[str, list] = {"users": [], "items": [], "timestamps": [], "ratings": []}
-    time_kind: list[str] = []  # decided by the first chunk: "number" or "date", then held to
+    time_kind: str | None = None  # decided by the first chunk: "number" or "date", then held to
     rows = 0
     for df in chunks:
 
         def where(row: int, offset: int = rows) -> str:  # the file line (text; blank ones too) or the Parquet row
             if not header_line:
                 return f"row {offset + row + 1}"
-            return f"line {line_of_row(path, offset + row, True, COMPRESSED.get(path.suffix.lower(), open))}"
+            return f"line {line_of_row(path, offset + row, True, _opener(path))}"
 
         parts["users"].append(_ids(df[user], user, name, where))
         parts["items"].append(_ids(df[item], item, name, where))
         if time is not None:
-            parts["timestamps"].append(_times(df[time], time, name, where, time_kind))
+            times, time_kind = _times(df[time], time, name, where, time_kind)
+            parts["timestamps"].append(times)
         if rating is not None:
             numbers = pd.to_numeric(df[rating], errors="coerce")
             bad = numbers.isna().to_numpy()
@@ -175,7 +180,7 @@ def read_table_file(
     items, item_names = _joined_ids(parts.pop("items"))
     timestamps = np.concatenate(parts.pop("timestamps")) if time is not None else None
     ratings = np.concatenate(parts.pop("ratings")) if rating is not None else None
-    unit = "ns" if time_kind == ["date"] else None
+    unit = "ns" if time_kind == "date" else None
     return Interactions(
         users, items, timestamps, name, ratings=ratings, time_unit=unit, user_names=user_names, item_names=item_names
     )
@@ -204,8 +209,6 @@ def _parquet_chunks(path: Path, wanted: list[str], name: str):
         for batch in batches:
             yield batch.to_pandas()
     except Exception as e:  # a damaged file whose schema still reads
-        if isinstance(e, UserError):
-            raise
         raise UserError(f"{name}: not a readable Parquet file ({e})") from None
 
 
@@ -235,7 +238,7 @@ def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.
     return out, names
 
 
-def _times(values: pd.Series, col: str, name: str, where, kind: list[str]) -> np.ndarray:
+def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> tuple[np.ndarray, str]:
     """One chunk's times as numbers, or as nanoseconds where the column holds dates (the first chunk decides)."""
     if values.dtype.kind in "iuf":
         bad, out, this = values.isna().to_numpy(), compact(values.to_numpy(), narrow_floats=False), "number"
@@ -243,7 +246,7 @@ def _times(values: pd.Series, col: str, name: str, where, kind: list[str]) -> np
         bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "date"
     else:
         numbers = pd.to_numeric(values, errors="coerce")
-        if kind == ["number"] or (not kind and numbers.notna().any()):  # the first non-number is the error
+        if kind == "number" or (kind is None and numbers.notna().any()):  # the first non-number is the error
             bad, out, this = numbers.isna().to_numpy(), compact(numbers.to_numpy(), narrow_floats=False), "number"
         elif numbers.notna().any():  # dates in the chunks before: a number here is not read as a date
             row = _first_bad(numbers.notna().to_numpy())
@@ -259,7 +262,6 @@ def _times(values: pd.Series, col: str, name: str, where, kind: list[str]) -> np
     if bad.any():
         row = _first_bad(bad)
         raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected a number or a date/time")
-    if kind and kind != [this]:
-        raise UserError(f"{name}, {where(0)}: {col} holds {this}s here and {kind[0]}s before (expected one kind)")
-    kind[:] = [this]
-    return out
+    if kind is not None and kind != this:
+        raise UserError(f"{name}, {where(0)}: {col} holds {this}s here and {kind}s before (expected one kind)")
+    return out, this

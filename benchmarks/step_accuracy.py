@@ -1,9 +1,10 @@
 """Accuracy of scalerec's step against the plain PyTorch step: the same model, start and batches, HR@10 per epoch.
 
 Both start from the same weights (scalerec's NeuMF initialisation, copied into step_speed.py's PlainNeuMF) and
-train on the same epochs of batches (one sampler, each epoch drawn once and given to both), with Adam at the
-default lr: "plain" with the plain step (nn.Embedding tables, nn.Linear MLP, dense torch.optim.Adam),
-"scalerec" with `scalerec train`'s step (distinct rows, fused Adam, micro-batches above 8192 on the CPU).
+train on the same epochs of batches (one sampler, each epoch drawn once and given to both; --shuffle as in
+`scalerec train`), with Adam at the default lr: "plain" with the plain step (nn.Embedding tables, nn.Linear
+MLP, dense torch.optim.Adam), "scalerec" with `scalerec train`'s step (distinct rows, fused Adam, micro-batches
+above 8192 on the CPU).
 After each epoch both are evaluated by scalerec's sampled evaluation (the plain weights copied back into a
 NeuMF), and one JSON line per step prints HR@10, NDCG@10 and samples/s. Run:
 
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--shuffle", choices=["groups", "samples"], default="groups", help="the epoch order (sampling.py)")
     args = p.parse_args()
     data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)
@@ -72,10 +74,11 @@ def main() -> None:
     plain_opt = torch.optim.Adam(plain.parameters(), lr=cfg.optim.lr)
     micro = micro_batch_for(cfg, device, args.batch_size)
     fp32_scaler, fp32 = grad_scaler("fp32", device), autocast_context("fp32", device)
-    sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0)
+    sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0, args.shuffle)
     test = [torch.tensor(a) for a in (ds.test_users, ds.test_items, ds.eval_negatives)]
     scored = NeuMF(ds.n_users, ds.n_items, FACTORS, LAYERS)
     base = {"bench": "step_accuracy", **machine(), "dataset": ds.name, "batch": args.batch_size}
+    base["shuffle"] = args.shuffle
     for epoch in range(args.epochs):
         users, items, labels = sampler.epoch()
         for name in ("plain", "scalerec"):

@@ -8,7 +8,8 @@ updates chosen by the table size per sample, micro-batches on the CPU above 8192
 --compile adds scalerec with torch.compile on the per-sample part (model.interact). On the CPU every step runs
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
 the minor page faults per step in each line show what the setting changes. All train on the same
-pre-drawn batches (users uniform, items skewed like MovieLens popularity) with the same threads, alternated R
+pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by group unless --shuffle samples; users
+uniform, positives' items skewed like MovieLens popularity) with the same threads, alternated R
 times in one process, each alternation starting with the next step (so none always follows the same one); the
 median is printed. --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a
 GradScaler: plain as PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
@@ -61,6 +62,25 @@ class PlainNeuMF(nn.Module):
         gmf = self.gmf_user(users) * self.gmf_item(items)
         mlp = self.mlp(torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=-1))
         return self.predict(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+
+
+def draw_batches(n_users: int, n_items: int, bs: int, steps: int, shuffle: str, device, negatives: int = 4):
+    """`steps` batches as `scalerec train` draws them from data of this shape: per positive (items skewed like
+    MovieLens popularity), `negatives` uniformly drawn items of the same user; by group (each positive followed by
+    its negatives, `--shuffle groups`, scalerec's default) or every sample on its own (`samples`)."""
+    g = torch.Generator().manual_seed(0)
+    group, n = 1 + negatives, steps * bs
+    if shuffle == "groups":
+        users = torch.randint(0, n_users, (n // group + 1,), generator=g).repeat_interleave(group)[:n]
+        positive = torch.arange(n) % group == 0
+    else:
+        users = torch.randint(0, n_users, (n,), generator=g)
+        positive = torch.rand(n, generator=g) < 1 / group
+    items = torch.randint(0, n_items, (n,), generator=g)
+    popularity = (torch.arange(n_items, dtype=torch.float64) + 1) ** -0.8  # Zipf-like
+    items[positive] = torch.multinomial(popularity, int(positive.sum()), replacement=True, generator=g)
+    parts = (users, items, positive.float())
+    return [tuple(t[s : s + bs].to(device) for t in parts) for s in range(0, n, bs)]
 
 
 def train_flops_per_sample() -> int:
@@ -133,6 +153,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"], help="each step in each")
+    p.add_argument("--shuffle", choices=["groups", "samples"], default="groups", help="batches as this epoch order")
     args = p.parse_args()
     malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:
@@ -141,18 +162,9 @@ def main() -> None:
     flops = train_flops_per_sample()
     for shape in args.shapes:
         n_users, n_items, _ = SHAPES[shape]
-        item_weights = (torch.arange(n_items, dtype=torch.float64) + 1) ** -0.8  # Zipf-like popularity
         for bs, precision in ((bs, prec) for bs in args.batch_sizes for prec in args.precisions):
-            g = torch.Generator().manual_seed(0)
             steps = max(2, args.samples // bs)
-            batches = [
-                (
-                    torch.randint(0, n_users, (bs,), generator=g).to(device),
-                    torch.multinomial(item_weights, bs, replacement=True, generator=g).to(device),
-                    (torch.rand(bs, generator=g) < 0.2).float().to(device),
-                )
-                for _ in range(steps)
-            ]
+            batches = draw_batches(n_users, n_items, bs, steps, args.shuffle, device)
             torch.manual_seed(0)
             plain = PlainNeuMF(n_users, n_items).to(device)
             plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)
@@ -198,7 +210,7 @@ def main() -> None:
             # on a GPU scalerec's step runs per sample: the FLOPs of plain's
             executed = flops if device.type == "cuda" else executed_flops_per_sample(batches, n_users, n_items, None)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": precision, "shape": shape}
-            base.update(users=n_users, items=n_items, batch=bs, optimizer="adam", malloc=malloc)
+            base.update(users=n_users, items=n_items, batch=bs, shuffle=args.shuffle, optimizer="adam", malloc=malloc)
             rates = {}
             for name, ts in times.items():
                 rates[name] = steps * bs / statistics.median(ts)
@@ -212,6 +224,9 @@ def main() -> None:
                 print(json.dumps(line), flush=True)
             print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}))
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}
+            # each alternation's own ratio, lowest and highest: how far this machine's noise moves it
+            each = {n: sorted(p / t for p, t in zip(times["plain"], ts)) for n, ts in times.items() if n != "plain"}
+            ratio.update({f"{n}_over_plain_range": [round(r[0], 3), round(r[-1], 3)] for n, r in each.items()})
             ratio["plain_flops_over_sgemm_best"] = round(rates["plain"] * flops / 1e9 / best_gemm, 3)
             ratio.update(
                 {

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -35,6 +36,23 @@ def test_step_speed(tmp_path):
     assert set(steps) == {"plain", "scalerec", "scalerec_rows", "scalerec_dense", "scalerec_micro256", "sgemm", "ratio"}
     assert steps["scalerec_micro256"]["micro_batch"] == 256 and steps["scalerec"]["samples_per_s"] > 0
     assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]
+    ratio = steps["ratio"]  # one alternation: its own ratio is the ratio
+    assert ratio["scalerec_over_plain_range"] == [ratio["scalerec_over_plain"]] * 2
+    assert steps["plain"]["shuffle"] == "groups"
+
+
+@pytest.mark.parametrize("shuffle", ["groups", "samples"])
+def test_step_speed_draws_batches_in_the_epoch_order_scalerec_trains_on(shuffle, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from step_speed import draw_batches
+
+    batches = draw_batches(50, 40, 100, 3, shuffle, "cpu")
+    assert [len(b[0]) for b in batches] == [100, 100, 100]
+    users = torch.cat([b[0] for b in batches]).view(-1, 5)
+    labels = torch.cat([b[2] for b in batches]).view(-1, 5)
+    grouped = bool((users == users[:, :1]).all()) and bool((labels[:, 0] == 1).all() and labels[:, 1:].sum() == 0)
+    assert grouped == (shuffle == "groups")
+    assert abs(labels.mean().item() - 0.2) < 0.05  # one positive per 4 negatives either way
 
 
 def test_gpu_check_script_runs_its_steps(tmp_path):

@@ -435,6 +435,18 @@ def test_same_seed_same_metrics(capsys, tmp_path):
     assert [json.loads(x)[k] for x in a for k in keep] == [json.loads(x)[k] for x in b for k in keep]
 
 
+def test_shuffle_option_reaches_the_sampler(capsys, tmp_path):
+    losses = {}
+    for shuffle in ("groups", "samples"):
+        out_dir = tmp_path / shuffle
+        rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(out_dir, epochs=1), "--shuffle", shuffle])
+        assert rc == 0, err
+        config, rows = check_run_folder(out_dir, epochs=1)
+        assert config["train"]["shuffle"] == shuffle
+        losses[shuffle] = rows[0]["loss"]
+    assert losses["groups"] != losses["samples"]  # another order of the same samples, another trajectory
+
+
 def test_train_udata_end_to_end(capsys, tmp_path):
     path = write_udata(tmp_path / "u.data")
     out_dir = tmp_path / "run"

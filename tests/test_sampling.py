@@ -4,13 +4,13 @@ import torch
 from scalerec.sampling import EpochSampler
 
 
-def make(seed=0, negatives=4, n_items=30):
+def make(seed=0, negatives=4, n_items=30, shuffle="groups"):
     rng = np.random.default_rng(1)
     users = np.repeat(np.arange(12), 8)
     items = np.concatenate([rng.choice(n_items, 8, replace=False) for _ in range(12)])
     test_items = np.array([next(i for i in range(n_items) if i not in set(items[users == u])) for u in range(12)])
     keys = np.unique(np.concatenate([users * n_items + items, np.arange(12) * n_items + test_items]))
-    sampler = EpochSampler(users, items, keys, n_items, negatives, torch.device("cpu"), seed)
+    sampler = EpochSampler(users, items, keys, n_items, negatives, torch.device("cpu"), seed, shuffle)
     return sampler, users, items, test_items, keys
 
 
@@ -25,6 +25,30 @@ def test_epoch_holds_positives_and_exact_negatives_shuffled():
     assert not np.isin(neg_keys, keys).any()  # never a train positive nor the held-out item
     assert np.bincount(u[y == 0].numpy()).tolist() == [32] * 12  # 4 negatives per positive
     assert not torch.equal(y, torch.sort(y, descending=True).values)  # shuffled, not positives first
+
+
+def test_group_shuffle_keeps_each_positive_with_its_own_negatives():
+    sampler, users, items, *_ = make()
+    u, i, y = (t.view(-1, 5) for t in sampler.epoch())
+    assert (u == u[:, :1]).all()  # a group's samples share its user
+    assert torch.equal(y, torch.tensor([[1.0, 0, 0, 0, 0]]).expand_as(y))
+    original = users * 30 + items
+    order = (u[:, 0] * 30 + i[:, 0]).numpy()
+    assert sorted(order) == sorted(original) and not np.array_equal(order, original)  # positives shuffled
+
+
+def test_sample_shuffle_mixes_the_groups():
+    sampler, *_ = make(shuffle="samples")
+    u, _, y = (t.view(-1, 5) for t in sampler.epoch())
+    assert not (u == u[:, :1]).all()
+    assert y.sum() == len(y) and not (y[:, 0] == 1).all()
+
+
+def test_an_unknown_shuffle_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="shuffle must be groups or samples"):
+        make(shuffle="users")
 
 
 def test_same_seed_same_epochs_and_fresh_negatives_each_epoch():

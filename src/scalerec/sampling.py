@@ -4,6 +4,12 @@ Negatives are exact: never an item the user interacted with (train or held-out t
 never shown to the model in any form). Membership is a binary search in the sorted keys user * n_items + item,
 so no dense users x items matrix is ever built. Rejected draws are redrawn until none is left; that loop
 syncs with the host once per round, a few times per epoch, never per batch.
+
+The shuffle is by group by default: the positives in a random order, each followed by its negatives (which share
+its user). Every sample is still seen once per epoch and every batch is a random set of groups, but a batch of B
+samples holds at most about B / (1 + negatives) distinct users, and the CPU step encodes each distinct user once
+(model.encode_rows): on the NCF paper's ML-1M at batch 4096, 3,166 table rows per step (708 users, 2,458 items)
+instead of 4,805. shuffle="samples" orders every sample on its own, as the NCF paper's code does.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ class EpochSampler:
         negatives: int,
         device: torch.device,
         seed: int,
+        shuffle: str = "groups",
     ) -> None:
+        if shuffle not in ("groups", "samples"):
+            raise ValueError(f"shuffle must be groups or samples, got {shuffle!r}")
+        self.shuffle = shuffle
         self.users = torch.tensor(train_users, dtype=torch.int64, device=device)
         self.items = torch.tensor(train_items, dtype=torch.int64, device=device)
         self.keys = torch.tensor(positive_keys, dtype=torch.int64, device=device)  # sorted
@@ -60,7 +70,12 @@ class EpochSampler:
         return self.keys[pos] == q
 
     def epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(users, items, labels) for one epoch: positives and fresh negatives, shuffled together."""
+        """(users, items, labels) for one epoch: positives and fresh negatives, shuffled by group or by sample."""
         items = torch.cat([self.items, self.negatives_for(self.neg_users)])
-        perm = torch.randperm(len(items), device=self.device, generator=self.generator)
+        if self.shuffle == "groups":  # sample k of positive p sits at p + k * positives (negatives_for's layout)
+            n = len(self.items)
+            order = torch.randperm(n, device=self.device, generator=self.generator)
+            perm = (order[:, None] + n * torch.arange(1 + self.negatives, device=self.device)).reshape(-1)
+        else:
+            perm = torch.randperm(len(items), device=self.device, generator=self.generator)
         return self.epoch_users[perm], items[perm], self.labels[perm]

@@ -255,9 +255,9 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     torch.manual_seed(cfg.train.seed)
     o, bs = cfg.optim, cfg.train.batch_size
     model = build_run_model(cfg, ds.n_users, ds.n_items, device)
-    sampler = EpochSampler(
-        ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, cfg.train.negatives, device, cfg.train.seed
-    )
+    t = cfg.train
+    keys = ds.positive_keys()
+    sampler = EpochSampler(ds.train_users, ds.train_items, keys, ds.n_items, t.negatives, device, t.seed, t.shuffle)
     if bs == "max":
         bs = largest_batch(cfg, model, ds.n_users, ds.n_items, sampler.samples_per_epoch, device, log)
     lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr

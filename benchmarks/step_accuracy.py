@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--shuffle", choices=["groups", "samples"], default="groups", help="the epoch order (sampling.py)")
+    p.add_argument("--shuffle", choices=["groups", "samples"], default="samples", help="the epoch order (sampling.py)")
     args = p.parse_args()
     data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)

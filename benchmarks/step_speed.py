@@ -8,7 +8,7 @@ updates chosen by the table size per sample, micro-batches on the CPU above 8192
 --compile adds scalerec with torch.compile on the per-sample part (model.interact). On the CPU every step runs
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
 the minor page faults per step in each line show what the setting changes. All train on the same
-pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by group unless --shuffle samples; users
+pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by sample unless --shuffle groups; users
 uniform, positives' items skewed like MovieLens popularity) with the same threads, alternated R
 times in one process, each alternation starting with the next step (so none always follows the same one); the
 median is printed. --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a
@@ -67,7 +67,7 @@ class PlainNeuMF(nn.Module):
 def draw_batches(n_users: int, n_items: int, bs: int, steps: int, shuffle: str, device, negatives: int = 4):
     """`steps` batches as `scalerec train` draws them from data of this shape: per positive (items skewed like
     MovieLens popularity), `negatives` uniformly drawn items of the same user; by group (each positive followed by
-    its negatives, `--shuffle groups`, scalerec's default) or every sample on its own (`samples`)."""
+    its negatives, `--shuffle groups`) or every sample on its own (`samples`, scalerec's default)."""
     g = torch.Generator().manual_seed(0)
     group, n = 1 + negatives, steps * bs
     if shuffle == "groups":
@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"], help="each step in each")
-    p.add_argument("--shuffle", choices=["groups", "samples"], default="groups", help="batches as this epoch order")
+    p.add_argument("--shuffle", choices=["groups", "samples"], default="samples", help="batches as this epoch order")
     args = p.parse_args()
     malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:

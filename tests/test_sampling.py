@@ -4,7 +4,7 @@ import torch
 from scalerec.sampling import EpochSampler
 
 
-def make(seed=0, negatives=4, n_items=30, shuffle="groups"):
+def make(seed=0, negatives=4, n_items=30, shuffle="samples"):
     rng = np.random.default_rng(1)
     users = np.repeat(np.arange(12), 8)
     items = np.concatenate([rng.choice(n_items, 8, replace=False) for _ in range(12)])
@@ -28,7 +28,7 @@ def test_epoch_holds_positives_and_exact_negatives_shuffled():
 
 
 def test_group_shuffle_keeps_each_positive_with_its_own_negatives():
-    sampler, users, items, *_ = make()
+    sampler, users, items, *_ = make(shuffle="groups")
     u, i, y = (t.view(-1, 5) for t in sampler.epoch())
     assert (u == u[:, :1]).all()  # a group's samples share its user
     assert torch.equal(y, torch.tensor([[1.0, 0, 0, 0, 0]]).expand_as(y))
@@ -47,7 +47,7 @@ def test_sample_shuffle_mixes_the_groups():
 def test_an_unknown_shuffle_is_an_error():
     import pytest
 
-    with pytest.raises(ValueError, match="shuffle must be groups or samples"):
+    with pytest.raises(ValueError, match="shuffle must be samples or groups"):
         make(shuffle="users")
 
 

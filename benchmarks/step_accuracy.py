@@ -27,7 +27,7 @@ from scalerec.data import load_dataset
 from scalerec.evaluate import evaluate
 from scalerec.model import NeuMF
 from scalerec.precision import autocast_context, grad_scaler
-from scalerec.sampling import EpochSampler
+from scalerec.sampling import SHUFFLES, EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--shuffle", choices=["groups", "samples"], default="samples", help="the epoch order (sampling.py)")
+    p.add_argument("--shuffle", choices=SHUFFLES, default=SHUFFLES[0], help="the epoch order (sampling.py)")
     args = p.parse_args()
     data = data_config(args.ncf, args.shape)
     ds = load_dataset(data, log=lambda s: None)

@@ -45,6 +45,7 @@ from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model, unique_rows
 from scalerec.optim import build_optimizer
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
+from scalerec.sampling import SHUFFLES
 from scalerec.train import build_run_model, micro_batch_for, train_step
 
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
@@ -153,7 +154,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"], help="each step in each")
-    p.add_argument("--shuffle", choices=["groups", "samples"], default="samples", help="batches as this epoch order")
+    p.add_argument("--shuffle", choices=SHUFFLES, default=SHUFFLES[0], help="batches as this epoch order")
     args = p.parse_args()
     malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:

@@ -81,3 +81,13 @@ def test_a_user_who_has_every_item_is_an_error_not_an_endless_loop():
     keys = np.unique(users * 3 + items)
     with pytest.raises(UserError, match="user 0 has interacted with all 3 items"):
         EpochSampler(users, items, keys, 3, 4, torch.device("cpu"), 0)
+
+
+def test_the_config_offers_the_orders_the_sampler_knows_default_first():
+    import typing
+
+    from scalerec.config import TrainConfig
+    from scalerec.sampling import SHUFFLES
+
+    assert typing.get_args(typing.get_type_hints(TrainConfig)["shuffle"]) == SHUFFLES
+    assert TrainConfig().shuffle == SHUFFLES[0]

@@ -19,6 +19,8 @@ import torch
 
 from scalerec.errors import UserError
 
+SHUFFLES = ("samples", "groups")  # the epoch orders, default first (config.TrainConfig.shuffle)
+
 
 class EpochSampler:
     def __init__(
@@ -32,7 +34,7 @@ class EpochSampler:
         seed: int,
         shuffle: str = "samples",
     ) -> None:
-        if shuffle not in ("samples", "groups"):
+        if shuffle not in SHUFFLES:
             raise ValueError(f"shuffle must be samples or groups, got {shuffle!r}")
         self.shuffle = shuffle
         self.users = torch.tensor(train_users, dtype=torch.int64, device=device)

@@ -361,7 +361,7 @@ def test_config_file_yaml_syntax_error(capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: [1\n")
     rc, _, err = run_main(capsys, ["train", "--config", path, *SYNTHETIC, *tiny(tmp_path / "run")])
-    assert rc == 1 and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err  # a bad config file is a bad option
     # PyYAML's multi-line message (it quotes the spot) is folded onto the one error line
     assert err.startswith(f"scalerec: error: {path}: not a valid YAML file: "), err
     assert "line 1, column 9" in err and err.count("\n") == 1
@@ -539,3 +539,83 @@ def test_data_info_on_a_missing_file_and_a_bad_option(capsys, tmp_path):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["data", "info", "synthetic", "--min-user-interactions", "1"]) == 1
     assert "min_user_interactions must be at least 2" in capsys.readouterr().err
+
+
+def test_a_bad_option_value_exits_2_and_a_bad_input_file_1(capsys, tmp_path):
+    rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "a"), "--epochs", "0"])
+    assert rc == 2 and "epochs must be at least 1" in err and not (tmp_path / "a").exists()
+    bad = tmp_path / "u.data"
+    bad.write_text("1\t2\t3\n")
+    rc, _, err = run_main(capsys, ["train", "--data", bad, *tiny(tmp_path / "b")])
+    assert rc == 1 and "line 1" in err
+
+
+def test_many_processes_under_torchrun_are_refused(capsys, tmp_path, monkeypatch):
+    """Without data-parallel training every torchrun process would train the whole run into one folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run")])
+    assert rc == 1 and "WORLD_SIZE is 2" in err and "run one process" in err
+    assert not (tmp_path / "run").exists() and "Epoch" not in out
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process trains as usual
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
+
+
+def test_help_texts(capsys):
+    rc, out, _ = run_main(capsys, ["--help"])
+    assert rc == 0 and "Neural Collaborative Filtering" in out and "dispatch" not in out
+    rc, out, _ = run_main(capsys, ["train", "--help"])
+    text = " ".join(out.split())  # argparse wraps lines
+    assert "(default: 256 256 128 64)" in text and "(default: (" not in text
+    assert "(default: --lr). (default: None)" not in text and "(default: --lr)." in text
+    rc, out, _ = run_main(capsys, ["find-batch", "--help"])
+    assert "--memory-budget-gb" in out and "--precision" in out
+    assert not re.search(r"--(output|epochs|topk|eval|warmup)(?![\w-])", out)  # options it has no use for
+    assert run_main(capsys, ["find-batch", "--dataset", "synthetic", "--epochs", "3"])[0] == 2
+    rc, out, _ = run_main(capsys, ["sweep", "--help"])
+    assert "Sweep folder, one run folder in it per run" in " ".join(out.split())
+
+
+def test_train_refuses_a_sweep_folder(capsys, tmp_path):
+    (tmp_path / "sweep" / "1-lr=0.1").mkdir(parents=True)
+    (tmp_path / "sweep" / "1-lr=0.1" / "summary.json").write_text("{}")
+    rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "sweep")])
+    assert rc == 1 and "a sweep folder, holding runs (1-lr=0.1)" in err
+
+
+def test_every_cut_off_is_printed_and_a_trivial_one_is_noted(capsys, tmp_path):
+    rc, out, _ = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1), "--topk", "5", "21"])
+    assert rc == 0
+    epoch = next(line for line in out.splitlines() if line.startswith("Epoch 0:"))
+    assert all(f"sampled_{m}@{k} = " in epoch for m in ("HR", "NDCG") for k in (5, 21))
+    # 20 evaluation negatives: 21 candidates, so HR@21 is 1 whatever the model
+    assert "at most 21 candidates, so HR@K for K = 21 is 1 by construction" in out
+    assert "sampled_HR@21 = 1.0000" in epoch
+
+
+def test_an_interrupted_run_says_so_in_its_summary(capsys, tmp_path, monkeypatch):
+    import scalerec.train as train_module
+
+    calls = []
+    real = train_module.train_epoch
+
+    def interrupted_in_epoch_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted_in_epoch_1)
+    rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=3)])
+    assert rc == 130 and "scalerec: interrupted" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["state"] == "interrupted" and summary["epochs"] == 1
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "Interrupted in epoch 1; 1 epoch(s) logged" in out
+
+
+def test_data_info_reads_a_movielens_folder(capsys, tmp_path):
+    (tmp_path / "ml").mkdir()
+    write_udata(tmp_path / "ml" / "u.data")
+    rc, out, err = run_main(capsys, ["data", "info", tmp_path / "ml", "--eval-negatives", "5"])
+    assert rc == 0, err
+    assert "Users: 60" in out and str(tmp_path / "ml" / "u.data") in out

@@ -842,3 +842,91 @@ def test_a_line_of_spaces_is_skipped_and_not_counted(tmp_path):
     with pytest.raises(UserError) as e:
         read_ratings_file(path)
     assert_line_error(e, "ratings.csv", 4)
+
+
+# ---------------------------------------------------------------- values a file may hold (QA findings)
+
+
+@pytest.mark.parametrize("stamp", ["inf", "-inf", "1e400"])
+def test_an_infinite_time_names_its_line_in_udata_and_in_a_table(tmp_path, stamp):
+    udata_path = tmp_path / "u.data"
+    udata_path.write_text(udata(ROWS) + f"1\t77\t3\t{stamp}\n")
+    with pytest.raises(UserError, match="expected a finite number") as exc:
+        read_ratings_file(udata_path)
+    assert_line_error(exc, str(udata_path), 5)
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"user,item,timestamp\na,x,1\na,y,{stamp}\n")
+    with pytest.raises(UserError) as exc:
+        table.read_table_file(csv)
+    assert_line_error(exc, str(csv), 3)
+
+
+def test_a_time_past_int64_in_a_table_is_an_error_not_a_wrapped_time(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"user,item,timestamp\na,x,1\na,y,{2**63}\n")
+    with pytest.raises(UserError, match="too large") as exc:
+        table.read_table_file(csv)
+    assert_line_error(exc, str(csv), 3)
+
+
+def test_an_infinite_rating_in_a_table_is_an_error(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("user,item,rating,timestamp\na,x,inf,1\na,y,3,2\n")
+    with pytest.raises(UserError, match="rating is 'inf', expected a finite number"):
+        table.read_table_file(csv)
+
+
+def test_text_ids_that_look_like_missing_values_are_ids(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("user,item,timestamp\nNA,null,1\nNA,None,2\nnan,null,3\n")
+    raw = table.read_table_file(csv)
+    assert sorted(raw.user_names) == ["NA", "nan"] and sorted(raw.item_names) == ["None", "null"]
+    csv.write_text("user,item,timestamp\nNA,x,1\n,y,2\n")  # an empty field is still missing
+    with pytest.raises(UserError, match="no value in column 'user'") as exc:
+        table.read_table_file(csv)
+    assert_line_error(exc, str(csv), 3)
+
+
+def test_movielens_ratings_csv_columns_go_by_name(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("tag,userId,movieId,rating,timestamp\nx,1,2,3.5,10\ny,1,5,4,20\n")
+    raw = read_ratings_file(folder / "ratings.csv")
+    assert list(raw.users) == [1, 1] and list(raw.items) == [2, 5] and list(raw.timestamps) == [10, 20]
+    assert list(raw.ratings) == [3.5, 4.0]
+
+
+def test_a_headerless_tsv_reads_as_udata(tmp_path):
+    path = tmp_path / "plain.tsv"
+    path.write_text(udata(ROWS))
+    ds = load_dataset(DataConfig(data=str(path), eval_negatives=1), log=lambda s: None)
+    assert ds.stats["rows"] == 4 and ds.n_users == 1  # users 22 and 186 have one interaction each: dropped
+    assert ds.stats["time_min"] == 880606923  # the fourth field: a time, as in u.data
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("1\t77\tnan\t881250949\n", "rating is 'nan', expected a finite number"),
+        ("1\t\t3\t881250949\n", "too few fields, or an empty one: no item"),
+        ("1\t77\t3\n", "too few fields, or an empty one: no timestamp"),
+    ],
+)
+def test_a_bad_field_is_named_for_what_it_holds(tmp_path, line, message):
+    path = tmp_path / "u.data"
+    path.write_text(udata(ROWS) + line)
+    with pytest.raises(UserError, match=re.escape(message)) as exc:
+        read_ratings_file(path)
+    assert "--user-col" not in str(exc.value)  # a headerless file cannot name its columns
+    assert_line_error(exc, str(path), 5)
+
+
+def test_double_colon_files_name_their_own_separator_and_refuse_tabs(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::2::3::10\n1::3::3::11\n1::4\n")
+    with pytest.raises(UserError, match="separated by '::'"):
+        read_ratings_file(path)
+    path.write_text("1::2::3::10\n1\t3\t3\t11\n")
+    with pytest.raises(UserError, match="a tab in a '::'-separated file") as exc:
+        read_ratings_file(path)
+    assert_line_error(exc, str(path), 2)

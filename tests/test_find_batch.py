@@ -5,7 +5,7 @@ import pytest
 from scalerec.cli import main
 from scalerec.config import build_config
 from scalerec.errors import UserError
-from scalerec.find_batch import search_cpu, search_gpu
+from scalerec.find_batch import MARGIN, search_cpu, search_gpu
 
 
 def test_gpu_search_doubles_bisects_and_keeps_a_margin():
@@ -41,7 +41,7 @@ def test_cpu_search_fits_the_peak_and_never_steps_over_the_budget():
     budget = int(2e9)
     linear = Process(600e6, lambda b: 500e6 + 20_000 * b)  # 20 kB per sample; the data's load peak hides small steps
     found = search_cpu(linear.step_peak, budget, limit=10**7, start_rss=int(450e6))
-    assert found.batch == int((budget - 500e6) / 20_000) // 1024 * 1024
+    assert found.batch == int((budget - 500e6) / 20_000 * MARGIN) // 1024 * 1024  # a 10% margin at the edge
     assert found.per_sample_bytes == pytest.approx(20_000)
     assert max(need for _, need in linear.steps) <= budget
     assert search_cpu(Process(600e6, linear.need).step_peak, budget, limit=5000, start_rss=int(450e6)).batch == 5000
@@ -53,7 +53,7 @@ def test_cpu_search_fits_the_peak_and_never_steps_over_the_budget():
     # Where each step's own peak is measured (VmHWM reset), the same process gets the batch the budget allows.
     exact = Process(1.5e9, steep.need, resettable=True)
     found = search_cpu(exact.step_peak, int(1.86e9), limit=10**7, start_rss=int(300e6))
-    assert found.batch == int((1.86e9 - 300e6) / 40_000) // 1024 * 1024
+    assert found.batch == int((1.86e9 - 300e6) / 40_000 * MARGIN) // 1024 * 1024
     assert max(need for _, need in exact.steps) <= 1.86e9
 
     # Memory that grows faster than the fit: fall back to the last batch within the budget, never raise.
@@ -121,3 +121,21 @@ def test_out_of_device_memory_is_one_line(monkeypatch, capsys):
     assert main(["train", "--dataset", "synthetic"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("scalerec: error: out of device memory") and "Traceback" not in err
+
+
+def test_the_cpu_search_leaves_room_for_the_epoch(tmp_path, monkeypatch, capsys):
+    """A run holds its epoch's tensors beside each step, which the trial steps do not: the search's budget is the
+    given one less EPOCH_BYTES_PER_SAMPLE per sample of an epoch."""
+    import scalerec.find_batch
+    from scalerec.train import EPOCH_BYTES_PER_SAMPLE
+
+    seen = {}
+
+    def search(step_peak, budget, limit, start_rss):
+        seen.update(budget=budget, limit=limit)
+        return scalerec.find_batch.Found(1024, 0, None, [])
+
+    monkeypatch.setattr(scalerec.find_batch, "search_cpu", search)
+    data = ["--dataset", "synthetic", "--synthetic-users", "200", "--synthetic-items", "100", "--eval-negatives", "20"]
+    assert main(["find-batch", *data, "--data-dir", str(tmp_path), "--memory-budget-gb", "3"]) == 0
+    assert seen["budget"] == 3 * 2**30 - EPOCH_BYTES_PER_SAMPLE * seen["limit"]  # limit: one epoch's samples

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from scalerec.cli import main
+from scalerec.errors import UserError
 from scalerec.optim import scaled_lr
 from scalerec.report import collect, table
 from scalerec.sweep import LARS_RELATIVE_STEP, flat, grid_runs, notebook_base_batch, notebook_runs, sweep
@@ -95,14 +96,15 @@ def test_report_rebuilds_from_logs_alone_without_torch(tmp_path):
 
 
 def test_sweep_cli_errors(tmp_path, capsys):
-    assert main(["sweep", "--dataset", "synthetic", "--output", str(tmp_path / "s")]) == 1
+    # option errors exit 2, as argparse's own; a folder that holds no run is a user error, 1
+    assert main(["sweep", "--dataset", "synthetic", "--output", str(tmp_path / "s")]) == 2
     assert "sweep needs --preset notebook or --grid FILE" in capsys.readouterr().err
     grid = tmp_path / "g.toml"
     grid.write_text('[grid]\noptimizer = ["sgd", "rmsprop"]\n')
-    assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 1
+    assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 2
     assert "invalid value for optimizer: 'rmsprop'" in capsys.readouterr().err
     grid.write_text("[grid]\nbatch = [1, 2]\n")
-    assert main(["sweep", "--grid", str(grid)]) == 1
+    assert main(["sweep", "--grid", str(grid)]) == 2
     assert "unknown option 'batch' in [grid]" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 1
     assert "no such folder" in capsys.readouterr().err
@@ -112,7 +114,7 @@ def test_sweep_cli_errors(tmp_path, capsys):
 def test_grid_values_are_checked(tmp_path, capsys, bad):
     grid = tmp_path / "g.toml"
     grid.write_text(f"[grid]\n{bad}\n")
-    assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 1
+    assert main(["sweep", "--grid", str(grid), "--output", str(tmp_path / "s")]) == 2
     assert "scalerec: error:" in capsys.readouterr().err
 
 
@@ -154,7 +156,7 @@ def test_grid_is_checked_over_the_base_options_and_resume_refuses_changed_option
     ]
     assert main(args) == 0, capsys.readouterr().err
     assert main([*args, "--epochs", "2"]) == 1
-    assert "finished with other options than this sweep's" in capsys.readouterr().err
+    assert "a sweep made with other options than these" in capsys.readouterr().err
     # A run finished by an older scalerec, before an option existed, holds that option at its default: skipped.
     saved = next((tmp_path / "s").glob("1-*/config.json"))
     old = json.loads(saved.read_text())
@@ -170,7 +172,7 @@ def test_report_reads_full_ranking_runs_and_runs_from_before_the_protocol_names(
     sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
     (row,) = table(collect(tmp_path / "s"))
     metrics = [json.loads(x) for x in (tmp_path / "s" / "1-batch_size=256" / "metrics.jsonl").read_text().splitlines()]
-    assert row["eval"] == "full" and row["best_HR"] == round(max(m["full_HR@10"] for m in metrics), 4)
+    assert row["eval"] == "full" and row["best_HR"] == f"{max(m['full_HR@10'] for m in metrics):.4f}"
     # an older run: HR@10 without a protocol, no eval option in its config
     old = tmp_path / "s" / "1-batch_size=256"
     config = json.loads((old / "config.json").read_text())
@@ -179,4 +181,60 @@ def test_report_reads_full_ranking_runs_and_runs_from_before_the_protocol_names(
     renamed = [{k.removeprefix("sampled_"): v for k, v in m.items() if not k.startswith("full_")} for m in metrics]
     (old / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in renamed))
     (row,) = table(collect(tmp_path / "s"))
-    assert row["eval"] == "sampled" and row["best_HR"] == round(max(m["HR@10"] for m in renamed), 4)
+    assert row["eval"] == "sampled" and row["best_HR"] == f"{max(m['HR@10'] for m in renamed):.4f}"
+
+
+def test_a_sweep_refuses_a_run_folder_and_another_sweeps_folder(tmp_path):
+    base = tiny_base(tmp_path)
+    base["train"] = {**base["train"], "epochs": 1}
+    single = tmp_path / "run"
+    single.mkdir()
+    (single / "metrics.jsonl").write_text("")
+    with pytest.raises(UserError, match="holds a single run, not a sweep"):
+        sweep(base, grid_runs({"batch_size": [256]}), single, lambda s: None)
+    sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
+    assert (tmp_path / "s" / "sweep.json").is_file()
+    # the same base with another grid: the runs sit side by side; other base options: refused
+    sweep(base, grid_runs({"batch_size": [512]}), tmp_path / "s", lambda s: None)
+    other = {**base, "data": {**base["data"], "synthetic_users": 170}}
+    with pytest.raises(UserError, match="a sweep made with other options than these"):
+        sweep(other, grid_runs({"lr": [0.01]}), tmp_path / "s", lambda s: None)
+    (tmp_path / "s" / "sweep.json").unlink()  # a folder from before sweep.json: its runs' names decide
+    with pytest.raises(UserError, match=r"holds runs of another sweep \(1-batch_size=256, 1-batch_size=512\)"):
+        sweep(base, grid_runs({"lr": [0.01]}), tmp_path / "s", lambda s: None)
+
+
+def test_output_cannot_be_a_grid_option(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[grid]\noutput = ["a", "b"]\n')
+    assert main(["sweep", "--grid", str(grid), "--dataset", "synthetic", "--output", str(tmp_path / "s")]) == 2
+    assert "output cannot be a [grid] option" in capsys.readouterr().err
+
+
+def test_an_interrupted_sweep_run_is_trained_again(tmp_path):
+    base = tiny_base(tmp_path)
+    base["train"] = {**base["train"], "epochs": 1}
+    runs = grid_runs({"batch_size": [256]})
+    sweep(base, runs, tmp_path / "s", lambda s: None)
+    summary = tmp_path / "s" / "1-batch_size=256" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "state": "interrupted"}))
+    said = []
+    sweep(base, runs, tmp_path / "s", said.append)
+    assert "== 1-batch_size=256" in said and json.loads(summary.read_text())["state"] == "finished"
+
+
+def test_report_of_an_unfinished_run(tmp_path, recwarn):
+    base = tiny_base(tmp_path)
+    sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
+    run = tmp_path / "s" / "1-batch_size=256"
+    (run / "summary.json").unlink()  # as a run stopped by a crash leaves it
+    from scalerec.report import write_report
+
+    report = write_report(run).read_text()
+    assert "`1-batch_size=256` (no run finished: the unfinished run with the smallest batch)" in report
+    (row,) = table(collect(run))
+    lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["state"] == "unfinished" and row["lr"] == f"{max(lrs):.4g}"
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+    with pytest.raises(UserError, match="a file"):
+        collect(run / "config.json")

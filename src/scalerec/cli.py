@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import typing
@@ -14,12 +15,20 @@ from typing import Any, Literal
 from scalerec import __version__
 from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, field_owner, read_config_file
 from scalerec.data.download import RELEASES
-from scalerec.errors import UserError
+from scalerec.errors import OptionError, UserError
+
+DESCRIPTION = (
+    "Train Neural Collaborative Filtering recommenders (NeuMF: GMF + MLP) on implicit feedback, with HR@K, "
+    "NDCG@K and samples/s every epoch, and scale their batch with LR scaling, warmup, LARS and LAMB."
+)
 
 
 def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: Any, doc: str) -> None:
     flag = "--" + name.replace("_", "-")
-    help_text = f"{doc} (default: {default})".replace("%", "%%")  # argparse formats help with %
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default  # as it is typed
+    # a field whose docstring says what its default does (None: "the whole GPU") is not shown "None" again
+    help_text = doc if "(default: " in doc else f"{doc} (default: {shown})"
+    help_text = help_text.replace("%", "%%")  # argparse formats help with %
     kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
@@ -46,12 +55,21 @@ def _number_or(kind: type, names: list[str]) -> Any:
     return parse
 
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
+def _add_config_options(
+    p: argparse.ArgumentParser, leave_out: tuple[str, ...] = (), help_for: dict[str, str] | None = None
+) -> None:
+    """Every config field as an option, less the sections and fields in `leave_out` (a command that does not
+    use them), with the help text of `help_for` where a command gives a field another meaning."""
     p.add_argument("--config", metavar="FILE", help="TOML or YAML file of options; command-line flags override it")
     for section, cls in SECTIONS.items():
+        if section in leave_out:
+            continue
         group = p.add_argument_group(f"{section} options")
         docs, hints = field_docs(cls), typing.get_type_hints(cls)
+        docs.update(help_for or {})
         for f in dataclasses.fields(cls):
+            if f.name in leave_out:
+                continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             _add_field(group, f.name, hints[f.name], default, docs.get(f.name, ""))
 
@@ -79,11 +97,18 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default 3)",
     )
     p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")
-    _add_config_options(p)
+    _add_config_options(
+        p, help_for={"output": "Sweep folder, one run folder in it per run (default: runs/sweep-<time>)."}
+    )
+
+
+# Options that find-batch has no use for: it trains no epoch, evaluates nothing and writes no run folder.
+FIND_BATCH_UNUSED = ("eval", "epochs", "output", "shuffle", "lr_scaling", "base_lr", "base_batch", "warmup")
+FIND_BATCH_UNUSED += ("warmup_epochs", "decay")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scalerec", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="scalerec", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"scalerec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
@@ -95,7 +120,7 @@ def make_parser() -> argparse.ArgumentParser:
         "micro-batches, and print the largest batch that fits (on a GPU, its memory or --memory-budget-gb; on "
         "the CPU, --memory-budget-gb, default 80% of the memory available).",
     )
-    _add_config_options(find)
+    _add_config_options(find, leave_out=FIND_BATCH_UNUSED)
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -124,6 +149,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refuse_many_processes() -> None:
+    """Under torchrun with more than one process every process would train the whole run on its own (and write
+    the same run folder): scalerec has no data-parallel training yet, so it says so instead."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise UserError(
+            f"WORLD_SIZE is {world} (torchrun with --nproc-per-node or --nnodes above 1): data-parallel training "
+            "is not supported yet, and each process would train the whole run alone; run one process"
+        )
+
+
 def data_config_for(source: str, given: dict[str, Any]) -> Any:
     """`scalerec data info SOURCE`: the DataConfig that SOURCE names (the dataset told from the path)."""
     from scalerec.config import DataConfig
@@ -131,7 +167,10 @@ def data_config_for(source: str, given: dict[str, Any]) -> Any:
 
     if source in RELEASES or source == "synthetic":
         return DataConfig(dataset=source, **given)
-    prefix = resolve_prefix(source)
+    try:
+        prefix = resolve_prefix(source)
+    except UserError:  # a folder without the NCF files: a MovieLens folder, read as train --data reads it
+        prefix = Path(source)
     if Path(f"{prefix}.train.rating").is_file():
         return DataConfig(dataset="ncf", data=source, **given)
     return DataConfig(data=source, **given)
@@ -149,7 +188,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    return build_config(overrides_from_args(args))
+    return build_config(overrides_from_args(args))  # a bad value raises OptionError: exit status 2
 
 
 def run_sweep(args: argparse.Namespace) -> Path:
@@ -161,7 +200,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
     base["train"].pop("output", None)
     final = None
     if args.preset and args.grid:
-        raise UserError("sweep takes --preset or --grid, not both")
+        raise OptionError("sweep takes --preset or --grid, not both")
     if args.preset == "notebook":
         from scalerec.data import load_dataset
 
@@ -178,7 +217,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
     elif args.grid:
         runs = sweep.grid_runs(read_grid_file(args.grid, base))
     else:
-        raise UserError("sweep needs --preset notebook or --grid FILE")
+        raise OptionError("sweep needs --preset notebook or --grid FILE")
     return sweep.sweep(base, runs, folder, print, final)
 
 
@@ -192,17 +231,19 @@ def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list
     if isinstance(grid, dict):
         grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
-        raise UserError(f"{path}: expected a [grid] table of option = [value, ...] lists")
+        raise OptionError(f"{path}: expected a [grid] table of option = [value, ...] lists")
     owner = field_owner()
     for key, values in grid.items():
         if key not in owner:
-            raise UserError(f"{path}: unknown option '{key}' in [grid]")
+            raise OptionError(f"{path}: unknown option '{key}' in [grid]")
+        if key == "output":  # every run's folder is <sweep folder>/<run name>
+            raise OptionError(f"{path}: output cannot be a [grid] option; --output names the sweep folder")
         grid[key] = [coerce_option(Path(path), key, v) for v in values]
         for v in grid[key]:  # choices and ranges, before any run starts
             try:
                 build_config(merge(base, {owner[key]: {key: v}}))
             except UserError as e:
-                raise UserError(f"{path}: {e}") from None
+                raise OptionError(f"{path}: {e}") from None
     return grid
 
 
@@ -210,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in ("train", "sweep", "find-batch"):
+            refuse_many_processes()
         if args.command == "train":
             from scalerec.train import train
 
@@ -258,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     except UserError as e:
         print(f"scalerec: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, OptionError) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
         where = f"{e.filename}: " if e.filename else ""
         print(f"scalerec: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from scalerec.errors import UserError
+from scalerec.errors import OptionError
 
 MAX_SEED = 2**63 - 1
 
@@ -298,11 +298,11 @@ def field_owner() -> dict[str, str]:
 def load_mapping(path: Path) -> dict[str, Any]:
     """The top-level table of a TOML or YAML file; UserError naming the file for any problem."""
     if not path.is_file():
-        raise UserError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
+        raise OptionError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        raise OptionError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml  # optional dependency, only for YAML config files
@@ -315,12 +315,12 @@ def load_mapping(path: Path) -> dict[str, Any]:
                 import tomli as tomllib  # type: ignore[no-redef]
             raw = tomllib.loads(text)
     except ModuleNotFoundError as e:
-        raise UserError(f"{path}: reading YAML needs PyYAML (pip install 'scalerec[yaml]')") from e
+        raise OptionError(f"{path}: reading YAML needs PyYAML (pip install 'scalerec[yaml]')") from e
     except Exception as e:  # the parsers' own errors carry the line and column; keep them on one line
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "TOML"
-        raise UserError(f"{path}: not a valid {kind} file: {' '.join(str(e).split())}") from None
+        raise OptionError(f"{path}: not a valid {kind} file: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a table of options at the top level")
+        raise OptionError(f"{path}: expected a table of options at the top level")
     return raw
 
 
@@ -336,12 +336,12 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
             for k, v in value.items():
                 k = str(k).replace("-", "_")
                 if owner.get(k) != key:
-                    raise UserError(f"{path}: unknown option '{k}' in section [{key}]")
+                    raise OptionError(f"{path}: unknown option '{k}' in section [{key}]")
                 out[key][k] = _coerce(path, k, typing.get_type_hints(SECTIONS[key])[k], v)
         elif key in owner:
             out[owner[key]][key] = _coerce(path, key, typing.get_type_hints(SECTIONS[owner[key]])[key], value)
         else:
-            raise UserError(f"{path}: unknown option '{key}'")
+            raise OptionError(f"{path}: unknown option '{key}'")
     return out
 
 
@@ -374,7 +374,7 @@ def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:
         )
         names = [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]
         what += "".join(f" or {v!r}" for v in names)
-        raise UserError(f"{path}: option '{name}' is {value!r}, expected {what}") from None
+        raise OptionError(f"{path}: option '{name}' is {value!r}, expected {what}") from None
 
 
 def _scalar(kind: type, value: Any) -> Any:
@@ -406,15 +406,15 @@ def build_config(overrides: dict[str, dict[str, Any]]) -> Config:
         for k, v in values.items():
             choices = _choices(hints[k])
             if choices and v not in choices:
-                raise UserError(f"invalid value for {k}: {v!r} (expected one of {', '.join(choices)})")
+                raise OptionError(f"invalid value for {k}: {v!r} (expected one of {', '.join(choices)})")
         try:
             sections[name] = cls(**values)
         except (ValueError, TypeError) as e:
-            raise UserError(f"invalid configuration: {e}") from e
+            raise OptionError(f"invalid configuration: {e}") from e
     try:
         return Config(**sections)
     except ValueError as e:
-        raise UserError(f"invalid configuration: {e}") from e
+        raise OptionError(f"invalid configuration: {e}") from e
 
 
 def _choices(hint: Any) -> tuple[str, ...] | None:

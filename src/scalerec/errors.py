@@ -1,5 +1,10 @@
-"""The one exception type for user mistakes: the CLI prints its message and exits non-zero, no traceback."""
+"""The exception types for user mistakes: the CLI prints their message and exits non-zero, no traceback."""
 
 
 class UserError(Exception):
-    """Bad input from the user (a file, a value, an option); the message says what and what was expected."""
+    """Bad input from the user (a file, a value, an option); the message says what and what was expected.
+    The CLI exits with status 1."""
+
+
+class OptionError(UserError):
+    """A bad option value (on the command line or in a config or grid file): exit status 2, as argparse's own."""

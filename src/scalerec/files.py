@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary name in the same folder, then a rename, so readers never see half a file."""
+"""Atomic file writes (a temporary name in the same folder, then a rename, so readers never see half a file),
+and what a run folder holds."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def write_with(path: Path, writer: Callable[[str], object]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def few(names: list[str]) -> str:
+    """The first three names, and "..." where there are more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` holds a run's logs (train) or a failed sweep run's record (sweep)."""
+    return any((path / name).is_file() for name in ("metrics.jsonl", "summary.json", "failed.json"))

@@ -10,7 +10,8 @@ micro-batches, inside a forked RNG, so that the search leaves the run's initiali
   since it started, under which small steps hide) at doubling batches, and doubles only while a forecast of the
   next step stays within the budget: until there is a fit, twice the rise above the memory the process held
   before the search. Once three steps in a row raised the peak, it fits peak = fixed + per-sample x batch and
-  solves it for the budget; a step that still lands over the budget falls back to the batch before it.
+  solves it for the budget, less the epoch's own tensors (`reserve`) and a 10% margin on the step's share, as on
+  a GPU; a step that still lands over the budget falls back to the batch before it.
 In both cases the batch is at most one epoch's samples and is rounded down to a multiple of 1024 above 1024.
 """
 
@@ -29,7 +30,7 @@ import torch
 from scalerec.errors import UserError
 
 START = 1024
-GPU_MARGIN = 0.9
+MARGIN = 0.9  # of the batch found at the edge: the epoch's tensors and fragmentation, on a GPU and the CPU alike
 
 
 @dataclass
@@ -121,7 +122,7 @@ def search_gpu(fits: Callable[[int], int | None], limit: int) -> Found:
         good, bad = (mid, bad) if trial(mid) is not None else (good, mid)
     peak = dict(tried)[good] or 0
     if bad is not None:  # at the edge: keep a margin for the epoch's tensors and fragmentation
-        good = max(1, round_batch(int(good * GPU_MARGIN)))
+        good = max(1, round_batch(int(good * MARGIN)))
     return Found(good, peak, None, tried)
 
 
@@ -160,7 +161,7 @@ def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int, start_r
         b = nxt
     best = b
     if fit is not None and b < limit:
-        best = max(b, round_batch(min(limit, int((budget - fit[0]) / fit[1]))))
+        best = max(b, round_batch(min(limit, int((budget - fit[0]) / fit[1] * MARGIN))))
     peak = int(fit[0] + fit[1] * best) if fit else dict(tried)[b] or 0
     return Found(best, peak, fit[1] if fit else None, tried)
 
@@ -177,8 +178,10 @@ def find_batch(
     scaler_factory: Callable[[], torch.amp.GradScaler],
     micro_batch: int | None,
     budget: int | None,
+    reserve: int = 0,
 ) -> Found:
-    """The largest batch (at most `limit`) at which `step` trains a copy of `model` within the memory budget."""
+    """The largest batch (at most `limit`) at which `step` trains a copy of `model` within the memory budget, less
+    `reserve` bytes on the CPU (what the run holds beside the step that the search does not: the epoch's tensors)."""
     trial_model = copy.deepcopy(model)
     optimizer = make_optimizer(trial_model)
     g = torch.Generator().manual_seed(0)
@@ -215,7 +218,8 @@ def find_batch(
                 run(b)
                 return peak_rss_bytes()
 
-            return search_cpu(step_peak, budget if budget else start + int(0.8 * available_bytes()), limit, start)
+            cpu_budget = (budget if budget else start + int(0.8 * available_bytes())) - reserve
+            return search_cpu(step_peak, cpu_budget, limit, start)
         finally:  # the run's own peak starts here
             if device.type == "cuda":
                 optimizer.zero_grad(set_to_none=True)

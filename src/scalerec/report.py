@@ -81,7 +81,8 @@ def collect(path: Path) -> list[dict]:
     """The runs under a sweep folder, or the single run a run folder holds, in name order."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: no such folder (expected a run or sweep folder)")
+        what = "a file" if path.exists() else "no such folder"
+        raise UserError(f"{path}: {what} (expected a run or sweep folder)")
     single = read_run(path)
     folders = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: run_order(d.name))
     runs = [single] if single else [r for d in folders if (r := read_run(d))]
@@ -91,8 +92,10 @@ def collect(path: Path) -> list[dict]:
 
 
 def base_run(runs: list[dict]) -> dict | None:
-    """The run others are measured against: the finished run with the smallest batch (first in order)."""
-    done = [r for r in runs if r["config"] and r["metrics"]]
+    """The run others are measured against: the finished run with the smallest batch (first in order); where none
+    finished, the unfinished one with the smallest batch."""
+    logged = [r for r in runs if r["config"] and r["metrics"]]
+    done = [r for r in logged if r["summary"].get("state") == "finished"] or logged
     return min(done, key=batch_of) if done else None
 
 
@@ -102,6 +105,14 @@ def batch_of(run: dict) -> int | str:
         if isinstance(source.get("batch_size"), int):
             return source["batch_size"]
     return run["config"]["train"]["batch_size"]
+
+
+def peak_lr(run: dict) -> float | None:
+    """The run's lr after scaling (summary.json), or for an unfinished run the highest lr it logged so far."""
+    if "lr" in run["summary"]:
+        return run["summary"]["lr"]
+    logged = [m["lr"] for m in run["metrics"] if "lr" in m]
+    return max(logged) if logged else None
 
 
 def table(runs: list[dict]) -> list[dict]:
@@ -123,7 +134,7 @@ def table(runs: list[dict]) -> list[dict]:
                 lr_scaling=o["lr_scaling"],
                 warmup=o["warmup"],
                 precision=t.get("precision", "fp32"),
-                lr=f"{summary['lr']:.4g}" if "lr" in summary else "",
+                lr=f"{peak_lr(r):.4g}" if peak_lr(r) is not None else "",
                 eval=hr_key(r).split("_")[0] if "_" in hr_key(r) else "sampled",
                 K=hr_key(r).split("@")[1],
             )
@@ -139,9 +150,9 @@ def table(runs: list[dict]) -> list[dict]:
                     break
             row.update(
                 {
-                    "best_HR": round(best[hr], 4),
+                    "best_HR": f"{best[hr]:.4f}",
                     "vs_base": f"{best[hr] - base_hr:+.4f}" if base_hr is not None else "",
-                    "best_NDCG": round(best[ndcg], 4),
+                    "best_NDCG": f"{best[ndcg]:.4f}",
                     "best_epoch": best["epoch"],
                     "epochs": len(metrics),
                     "s_to_base_HR": reached,
@@ -187,7 +198,7 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
                 [m["epoch"] for m in r["metrics"]], [m[hr_key(r)] for m in r["metrics"]], marker="o", label=r["name"]
             )
     ax.set(xlabel="epoch", ylabel="HR@K (K=10 where measured)", title="HR per epoch")
-    ax.legend(fontsize=7)
+    legend(ax)
     save(fig, "hr_per_epoch.png")
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -207,7 +218,7 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
             stacked[b] = stacked.get(b, -1) + 1
             ax.annotate(name, (b, 0.0), textcoords="offset points", xytext=(4, 4 + 9 * stacked[b]), fontsize=6)
     ax.set(xscale="log", xlabel="batch size", ylabel="best HR@K", title="Best HR against batch size")
-    ax.legend(fontsize=7)
+    legend(ax)
     save(fig, "best_hr_vs_batch.png")
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -216,10 +227,28 @@ def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
         if schedule:
             steps_per_epoch = r["summary"]["steps_per_epoch"]
             ax.plot([s / steps_per_epoch for s, _ in schedule], [lr for _, lr in schedule], label=r["name"])
-    ax.set(yscale="log", xlabel="epoch", ylabel="learning rate", title="Learning-rate schedule")
-    ax.legend(fontsize=7)
+    if not ax.lines:  # summary.json logs the schedule: an unfinished run has none
+        ax.text(0.5, 0.5, "no finished run: no schedule logged", ha="center", va="center", transform=ax.transAxes)
+    ax.set(
+        yscale="log" if ax.lines else "linear", xlabel="epoch", ylabel="learning rate", title="Learning-rate schedule"
+    )
+    legend(ax)
     save(fig, "lr_schedule.png")
     return made
+
+
+def legend(ax) -> None:
+    """A legend where the axes hold labelled lines or points (matplotlib warns on an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def base_text(base: dict | None) -> str:
+    if base is None:
+        return "no run logged an epoch"
+    if base["summary"].get("state") == "finished":
+        return "the finished run with the smallest batch"
+    return "no run finished: the unfinished run with the smallest batch"
 
 
 def write_report(path: Path) -> Path:
@@ -236,7 +265,7 @@ def write_report(path: Path) -> Path:
     base = base_run(runs)
     text = ["# scalerec report", "", f"{len(runs)} run(s) in `{path}`.", "", markdown(rows)]
     text += [
-        f"Base run: `{base['name'] if base else 'none finished'}` (the finished run with the smallest batch). "
+        f"Base run: `{base['name'] if base else 'none'}` ({base_text(base)}). "
         "`vs_base`: a run's best HR@K minus the base run's. `s_to_base_HR`: training seconds until a run first "
         "reached the base run's best HR@K; empty where it never did. `K`: the cut-off of best_HR and best_NDCG "
         "(10 where the run measured it); `eval`: their protocol (sampled negatives, or full ranking).",

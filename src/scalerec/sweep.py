@@ -19,7 +19,7 @@ from typing import Any
 
 from scalerec.config import build_config, field_owner
 from scalerec.errors import UserError
-from scalerec.files import write_atomic
+from scalerec.files import few, is_run_folder, write_atomic
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
 # The preset's SGD lr at B when --base-lr is not given. Calibrated on the NCF ML-1M split at B = 256 (momentum 0.9,
@@ -107,18 +107,26 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
         config = build_config(merge(overrides, {"train": {"output": str(run_dir)}}))
     except UserError as e:
         return failed(run_dir, name, e, log)
-    if (run_dir / "summary.json").is_file():
+    summary = _json_or_none(run_dir / "summary.json")
+    if summary is not None and summary.get("state") != "interrupted":
         if not same_options(run_dir / "config.json", config):
             raise UserError(f"{run_dir}: finished with other options than this sweep's; use another --output")
         log(f"== {name}: already finished, skipped")
-        return json.loads((run_dir / "summary.json").read_text())
-    if (run_dir / "metrics.jsonl").exists():  # an interrupted run: start it again
-        (run_dir / "metrics.jsonl").unlink()
+        return summary
+    for name_of_log in ("metrics.jsonl", "summary.json"):  # an interrupted run: start it again
+        (run_dir / name_of_log).unlink(missing_ok=True)
     log(f"== {name}")
     try:
         return train(config, log)
     except Exception as e:  # a failed run is recorded and the sweep goes on
         return failed(run_dir, name, e, log)
+
+
+def _json_or_none(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def same_options(saved_path: Path, config) -> bool:
@@ -148,11 +156,39 @@ def sweep(
     """Train every run (base options under each run's own), then write the report; returns report.md."""
     from scalerec.report import write_report
 
+    names = {name for name, _ in runs} | set(FINAL_NAMES if preset_final is not None else ())
+    check_sweep_dir(sweep_dir, base, names)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(sweep_dir / SWEEP_FILE, build_config(base).to_json() + "\n")
     results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
     if preset_final is not None and (final := preset_final(results)) is not None:
         results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
     return write_report(sweep_dir)
+
+
+SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds
+
+
+def check_sweep_dir(sweep_dir: Path, base: Overrides, names: set[str]) -> None:
+    """Refuse a folder that holds a single run, or runs of a sweep with other base options (sweep.json), or,
+    where it has no sweep.json, runs that are not this sweep's."""
+    if is_run_folder(sweep_dir):
+        raise UserError(f"--output {sweep_dir}: holds a single run, not a sweep; choose another folder")
+    if (sweep_dir / SWEEP_FILE).is_file():
+        if not same_options(sweep_dir / SWEEP_FILE, build_config(base)):
+            raise UserError(f"--output {sweep_dir}: a sweep made with other options than these; use another --output")
+        return
+    other = sorted(d.name for d in sweep_dir.iterdir() if is_run_folder(d)) if sweep_dir.is_dir() else []
+    if other := [name for name in other if name not in names]:
+        raise UserError(f"--output {sweep_dir}: holds runs of another sweep ({few(other)}); choose another folder")
+
+
+def bf16_name(name: str) -> str:
+    return f"8-{name.split('-', 1)[1]}-bf16"
+
+
+BF16_CANDIDATES = ("6-192x-lars-warmup", "7-192x-lamb-warmup")
+FINAL_NAMES = tuple(bf16_name(name) for name in BF16_CANDIDATES)  # the names notebook run 8 may take
 
 
 def better_in_bf16(runs: list[tuple[str, Overrides]]) -> Callable[[dict[str, dict]], tuple[str, Overrides] | None]:
@@ -161,7 +197,7 @@ def better_in_bf16(runs: list[tuple[str, Overrides]]) -> Callable[[dict[str, dic
 
     def choose(results: dict[str, dict]) -> tuple[str, Overrides] | None:
         scored = []
-        for name in ("6-192x-lars-warmup", "7-192x-lamb-warmup"):
+        for name in BF16_CANDIDATES:
             best = (results.get(name) or {}).get("best") or {}
             hr = [v for k, v in best.items() if "HR@" in k]  # the first K, as the run ordered them
             if hr:
@@ -169,6 +205,6 @@ def better_in_bf16(runs: list[tuple[str, Overrides]]) -> Callable[[dict[str, dic
         if not scored:
             return None
         name = max(scored)[1]
-        return f"8-{name.split('-', 1)[1]}-bf16", merge(specs[name], {"train": {"precision": "bf16"}})
+        return bf16_name(name), merge(specs[name], {"train": {"precision": "bf16"}})
 
     return choose

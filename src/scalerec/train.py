@@ -26,7 +26,7 @@ from scalerec.config import PROTOCOLS, Config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
-from scalerec.files import write_atomic
+from scalerec.files import few, is_run_folder, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model, encode_rows, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
@@ -146,6 +146,8 @@ def check_run_dir(cfg: Config) -> Path:
         raise UserError(f"--output {run_dir}: exists and is not a folder")
     if (run_dir / "metrics.jsonl").exists():
         raise UserError(f"--output {run_dir}: holds an earlier run's metrics.jsonl; choose another folder or remove it")
+    if run_dir.is_dir() and (runs := sorted(d.name for d in run_dir.iterdir() if is_run_folder(d))):
+        raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
     return run_dir
 
 
@@ -196,6 +198,13 @@ def micro_batch_for(cfg: Config, device: torch.device, batch: int | None) -> int
     return None
 
 
+# What a run holds beside its steps, per sample of an epoch: the epoch's users, items and labels (20 bytes) and the
+# heap its draw leaves (negatives, their membership test, the shuffle). The search's trial steps run without them,
+# so on the CPU it leaves room for them. Measured on MovieLens-100K (495,285 samples per epoch): a run's peak was
+# 26-27 MB (53-55 bytes a sample) above the trial step's at the same batch (1024: 427 / 401 MB; 4096: 458 / 431).
+EPOCH_BYTES_PER_SAMPLE = 64
+
+
 def largest_batch(
     cfg: Config, model: torch.nn.Module, n_users: int, n_items: int, samples: int, device: torch.device, log
 ) -> int:
@@ -213,6 +222,7 @@ def largest_batch(
         lambda: grad_scaler(cfg.train.precision, device),
         micro_batch_for(cfg, device, None),
         budget,
+        EPOCH_BYTES_PER_SAMPLE * samples,
     )
     tried = ", ".join(f"{b}: {'out of memory' if p is None else f'{p / 2**20:.0f} MB'}" for b, p in found.tried)
     per = f", {found.per_sample_bytes:,.0f} bytes per sample" if found.per_sample_bytes else ""
@@ -266,6 +276,13 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     test_items = torch.tensor(ds.test_items, device=device)
     test_negatives = torch.tensor(ds.eval_negatives, device=device)
     protocols = PROTOCOLS[cfg.eval.eval]
+    candidates = {"sampled": test_negatives.shape[1] + 1, "full": ds.n_items}
+    for protocol in protocols:  # a cut-off at or past every candidate: its HR is 1 whatever the model
+        if trivial := [kk for kk in cfg.eval.topk if kk >= candidates[protocol]]:
+            log(
+                f"Note: {protocol} evaluation ranks each test item among at most {candidates[protocol]} candidates, "
+                f"so HR@K for K = {', '.join(map(str, trivial))} is 1 by construction"
+            )
     seen = None
     if "full" in protocols:  # each user's training items, left out of its full ranking
         train_users = torch.tensor(ds.train_users, device=device)
@@ -318,64 +335,76 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     best = {"epoch": -1, hr_key: -1.0}
     history = []
     state, diverged = "finished", None
-    for epoch in range(cfg.train.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        users, items, labels = sampler.epoch()
-        with tqdm(
-            total=n,
-            disable=not sys.stderr.isatty(),
-            leave=False,
-            unit="sample",
-            unit_scale=True,
-            mininterval=0.5,
-            desc=f"Epoch {epoch}",
-        ) as bar:
-            losses, skipped = train_epoch(
-                model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx, micro
-            )
-        epoch_loss = epoch_mean(losses, n, bs)  # sync point: the epoch is done
-        skipped_steps = int(skipped)
-        train_s = time.perf_counter() - t0
-        if not math.isfinite(epoch_loss):
-            step = int((~torch.isfinite(losses)).nonzero()[0])
-            at = epoch * steps + step
-            log(
-                f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
-                f"(lr {lr * schedule(at):g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
-            )
-            state = "diverged"
-            diverged = {"epoch": epoch, "step": step, "lr": lr * schedule(at)}
-            break
+    interrupted = False
+    try:
+        for epoch in range(cfg.train.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            users = items = labels = None  # the last epoch's tensors go before the next is drawn: 20 bytes a sample
+            users, items, labels = sampler.epoch()
+            with tqdm(
+                total=n,
+                disable=not sys.stderr.isatty(),
+                leave=False,
+                unit="sample",
+                unit_scale=True,
+                mininterval=0.5,
+                desc=f"Epoch {epoch}",
+            ) as bar:
+                losses, skipped = train_epoch(
+                    model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx, micro
+                )
+            epoch_loss = epoch_mean(losses, n, bs)  # sync point: the epoch is done
+            skipped_steps = int(skipped)
+            train_s = time.perf_counter() - t0
+            if not math.isfinite(epoch_loss):
+                step = int((~torch.isfinite(losses)).nonzero()[0])
+                at = epoch * steps + step
+                log(
+                    f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
+                    f"(lr {lr * schedule(at):g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
+                )
+                state = "diverged"
+                diverged = {"epoch": epoch, "step": step, "lr": lr * schedule(at)}
+                break
 
-        t1 = time.perf_counter()
-        metrics = evaluation()
-        val_s = time.perf_counter() - t1
-        shown = ", ".join(f"{p}_{m}@{k} = {metrics[f'{p}_{m}@{k}']:.4f}" for p in protocols for m in ("HR", "NDCG"))
-        log(
-            f"Epoch {epoch}: {shown}, loss = {epoch_loss:.4f}, "
-            f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
-            + (f", skipped_steps = {skipped_steps} (fp16 overflow)" if skipped_steps else "")
-        )
-        if metrics[hr_key] > best[hr_key]:
-            best = {"epoch": epoch, **metrics}
-            log(f"New best {hr_key}!")
-        row = {
-            "epoch": epoch,
-            "loss": epoch_loss,
-            **metrics,
-            "train_s": train_s,
-            "eval_s": val_s,
-            "samples_per_s": n / train_s,
-            "skipped_steps": skipped_steps,
-            "batch_size": bs,
-            "peak_memory_mb": round(peak_memory_bytes(device) / 2**20),
-            "lr": lr * schedule((epoch + 1) * steps - 1),  # the lr of the epoch's last step
-            "best_epoch": best["epoch"],
-        }
-        history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            t1 = time.perf_counter()
+            metrics = evaluation()
+            val_s = time.perf_counter() - t1
+            shown = ", ".join(
+                f"{p}_{m}@{kk} = {metrics[f'{p}_{m}@{kk}']:.4f}"
+                for p in protocols
+                for kk in cfg.eval.topk
+                for m in ("HR", "NDCG")
+            )
+            log(
+                f"Epoch {epoch}: {shown}, loss = {epoch_loss:.4f}, "
+                f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
+                + (f", skipped_steps = {skipped_steps} (fp16 overflow)" if skipped_steps else "")
+            )
+            if metrics[hr_key] > best[hr_key]:
+                best = {"epoch": epoch, **metrics}
+                log(f"New best {hr_key}!")
+            row = {
+                "epoch": epoch,
+                "loss": epoch_loss,
+                **metrics,
+                "train_s": train_s,
+                "eval_s": val_s,
+                "samples_per_s": n / train_s,
+                "skipped_steps": skipped_steps,
+                "batch_size": bs,
+                "peak_memory_mb": round(peak_memory_bytes(device) / 2**20),
+                "lr": lr * schedule((epoch + 1) * steps - 1),  # the lr of the epoch's last step
+                "best_epoch": best["epoch"],
+            }
+            history.append(row)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    except KeyboardInterrupt:  # Ctrl-C: the epochs so far stay logged, and summary.json says the run stopped
+        state, interrupted = "interrupted", True
+        log(f"Interrupted in epoch {len(history)}; {len(history)} epoch(s) logged in {run_dir}")
 
     train_s = sum(r["train_s"] for r in history)
     total = cfg.train.epochs * steps
@@ -396,6 +425,8 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
         "lr_schedule": [[step, lr * schedule(step)] for step in points],
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if interrupted:
+        raise KeyboardInterrupt
     if history:
         log(
             f"Best {hr_key} = {best[hr_key]:.4f}, {protocols[-1]}_NDCG@{k} = {best[f'{protocols[-1]}_NDCG@{k}']:.4f} "

@@ -57,19 +57,28 @@ CHUNK_ROWS = 1 << 22  # rows parsed at a time: a 200M-row file never holds more 
 
 
 def read_table(
-    source: str | Path | bytes, name: str, sep: str, columns: list[str], numeric_ok: set[str], header: bool
+    source: str | Path | bytes,
+    name: str,
+    sep: str,
+    columns: list[str],
+    numeric_ok: set[str],
+    header: bool,
+    ignored: frozenset[str] = frozenset(),
+    shown_sep: str | None = None,
 ) -> pd.DataFrame:
     """Read a delimited table whose first len(columns) fields are numbers.
 
     `name` is what error messages call the file; `columns` names the fields in order; those in `numeric_ok`
     may be any number, the others must be integers. Extra trailing columns are an error; a header row is
-    skipped when `header` is true. Raises UserError naming the line of the first bad row.
+    skipped when `header` is true; columns in `ignored` (a header's other columns) are neither checked nor kept.
+    Messages call the separator `shown_sep` (the file's own, where `sep` replaced it).
+    Raises UserError naming the line of the first bad row.
 
     Parsed in chunks of CHUNK_ROWS rows, each column kept as compactly as it is exact (int32 where the values
     fit, float32 where every value is a float32), so that memory grows with the rows at about 4 bytes a field.
     """
     buf = io.BytesIO(source) if isinstance(source, bytes) else source
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns if c not in ignored}
     rows = 0
     try:
         # index_col=False: never turn a surplus first column into an index; compression=None: never guess
@@ -83,9 +92,13 @@ def read_table(
             index_col=False,
             compression=None,
             chunksize=CHUNK_ROWS,
+            keep_default_na=False,  # "nan" or an empty field is a bad value; only a missing field is NaN
         ) as reader:
             for chunk in reader:
-                for col, values in _checked_chunk(chunk, source, name, sep, columns, numeric_ok, header, rows).items():
+                checked = _checked_chunk(
+                    chunk, source, name, shown_sep or sep, columns, numeric_ok, header, rows, ignored
+                )
+                for col, values in checked.items():
                     parts[col].append(values)
                 rows += len(chunk)
     except pd.errors.EmptyDataError:
@@ -98,7 +111,7 @@ def read_table(
     if rows == 0:
         raise UserError(f"{name}: no rows (expected lines of {', '.join(columns)} separated by {sep!r})")
     # one column at a time, each chunk list dropped once joined: the peak is the table plus one column
-    return pd.DataFrame({c: _joined(parts.pop(c)) for c in columns}, copy=False)
+    return pd.DataFrame({c: _joined(parts.pop(c)) for c in list(parts)}, copy=False)
 
 
 def _joined(chunks: list[np.ndarray]) -> np.ndarray:
@@ -116,16 +129,21 @@ def _checked_chunk(
     numeric_ok: set[str],
     header: bool,
     offset: int,
+    ignored: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """One parsed chunk (rows `offset`.. of the file's data rows), checked, as compact numpy columns."""
 
     def line_of(row: int) -> int:
         return line_of_row(source, offset + row, header)
 
-    while df.shape[1] > len(columns) and df.iloc[:, -1].isna().all():
+    def empty(values):  # a missing field, or an empty one (keep_default_na=False reads it as "")
+        return values.isna() | (values.astype(str) == "")
+
+    while df.shape[1] > len(columns) and empty(df.iloc[:, -1]).all():
         df = df.iloc[:, :-1]  # a trailing separator on every line, e.g. "1,2,5,100,"
     if df.shape[1] > len(columns):  # the first line had surplus fields; name the first row that has them
-        row = int(np.flatnonzero(df.iloc[:, len(columns) :].notna().any(axis=1).to_numpy())[0])
+        surplus = ~df.iloc[:, len(columns) :].apply(empty)
+        row = int(np.flatnonzero(surplus.any(axis=1).to_numpy())[0])
         raise UserError(
             f"{name}, line {line_of(row)}: more than {len(columns)} fields "
             f"(expected {', '.join(columns)} separated by {sep!r})"
@@ -134,24 +152,26 @@ def _checked_chunk(
     for col in columns[df.shape[1] :]:
         df[col] = np.nan  # too few fields on every line: reported below as the first line's error
     out = {}
-    for col in columns:
+    for col in (c for c in columns if c not in ignored):
         values = df[col]
         if values.dtype.kind not in "iu":
             numbers = pd.to_numeric(values, errors="coerce")
             bad = numbers.isna().to_numpy().copy()
+            bad |= ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))  # inf, -inf, 1e400
             if col not in numeric_ok:
-                bad |= ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan)) | (numbers % 1 != 0).to_numpy()
+                bad |= (numbers % 1 != 0).to_numpy()
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 value = values.iloc[row]
-                what = "a number" if col in numeric_ok else "an integer id"
-                if pd.isna(value):
+                what = "a finite number" if col in numeric_ok else "an integer id"
+                if pd.isna(value) or value == "":
                     raise UserError(
-                        f"{name}, line {line_of(row)}: too few fields: no {col} (expected {len(columns)} fields: "
-                        f"{', '.join(columns)} separated by {sep!r})"
+                        f"{name}, line {line_of(row)}: too few fields, or an empty one: no {col} "
+                        f"(expected {len(columns)} fields: {', '.join(columns)} separated by {sep!r})"
                     )
-                hint = "" if col in numeric_ok else " (for string ids, name the columns with --user-col and --item-col)"
-                raise UserError(f"{name}, line {line_of(row)}: {col} is '{value}', expected {what}{hint}")
+                hint = " (for string ids, name the columns with --user-col and --item-col)" if header else ""
+                hint = "" if col in numeric_ok else hint
+                raise UserError(f"{name}, line {line_of(row)}: {col} is {value!r}, expected {what}{hint}")
             if col not in numeric_ok and numbers.abs().max() >= 2**53:  # parsed as float: no longer exact
                 row = int(np.argmax(numbers.abs().to_numpy() >= 2**53))
                 raise UserError(f"{name}, line {line_of(row)}: {col} is too large for an exact id")
@@ -231,8 +251,14 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
     head = head.removeprefix(codecs.BOM_UTF8)  # files saved by Windows tools (pandas skips it too)
     first = next((line for line in head.splitlines() if line.strip()), b"").decode("utf-8", "replace")
     raw = source  # a file is parsed from disk in chunks, never read whole
-    if "::" in first:  # pandas' fast parser takes one-character separators; line numbers are unchanged
+    double_colon = "::" in first
+    if double_colon:  # pandas' fast parser takes one-character separators; line numbers are unchanged
         raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+        if b"\t" in raw:  # a tab would become a separator too: a ratings.dat line with tabs is a bad line
+            row = raw[: raw.index(b"\t")].count(b"\n")
+            raise UserError(
+                f"{name}, line {row + 1}: a tab in a '::'-separated file (expected user::item::rating::time)"
+            )
         raw, first = raw.replace(b"::", b"\t"), first.replace("::", "\t")
     sep = "\t" if "\t" in first else "," if "," in first else "\t"
     fields = [f.strip().strip('"').lower() for f in first.split(sep)]
@@ -255,7 +281,10 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
                 f"{name}, line 1: header {first.strip()!r} has no {' or '.join(missing)} column "
                 "(expected e.g. userId,movieId,rating,timestamp; leave-one-out needs the time of each interaction)"
             )
-    df = read_table(raw, name, sep, columns, set(columns) - {"user", "item"}, header)
+    others = frozenset(c for c in columns if c not in HEADER_NAMES)  # e.g. a tag column: columns go by name
+    df = read_table(
+        raw, name, sep, columns, set(columns) - {"user", "item"}, header, others, "::" if double_colon else sep
+    )
     return _interactions(df, name)
 
 

@@ -28,10 +28,11 @@ COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # what pand
 
 
 def is_table_file(path: Path) -> bool:
-    """Files read here rather than as a MovieLens layout: Parquet, .tsv / .tab, compressed text (.gz, .bz2, .xz),
-    and any other text file with a header row, except MovieLens' own (u.data, ratings.dat, ratings.csv, .inter,
-    .dat, zips), which are read strictly (integer ids, a time column)."""
-    if path.suffix.lower() in (*PARQUET, ".tsv", ".tab", *COMPRESSED):
+    """Files read here rather than as a MovieLens layout: Parquet, compressed text (.gz, .bz2, .xz), and any
+    other text file with a header row, except MovieLens' own (u.data, ratings.dat, ratings.csv, .inter, .dat,
+    zips), which are read strictly (integer ids, a time column). A text file without a header (.tsv included)
+    is read as u.data is: user, item, rating, timestamp."""
+    if path.suffix.lower() in (*PARQUET, *COMPRESSED):
         return True
     if path.name in RATING_FILES or path.suffix.lower() in (".zip", ".inter", ".dat") or not path.is_file():
         return False
@@ -134,8 +135,8 @@ def read_table_file(
             raise UserError(f"{name}: not a readable compressed file ({e})") from None
         if all(is_number(c) for c in columns):
             raise UserError(
-                f"{name}, line 1: numbers, not a header (a table needs a header row naming its columns; MovieLens' "
-                "headerless u.data and ratings.dat are read uncompressed)"
+                f"{name}, line 1: numbers, not a header (a table needs a header row naming its columns; a file "
+                "without one is read as MovieLens' u.data: user, item, rating, timestamp, but only uncompressed)"
             )
         header_line = 1
     user = _pick(columns, user_col, "user", "--user-col", True, name)
@@ -168,10 +169,11 @@ def read_table_file(
             parts["timestamps"].append(times)
         if rating is not None:
             numbers = pd.to_numeric(df[rating], errors="coerce")
-            bad = numbers.isna().to_numpy()
+            bad = ~np.isfinite(numbers.to_numpy(np.float64, na_value=np.nan))  # missing, not a number, inf
             if bad.any():
                 row = _first_bad(bad)
-                raise UserError(f"{name}, {where(row)}: {rating} is {_shown(df[rating].iloc[row])}, expected a number")
+                value = _shown(df[rating].iloc[row])
+                raise UserError(f"{name}, {where(row)}: {rating} is {value}, expected a finite number")
             parts["ratings"].append(compact(numbers.to_numpy(np.float64)))
         rows += len(df)
     if rows == 0:
@@ -189,7 +191,16 @@ def read_table_file(
 def _csv_chunks(path: Path, sep: str, wanted: list[str], dtype: dict, name: str, n_columns: int):
     try:
         # every column, not usecols: with usecols pandas silently ignores a line's surplus fields
-        with pd.read_csv(path, sep=sep, engine="c", dtype=dtype, chunksize=movielens.CHUNK_ROWS) as reader:
+        # keep_default_na=False: "NA", "null", "None" are ids like any other text; an empty field is missing
+        with pd.read_csv(
+            path,
+            sep=sep,
+            engine="c",
+            dtype=dtype,
+            chunksize=movielens.CHUNK_ROWS,
+            keep_default_na=False,
+            na_values=[""],
+        ) as reader:
             for chunk in reader:
                 yield chunk[wanted]
     except pd.errors.ParserError as e:
@@ -241,13 +252,13 @@ def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.
 def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> tuple[np.ndarray, str]:
     """One chunk's times as numbers, or as nanoseconds where the column holds dates (the first chunk decides)."""
     if values.dtype.kind in "iuf":
-        bad, out, this = values.isna().to_numpy(), compact(values.to_numpy(), narrow_floats=False), "number"
+        bad, out, this = values.isna().to_numpy(), _number_times(values, col, name, where), "number"
     elif values.dtype.kind == "M":
         bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "date"
     else:
         numbers = pd.to_numeric(values, errors="coerce")
         if kind == "number" or (kind is None and numbers.notna().any()):  # the first non-number is the error
-            bad, out, this = numbers.isna().to_numpy(), compact(numbers.to_numpy(), narrow_floats=False), "number"
+            bad, out, this = numbers.isna().to_numpy(), _number_times(numbers, col, name, where), "number"
         elif numbers.notna().any():  # dates in the chunks before: a number here is not read as a date
             row = _first_bad(numbers.notna().to_numpy())
             raise UserError(
@@ -259,9 +270,20 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> t
             except (ValueError, TypeError):
                 dates = pd.Series(pd.NaT, index=values.index)
             bad, out, this = dates.isna().to_numpy(), _nanoseconds(dates), "date"
+    if this == "number" and out.dtype.kind == "f":
+        bad = bad | ~np.isfinite(out)  # inf, 1e400
     if bad.any():
         row = _first_bad(bad)
         raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected a number or a date/time")
     if kind is not None and kind != this:
         raise UserError(f"{name}, {where(0)}: {col} holds {this}s here and {kind}s before (expected one kind)")
     return out, this
+
+
+def _number_times(numbers: pd.Series, col: str, name: str, where) -> np.ndarray:
+    """Numeric times, compact; an integer past int64 (read as uint64) is an error, not a wrapped-around time."""
+    raw = numbers.to_numpy()
+    if raw.dtype.kind == "u" and len(raw) and raw.max() > np.iinfo(np.int64).max:
+        row = _first_bad(raw > np.iinfo(np.int64).max)
+        raise UserError(f"{name}, {where(row)}: {col} is {raw[row]}, too large (at most 2**63 - 1)")
+    return compact(raw, narrow_floats=False)

@@ -619,3 +619,14 @@ def test_data_info_reads_a_movielens_folder(capsys, tmp_path):
     rc, out, err = run_main(capsys, ["data", "info", tmp_path / "ml", "--eval-negatives", "5"])
     assert rc == 0, err
     assert "Users: 60" in out and str(tmp_path / "ml" / "u.data") in out
+
+
+def test_config_files_with_a_bom_or_an_option_given_twice(capsys, tmp_path):
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbfepochs = 1\n")
+    assert run_main(capsys, ["train", "--config", bom, *SYNTHETIC, *tiny(tmp_path / "a")[2:]])[0] == 0
+    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 1
+    twice = tmp_path / "twice.toml"
+    twice.write_text("epochs = 1\n[train]\nepochs = 2\n")
+    rc, _, err = run_main(capsys, ["train", "--config", twice, *SYNTHETIC])
+    assert rc == 2 and "option 'epochs' given twice" in err

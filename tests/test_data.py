@@ -278,7 +278,7 @@ def test_repeated_pair_kept_once_at_latest_time(order):
     assert raw_pairs(ds, "test") == [(1, 10), (2, 30)]  # the repeat's latest time (9) is the user's latest
     assert raw_pairs(ds, "train") == [(1, 20), (2, 10)]  # and it is not in train as well
     assert len(ds.train_users) + len(ds.test_users) == 4
-    assert any(n.startswith("1 repeated user-item rows kept once") for n in ds.notes), ds.notes
+    assert any(n.startswith("1 repeated user-item row kept once") for n in ds.notes), ds.notes
 
 
 def test_single_interaction_users_dropped_with_a_count():
@@ -930,3 +930,55 @@ def test_double_colon_files_name_their_own_separator_and_refuse_tabs(tmp_path):
     with pytest.raises(UserError, match="a tab in a '::'-separated file") as exc:
         read_ratings_file(path)
     assert_line_error(exc, str(path), 2)
+
+
+def test_ncf_files_are_told_apart_without_dataset_ncf(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, "(0,2)\t3\t4\t5\n(1,4)\t0\t1\t5\n(2,1)\t2\t3\t4\n")
+    for given in (prefix, Path(f"{prefix}.train.rating"), tmp_path):
+        ds = load_dataset(DataConfig(data=str(given), data_dir=str(tmp_path / "dd")), log=lambda s: None)
+        assert ds.name == "NCF tiny" and ds.eval_negatives.shape == (3, 3)  # the paper's split and negatives
+
+
+def test_the_ncf_prefix_with_a_file_missing_says_which(tmp_path):
+    write_ncf(tmp_path / "tiny")
+    Path(f"{tmp_path / 'tiny'}.train.rating").unlink()
+    with pytest.raises(UserError, match=r"the NCF paper's files lack .*tiny.train.rating \(found test.rating\)"):
+        load_dataset(DataConfig(data=str(tmp_path / "tiny"), data_dir=str(tmp_path / "dd")), log=lambda s: None)
+
+
+def test_a_bom_in_the_ncf_negatives_is_dropped(tmp_path):
+    prefix = tmp_path / "tiny"
+    write_ncf(prefix, "\ufeff(0,2)\t3\t4\t5\n(1,4)\t0\t1\t5\n(2,1)\t2\t3\t4\n")
+    assert read_ncf(prefix, 99, 0).eval_negatives.shape == (3, 3)
+
+
+def test_synthetic_data_refuses_a_data_file(tmp_path):
+    with pytest.raises(UserError, match="not read with --dataset synthetic"):
+        load_dataset(DataConfig(dataset="synthetic", data=str(tmp_path / "u.data")), log=lambda s: None)
+
+
+def test_a_blank_first_line_before_a_table_header(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("\nuser,item,timestamp\na,x,1\na,y,2\n")
+    raw = table.read_table_file(path) if table.is_table_file(path) else None
+    assert raw is not None and sorted(raw.user_names) == ["a"]
+
+
+def test_a_folder_with_one_recbole_inter_file(tmp_path):
+    (tmp_path / "shop").mkdir()
+    body = "".join(f"{u}\t{i}\t{t}\n" for u, i, t in [(1, 2, 10), (1, 3, 11), (2, 2, 12), (2, 4, 13)])
+    (tmp_path / "shop" / "shop.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + body)
+    assert read_ratings_file(tmp_path / "shop").source.endswith("shop.inter")
+
+
+def test_a_home_path_in_a_config_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = DataConfig(data="~/u.data", data_dir="~/cache")
+    assert cfg.data == str(tmp_path / "u.data") and cfg.data_dir == str(tmp_path / "cache")
+
+
+def test_counts_in_notes_agree_with_their_nouns():
+    ds = prepare([(1, 10, 1), (1, 11, 2), (2, 10, 3), (2, 10, 4), (3, 12, 5)], eval_negatives=1)
+    assert "1 repeated user-item row kept once" in ds.notes[0]
+    assert "2 users with a single interaction dropped" in ds.notes[1]  # user 2 (its repeat kept once), user 3

@@ -72,7 +72,7 @@ def test_a_download_that_does_not_match_its_pin_is_not_kept(tmp_path, monkeypatc
     pin(monkeypatch, "ml-1m", data, **{field: {"size": len(data) + 1, "sha256": "0" * 64, "md5": "0" * 32}[field]})
     with pytest.raises(UserError, match=f"download's {field} is .* not the published .* not kept"):
         download.fetch("ml-1m", tmp_path / "data", lambda s: None)
-    assert list((tmp_path / "data" / "ml-1m").iterdir()) == []  # no zip, no partial file
+    assert not (tmp_path / "data" / "ml-1m").exists()  # no zip, no partial file, no folder made for them
 
 
 def test_a_checked_download_is_kept_and_trains(tmp_path, monkeypatch):
@@ -103,6 +103,7 @@ def test_a_closed_network_says_so_and_how_to_pass_a_local_file(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "could not download https://files.grouplens.org/datasets/movielens/ml-20m.zip" in err
     assert "network may be closed" in err and "--data PATH" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the release's folder, made for the download, is gone again
     serve(monkeypatch, {})  # reachable, but no such file
     with pytest.raises(download.Unreachable, match="ml-25m.zip .HTTP 404 Not Found.; download it by hand"):
         download.fetch("ml-25m", tmp_path, lambda s: None)
@@ -143,7 +144,7 @@ def test_tls_failures_are_unreachable_and_a_full_disk_names_the_folder(tmp_path,
     monkeypatch.setattr(download.os, "replace", full)
     with pytest.raises(UserError, match=r"ml-1m: could not write ml-1m.zip \(No space left on device\)"):
         download.fetch("ml-1m", tmp_path, lambda s: None)
-    assert list((tmp_path / "ml-1m").iterdir()) == []
+    assert not (tmp_path / "ml-1m").exists()
 
 
 def test_a_release_with_a_pinned_sha256_asks_for_nothing_else(tmp_path, monkeypatch):

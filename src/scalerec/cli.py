@@ -163,17 +163,10 @@ def refuse_many_processes() -> None:
 def data_config_for(source: str, given: dict[str, Any]) -> Any:
     """`scalerec data info SOURCE`: the DataConfig that SOURCE names (the dataset told from the path)."""
     from scalerec.config import DataConfig
-    from scalerec.data.ncf import resolve_prefix
 
     if source in RELEASES or source == "synthetic":
         return DataConfig(dataset=source, **given)
-    try:
-        prefix = resolve_prefix(source)
-    except UserError:  # a folder without the NCF files: a MovieLens folder, read as train --data reads it
-        prefix = Path(source)
-    if Path(f"{prefix}.train.rating").is_file():
-        return DataConfig(dataset="ncf", data=source, **given)
-    return DataConfig(data=source, **given)
+    return DataConfig(data=source, **given)  # the NCF paper's files are told apart as train tells them
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ from typing import Any, Literal
 from scalerec.errors import OptionError
 
 MAX_SEED = 2**63 - 1
+
+
+def home(path: str | None) -> str | None:
+    """~ expanded, as a shell does on the command line (a config file's paths get no shell)."""
+    return os.path.expanduser(path) if path else path
 
 
 @dataclass
@@ -70,6 +76,7 @@ class DataConfig:
     """Synthetic data: mean interactions per user (at least 2 each)."""
 
     def __post_init__(self) -> None:
+        self.data, self.data_dir = home(self.data), home(self.data_dir)
         if self.eval_negatives < 1:
             raise ValueError(f"eval_negatives must be at least 1, got {self.eval_negatives}")
         if self.dataset == "ncf" and not self.data:
@@ -200,6 +207,7 @@ class TrainConfig:
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<dataset>-<model>)."""
 
     def __post_init__(self) -> None:
+        self.output = home(self.output)
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size != "max" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)):
@@ -300,7 +308,7 @@ def load_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise OptionError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM that a Windows editor wrote is dropped
     except UnicodeDecodeError as e:
         raise OptionError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     try:
@@ -337,8 +345,12 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
                 k = str(k).replace("-", "_")
                 if owner.get(k) != key:
                     raise OptionError(f"{path}: unknown option '{k}' in section [{key}]")
+                if k in out[key]:
+                    raise OptionError(f"{path}: option '{k}' given twice (at the top level and in [{key}])")
                 out[key][k] = _coerce(path, k, typing.get_type_hints(SECTIONS[key])[k], v)
         elif key in owner:
+            if key in out[owner[key]]:
+                raise OptionError(f"{path}: option '{key}' given twice (at the top level and in [{owner[key]}])")
             out[owner[key]][key] = _coerce(path, key, typing.get_type_hints(SECTIONS[owner[key]])[key], value)
         else:
             raise OptionError(f"{path}: unknown option '{key}'")
@@ -368,7 +380,7 @@ def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:
     except (TypeError, ValueError):
         expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
         what = (
-            f"a list of {expected[args[0]]}s"
+            f"a list of {expected[args[0]].removeprefix('an ').removeprefix('a ')}s"
             if typing.get_origin(hint) is tuple
             else expected.get(args[0] if args else hint, str(hint))
         )

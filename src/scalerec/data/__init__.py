@@ -25,12 +25,17 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     options = {"eval_negatives": cfg.eval_negatives, "data_seed": cfg.data_seed}
     core = {"min_user_interactions": cfg.min_user_interactions, "min_item_interactions": cfg.min_item_interactions}
     columns = {k: getattr(cfg, k) for k in TABLE_OPTIONS if getattr(cfg, k) is not None}
-    if cfg.dataset in ("synthetic", "ncf") and (columns or cfg.min_rating is not None):
+    dataset = cfg.dataset
+    if dataset == "ml-100k" and cfg.data and not columns and ncf.is_ncf(cfg.data):  # --data PREFIX alone
+        dataset = "ncf"
+    if dataset == "synthetic" and cfg.data:
+        raise UserError(f"--data {cfg.data}: not read with --dataset synthetic, which generates its data")
+    if dataset in ("synthetic", "ncf") and (columns or cfg.min_rating is not None):
         raise UserError(
             f"--{next(iter(columns), 'min_rating').replace('_', '-')} applies to a table or ratings file "
-            f"given with --data, not to --dataset {cfg.dataset}"
+            f"given with --data, not to --dataset {dataset}"
         )
-    if cfg.dataset == "synthetic":
+    if dataset == "synthetic":
         sizes = (cfg.synthetic_users, cfg.synthetic_items, cfg.synthetic_interactions)
         source = f"the synthetic generator (seed {cfg.data_seed}, {sizes[0]} users, {sizes[1]} items)"
 
@@ -41,7 +46,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         # cached too: ML-20M's shape takes a minute to generate and prepare
         identity = {"name": "synthetic", **options, **core, "sizes": sizes, "generator": synthetic.VERSION}
         return cached(cache_dir, identity, generate, log)
-    if cfg.dataset == "ncf":
+    if dataset == "ncf":
         if core != {"min_user_interactions": 2, "min_item_interactions": 1}:
             raise UserError(
                 "--min-user-interactions and --min-item-interactions do not apply to the NCF paper's "

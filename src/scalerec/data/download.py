@@ -110,6 +110,7 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
     try:
         md5 = release.md5 or (None if release.sha256 else _published_md5(url))
         pins = {k: v for k, v in (("size", release.size), ("sha256", release.sha256), ("md5", md5)) if v is not None}
+        made = not path.parent.exists()  # removed again if nothing lands in it
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"Downloading {url} ({f'{release.size / 1e6:.1f} MB' if release.size else 'size unpinned'}) ...")
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", suffix=".part", delete=False) as f:
@@ -125,6 +126,8 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = print) -> Path
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+            if made and not path.exists():
+                path.parent.rmdir()
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError) as e:
         local = "pass it with --data PATH (the zip, its folder or its ratings file)"
         if isinstance(e, urllib.error.HTTPError):  # reached, and refused: the network is not the cause

@@ -313,12 +313,20 @@ def find_ratings_file(path: str | Path) -> Path:
     """The ratings file a user pointed at: the path itself, or u.data / ratings.dat / ratings.csv in a folder."""
     path = Path(path)
     if not path.exists():
+        parts = [s for s in ("train.rating", "test.rating", "test.negative") if Path(f"{path}.{s}").is_file()]
+        if parts:  # the prefix of the NCF paper's files, some of them missing
+            raise UserError(f"{path}: the NCF paper's files lack {path}.train.rating (found {', '.join(parts)})")
         raise UserError(f"{path}: no such file or folder")
     if path.is_dir():
         for candidate in (c for name in RATING_FILES for c in (path / name, *path.glob(f"*/{name}"))):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"{path}: folder holds none of {', '.join(RATING_FILES)}")
+        if len(inter := sorted(path.glob("*.inter"))) == 1:  # a RecBole dataset folder: NAME/NAME.inter
+            return inter[0]
+        raise UserError(
+            f"{path}: folder holds none of {', '.join(RATING_FILES)} (nor a single .inter file, nor the NCF paper's "
+            "PREFIX.train.rating)"
+        )
     return path
 
 

@@ -58,7 +58,7 @@ def _read_rating(path: Path) -> pd.DataFrame:
 
 def _read_negatives(path: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """(users, positives, negatives[n_rows, 99], file line of each row) from a .test.negative file."""
-    text = path.read_bytes().decode("utf-8", "replace")  # undecodable bytes then fail as a malformed line
+    text = path.read_bytes().decode("utf-8-sig", "replace")  # a BOM dropped; bad bytes fail as a malformed line
     numbered = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if len(numbered) != n_rows:
         raise UserError(f"{path}: {len(numbered)} lines, expected one per test user ({n_rows})")
@@ -100,6 +100,14 @@ def resolve_prefix(data: str | Path) -> Path:
         if path.name.endswith(suffix):
             return Path(str(path)[: -len(suffix)])
     return path
+
+
+def is_ncf(data: str | Path) -> bool:
+    """Whether `data` names the NCF paper's files: their prefix, one of them, or their folder."""
+    try:
+        return Path(f"{resolve_prefix(data)}.train.rating").is_file()
+    except UserError:  # a folder without them
+        return False
 
 
 def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:

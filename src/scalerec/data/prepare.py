@@ -175,6 +175,11 @@ def _contiguous(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int32 if len(uniques) < 2**31 else np.int64), uniques
 
 
+def count(n: int, noun: str) -> str:
+    """ "1 user", "2,000 users"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _by_user_then_time(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     """The stable order by (user, time): one argsort of a combined int64 key where the times are integers that
     fit beside the user (MovieLens' seconds, nanoseconds of dates over a few years), else a lexsort."""
@@ -244,7 +249,7 @@ def from_interactions(
     keep[by_pair[np.r_[key[1:] != key[:-1], True]]] = True
     del key, by_pair
     if not keep.all():
-        notes.append(f"{n_rows - keep.sum()} repeated user-item rows kept once, at their latest time")
+        notes.append(f"{count(n_rows - int(keep.sum()), 'repeated user-item row')} kept once, at their latest time")
         u, i, t = u[keep], i[keep], t[keep]
     if untimed:  # the held-out row: a random one of each user's
         shuffled = np.lexsort((np.random.default_rng(seed).random(len(u)), u))
@@ -269,14 +274,14 @@ def from_interactions(
                 f"items with at least {min_item_interactions}"
             )
         if default:
-            notes.append(f"{gone_users} users with a single interaction dropped (nothing left to train on)")
+            notes.append(f"{count(gone_users, 'user')} with a single interaction dropped (nothing left to train on)")
         else:
             left, before = np.bincount(i[rows], minlength=n_items), np.bincount(i, minlength=n_items)
             gone_items = int(((left == 0) & (before > 0)).sum()) if min_item_interactions > 1 else 0
             notes.append(
                 f"k-core (users with at least {min_user_interactions} interactions, items with at least "
-                f"{min_item_interactions}): dropped {gone_users:,} users, {gone_items:,} items, "
-                f"{int((~rows).sum()):,} rows"
+                f"{min_item_interactions}): dropped {count(gone_users, 'user')}, {count(gone_items, 'item')}, "
+                f"{count(int((~rows).sum()), 'row')}"
             )
         kept_users = np.flatnonzero(user_count > 0)
         remap = np.full(len(user_ids), -1, np.int64)

@@ -51,9 +51,10 @@ def _opener(path: Path):
 
 
 def _first_line(path: Path) -> str:
+    """The first line that is not blank (pandas skips blank lines before the header too)."""
     try:
         with _opener(path)(path, "rb") as f:
-            return f.readline().decode("utf-8", "replace")
+            return next((line for line in f if line.strip()), b"").decode("utf-8", "replace")
     except (OSError, EOFError, lzma.LZMAError) as e:  # gzip's BadGzipFile is an OSError
         raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
 

@@ -531,7 +531,7 @@ def test_data_info_prints_sizes_times_split_and_what_was_dropped(capsys, tmp_pat
     assert f"Rows read: {n + 1}" in out
     assert "Time: 2024-01-01 00:00:00 UTC to 2024-01-06 00:00:00 UTC" in out  # the loner's row is gone too
     assert f"{n - 30} training interactions, 30 test users" in out and "5 evaluation negatives" in out
-    assert "Dropped or adjusted: 1 users with a single interaction dropped" in out
+    assert "Dropped or adjusted: 1 user with a single interaction dropped" in out
 
 
 def test_data_info_on_a_missing_file_and_a_bad_option(capsys, tmp_path):

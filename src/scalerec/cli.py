@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -80,6 +81,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="train a model and evaluate it every epoch",
         description="Train NeuMF (or gmf, mlp, mf) and print HR@K, NDCG@K and throughput per epoch.",
     )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in folder RUN after the last epoch its checkpoint.pt holds, with its own options "
+        "(config.json; only --threads may be given)",
+    )
     _add_config_options(p)
 
 
@@ -104,7 +111,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 # Options that find-batch has no use for: it trains no epoch, evaluates nothing and writes no run folder.
 FIND_BATCH_UNUSED = ("eval", "epochs", "output", "shuffle", "lr_scaling", "base_lr", "base_batch", "warmup")
-FIND_BATCH_UNUSED += ("warmup_epochs", "decay")
+FIND_BATCH_UNUSED += ("warmup_epochs", "decay", "checkpoint")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -121,6 +128,19 @@ def make_parser() -> argparse.ArgumentParser:
         "the CPU, --memory-budget-gb, default 80% of the memory available).",
     )
     _add_config_options(find, leave_out=FIND_BATCH_UNUSED)
+    rec = sub.add_parser(
+        "recommend",
+        help="top-K items for users, from a trained run's checkpoint",
+        description="Score every item for each user with the last epoch's model of a run (its checkpoint.pt) and "
+        "print CSV: user,rank,item,score, best first. Users and items go by the ids of the input file; the "
+        "items a user interacted with are left out.",
+    )
+    rec.add_argument("run", help="a run folder (holding config.json and checkpoint.pt)")
+    rec.add_argument("--users", nargs="+", metavar="ID", help="user ids as in the input file (default: every user)")
+    rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
+    rec.add_argument("--output", metavar="FILE", help="write the CSV to FILE (atomically) instead of printing it")
+    rec.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -182,6 +202,25 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     return build_config(overrides_from_args(args))  # a bad value raises OptionError: exit status 2
+
+
+def resumed_config(args: argparse.Namespace) -> Any:
+    """`train --resume RUN`: the run's own options (its config.json), with --threads if given."""
+    given = ["config"] if args.config else []
+    given += [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.name in vars(args)]
+    if given := [name for name in given if name != "threads"]:
+        shown = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise OptionError(f"--resume continues a run with its own options (its config.json); not with {shown}")
+    path = Path(args.resume) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{args.resume}: not a run folder (no config.json)") from None
+    except ValueError as e:
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+    if "threads" in vars(args):
+        saved.setdefault("train", {})["threads"] = args.threads
+    return build_config(saved)
 
 
 def run_sweep(args: argparse.Namespace) -> Path:
@@ -249,8 +288,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from scalerec.train import train
 
-            if train(config_from_args(args))["state"] == "diverged":
+            if args.resume:
+                summary = train(resumed_config(args), resume=Path(args.resume))
+            else:
+                summary = train(config_from_args(args))
+            if summary["state"] == "diverged":
                 return 3
+        elif args.command == "recommend":
+            from scalerec.recommend import recommend_run
+
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            output = Path(args.output) if args.output else None
+            text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output)
+            if output is None:
+                sys.stdout.write(text)
         elif args.command == "find-batch":
             from scalerec.train import find_largest_batch
 

@@ -205,6 +205,9 @@ class TrainConfig:
     """CPU threads for PyTorch (default: PyTorch's choice, one per core)."""
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<dataset>-<model>)."""
+    checkpoint: bool = True
+    """Save checkpoint.pt in the run folder after every epoch (weights, optimizer and random state): what
+    `scalerec train --resume RUN` continues from and `scalerec recommend RUN` recommends with."""
 
     def __post_init__(self) -> None:
         self.output = home(self.output)

@@ -112,7 +112,7 @@ def seen_index(users: torch.Tensor, items: torch.Tensor, n_users: int) -> tuple[
     return offsets, items[order]
 
 
-def _seen_pairs(seen: tuple[torch.Tensor, torch.Tensor], users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def seen_pairs(seen: tuple[torch.Tensor, torch.Tensor], users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(row in `users`, item) of every training item of the given users."""
     offsets, items = seen
     starts, lengths = offsets[users], offsets[users + 1] - offsets[users]
@@ -147,7 +147,7 @@ def full_ranks(
             rows = torch.arange(len(u), device=u.device)
             pos = scores[rows, pos_items]
             beats = scores >= pos[:, None]
-            beats[_seen_pairs(seen, u)] = False
+            beats[seen_pairs(seen, u)] = False
             beats[rows, pos_items] = False  # the positive is not its own competitor
             rank = beats.sum(1)
             out[s : s + len(u)] = torch.where(torch.isnan(pos), torch.full_like(rank, NAN_RANK), rank)

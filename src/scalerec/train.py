@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from scalerec import checkpoint
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import PROTOCOLS, Config
 from scalerec.data import load_dataset
@@ -249,14 +250,18 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
     return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)
 
 
-def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
-    """Train and evaluate every epoch; returns the summary also written to <run>/summary.json."""
+def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None = None) -> dict:
+    """Train and evaluate every epoch; returns the summary also written to <run>/summary.json. With `resume` (a
+    run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     if device.type == "cpu":
         keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
-    run_dir = check_run_dir(cfg)
+    run_dir = check_run_dir(cfg) if resume is None else Path(resume)
+    saved = checkpoint.load(run_dir) if resume is not None else None  # a bad checkpoint fails before any work
+    if saved is not None and len(saved["history"]) >= cfg.train.epochs:
+        raise UserError(f"{run_dir}: all {cfg.train.epochs} epochs are done; nothing to resume")
     ds = load_dataset(cfg.data, log)
     log(ds.summary())
     for note in ds.notes:
@@ -268,8 +273,9 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
     t = cfg.train
     keys = ds.positive_keys()
     sampler = EpochSampler(ds.train_users, ds.train_items, keys, ds.n_items, t.negatives, device, t.seed, t.shuffle)
+    n = sampler.samples_per_epoch
     if bs == "max":
-        bs = largest_batch(cfg, model, ds.n_users, ds.n_items, sampler.samples_per_epoch, device, log)
+        bs = saved["batch_size"] if saved else largest_batch(cfg, model, ds.n_users, ds.n_items, n, device, log)
     lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
     optimizer, groups = optimizer_for(cfg, model, lr)
     test_users = torch.tensor(ds.test_users, device=device)
@@ -302,13 +308,14 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, cfg.eval.topk, recall=True).items()})
         return out
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("")
+    if saved is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
+    # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
+    write_atomic(metrics_path, "".join(json.dumps(row) + "\n" for row in saved["history"]) if saved else "")
     k = cfg.eval.topk[0]
     hr_key = f"{protocols[-1]}_HR@{k}"  # picks the best epoch
-    n = sampler.samples_per_epoch
     steps = (n + bs - 1) // bs
     warmup_steps = o.warmup_epochs * steps
 
@@ -334,10 +341,21 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
 
     best = {"epoch": -1, hr_key: -1.0}
     history = []
+    if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as e:  # the data it names changed size since the run
+            raise UserError(f"{run_dir}: its checkpoint does not fit the data ({str(e).splitlines()[0]})") from None
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        checkpoint.set_random_state(saved["random"], device, sampler.generator)
+        history, best = saved["history"], saved["best"]
+        log(f"Resuming {run_dir} at epoch {len(history)} of {cfg.train.epochs} (best so far: epoch {best['epoch']})")
     state, diverged = "finished", None
     interrupted = False
     try:
-        for epoch in range(cfg.train.epochs):
+        for epoch in range(len(history), cfg.train.epochs):
             model.train()
             t0 = time.perf_counter()
             users = items = labels = None  # the last epoch's tensors go before the next is drawn: 20 bytes a sample
@@ -401,6 +419,20 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict:
             history.append(row)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if cfg.train.checkpoint:
+                checkpoint.save(
+                    run_dir,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "random": checkpoint.random_state(device, sampler.generator),
+                        "batch_size": bs,
+                        "history": history,
+                        "best": best,
+                    },
+                )
 
     except KeyboardInterrupt:  # Ctrl-C: the epochs so far stay logged, and summary.json says the run stopped
         state, interrupted = "interrupted", True

@@ -1,0 +1,122 @@
+"""Checkpoints, `train --resume` and `recommend`, on tiny data in tmp_path (one thread, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import scalerec.train as train_module
+from scalerec.evaluate import seen_index
+from scalerec.model import NeuMF
+from scalerec.recommend import top_k
+from tests.test_cli import SYNTHETIC, isolated, run_main, tiny, write_udata  # noqa: F401 (isolated: a fixture)
+
+
+def rows(run) -> list[dict]:
+    """metrics.jsonl less its timings, which differ from run to run."""
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out.append({k: v for k, v in row.items() if k not in ("train_s", "eval_s", "samples_per_s", "peak_memory_mb")})
+    return out
+
+
+def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
+    calls = []
+    real = train_module.train_epoch
+
+    def stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch + 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", stop)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--optimizer", "lars", "--warmup", "linear", "--warmup-epochs", "1", "--decay", "cosine", "--lr", "0.5"]],
+    ids=["adam", "lars-warmup-cosine"],
+)
+def test_a_resumed_run_ends_as_a_run_never_stopped(capsys, tmp_path, monkeypatch, options):
+    args = [*SYNTHETIC, "--dropout", "0.2", *options]  # dropout: torch's random stream must resume too
+    assert run_main(capsys, ["train", *args, *tiny(tmp_path / "whole", epochs=3)])[0] == 0
+    interrupt_in_epoch(monkeypatch, 2)
+    rc, _, err = run_main(capsys, ["train", *args, *tiny(tmp_path / "part", epochs=3)])
+    assert rc == 130 and len(rows(tmp_path / "part")) == 2
+    monkeypatch.undo()
+    rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "part", "--threads", "1"])
+    assert rc == 0, err
+    assert "Resuming" in out and "at epoch 2 of 3" in out and "Epoch 0:" not in out
+    assert rows(tmp_path / "part") == rows(tmp_path / "whole")
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["epochs"] == 3
+
+
+def test_resume_refuses_other_options_a_finished_run_and_a_missing_or_broken_checkpoint(capsys, tmp_path):
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run", "--epochs", "3"])
+    assert rc == 2 and "not with --epochs" in err
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
+    assert rc == 1 and "all 1 epochs are done" in err
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "run" / "config.json").write_text(
+        json.dumps({**json.loads((tmp_path / "run" / "config.json").read_text()), "train": {"epochs": 2}})
+    )
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
+    assert rc == 1 and "not a readable scalerec checkpoint" in err and "Traceback" not in err
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "none", epochs=1), "--no-checkpoint"])[0] == 0
+    assert not (tmp_path / "none" / "checkpoint.pt").exists()
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "none"])
+    assert rc == 1 and "no checkpoint.pt in it" in err
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "nowhere"])
+    assert rc == 1 and "not a run folder" in err
+
+
+def test_top_k_is_the_best_unseen_items_best_first():
+    torch.manual_seed(0)
+    model = NeuMF(5, 12, factors=4, layers=(8, 8, 4)).eval()
+    users, items = torch.tensor([0, 0, 1, 3]), torch.tensor([2, 7, 2, 11])
+    seen = seen_index(users, items, 5)
+    got, scores = top_k(model, torch.arange(5), 12, 4, seen, scores_per_batch=24)  # two users per batch
+    with torch.no_grad():
+        grid = model(torch.arange(5).repeat_interleave(12), torch.arange(12).repeat(5)).reshape(5, 12)
+    grid[users, items] = float("-inf")
+    expected = grid.argsort(dim=1, descending=True, stable=True)[:, :4]
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(scores, grid.gather(1, expected))
+    assert not any(i in got[0].tolist() for i in (2, 7)) and 11 not in got[3].tolist()
+    few, _ = top_k(model, torch.tensor([0]), 12, 11, seen)  # 10 unseen items: the 11th slot is empty
+    assert few[0, -1] == -1 and (few[0, :-1] >= 0).all()
+
+
+def test_recommend_names_users_and_items_by_the_files_ids(capsys, tmp_path):
+    data = write_udata(tmp_path / "u.data", n_users=30, n_items=40, per_user=6)
+    lines = [line.split("\t") for line in data.read_text().splitlines()]
+    raw = "".join(f"{int(u) + 1000}\t{int(i) + 500}\t{r}\t{t}\n" for u, i, r, t in lines)  # ids far from 0..n
+    data.write_text(raw)
+    run = tmp_path / "run"
+    args = ["train", "--data", data, *tiny(run, epochs=1)]
+    args[args.index("--eval-negatives") + 1] = "10"
+    assert run_main(capsys, args)[0] == 0
+    rc, out, err = run_main(capsys, ["recommend", run, "--users", "1001", "1007", "--k", "3"])
+    assert rc == 0, err
+    header, *body = out.splitlines()
+    assert header == "user,rank,item,score" and len(body) == 6
+    assert [r.split(",")[:2] for r in body] == [[u, str(k)] for u in ("1001", "1007") for k in (1, 2, 3)]
+    seen = {(u, i) for u, i, _, _ in (line.split("\t") for line in raw.splitlines())}
+    for r in body:
+        user, _, item, _ = r.split(",")
+        assert 500 <= int(item) < 540 and (user, item) not in seen  # the file's ids; never an item already seen
+    scores = [float(r.split(",")[3]) for r in body[:3]]
+    assert scores == sorted(scores, reverse=True)
+    rc, _, err = run_main(capsys, ["recommend", run, "--users", "7"])
+    assert rc == 1 and "unknown user id(s) 7" in err
+    rc, out, _ = run_main(capsys, ["recommend", run, "--k", "2", "--output", tmp_path / "all.csv"])
+    assert rc == 0 and "Top 2 items of 30 users" in out
+    assert len((tmp_path / "all.csv").read_text().splitlines()) == 1 + 30 * 2
+    rc, out, _ = run_main(capsys, ["recommend", run, "--users", "1001", "--k", "40", "--include-seen"])
+    assert len(out.splitlines()) == 1 + 40  # every item, the seen ones included

@@ -122,3 +122,15 @@ def test_late_epochs(tmp_path):
     timed = {(line["weights"], line["flush_denormal"]) for line in lines if "flush_denormal" in line}
     assert timed == {(w, f) for w in ("epoch1", "epoch2") for f in (False, True)}
     assert lines[-1]["weights"] == "ratio" and lines[-1]["late_over_early"] > 0
+
+
+def test_data_parallel(tmp_path):
+    lines = run(
+        "data_parallel.py", "--dataset", "synthetic", "--epochs", "1", "--repeats", "1", "--batch-size", "256",
+        "--", "--synthetic-users", "200", "--synthetic-items", "100", "--eval-negatives", "20", "--layers", "16",
+        "16", "8", "--factors", "8", tmp_path=tmp_path,
+    )  # fmt: skip
+    runs = {line["run"]: line for line in lines}
+    assert set(runs) == {"one", "parallel", "ratio"} and runs["parallel"]["processes"] == 2
+    assert runs["parallel"]["loss"] == pytest.approx(runs["one"]["loss"], abs=2e-4)  # one batch, split in two
+    assert runs["ratio"]["parallel_over_one"] > 0 and len(runs["one"]["samples_per_s"]) == 1

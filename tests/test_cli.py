@@ -550,13 +550,12 @@ def test_a_bad_option_value_exits_2_and_a_bad_input_file_1(capsys, tmp_path):
     assert rc == 1 and "line 1" in err
 
 
-def test_many_processes_under_torchrun_are_refused(capsys, tmp_path, monkeypatch):
-    """Without data-parallel training every torchrun process would train the whole run into one folder."""
+def test_commands_other_than_train_refuse_many_processes(capsys, tmp_path, monkeypatch):
+    """Only train runs data-parallel (tests/test_distributed.py); the others would run whole in every process."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run")])
-    assert rc == 1 and "WORLD_SIZE is 2" in err and "run one process" in err
-    assert not (tmp_path / "run").exists() and "Epoch" not in out
-    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process trains as usual
+    rc, out, err = run_main(capsys, ["find-batch", *SYNTHETIC, "--memory-budget-gb", "2"])
+    assert rc == 1 and "WORLD_SIZE is 2" in err and "run find-batch in one process" in err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process runs as usual
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
 
 

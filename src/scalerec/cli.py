@@ -169,14 +169,14 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def refuse_many_processes() -> None:
-    """Under torchrun with more than one process every process would train the whole run on its own (and write
-    the same run folder): scalerec has no data-parallel training yet, so it says so instead."""
+def refuse_many_processes(command: str) -> None:
+    """Under torchrun with more than one process, only `train` runs data-parallel: any other command would run
+    whole in every process (and write the same folder), so it says so instead."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1:
         raise UserError(
-            f"WORLD_SIZE is {world} (torchrun with --nproc-per-node or --nnodes above 1): data-parallel training "
-            "is not supported yet, and each process would train the whole run alone; run one process"
+            f"WORLD_SIZE is {world} (torchrun with several processes): only scalerec train runs data-parallel; "
+            f"run {command} in one process"
         )
 
 
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in ("train", "sweep", "find-batch"):
-            refuse_many_processes()
+        if args.command in ("sweep", "find-batch", "recommend"):
+            refuse_many_processes(args.command)
         if args.command == "train":
             from scalerec.train import train
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scalerec import checkpoint
+from scalerec import checkpoint, distributed
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import PROTOCOLS, Config
 from scalerec.data import load_dataset
@@ -48,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train_step(
-    model, optimizer, scaler, ctx, users, items, labels, micro_batch: int | None = None
+    model, optimizer, scaler, ctx, users, items, labels, micro_batch: int | None = None, sync=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
     tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
@@ -57,7 +58,8 @@ def train_step(
     is encoded once for the whole batch; each slice gathers its rows from the encodings as leaves of its own
     graph, and their gradients are added into one buffer per encoding (index_add), so that one backward takes
     them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized gradient per slice
-    and gather (measured at ML-20M shape, batch 65536: a third of the step)."""
+    and gather (measured at ML-20M shape, batch 65536: a third of the step). `sync()`, where given, runs between
+    the backward and the optimizer step (data-parallel: the processes' gradients summed)."""
     n = len(labels)
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
@@ -86,6 +88,8 @@ def train_step(
             for grad, r, at in zip(grads, rows, sides):
                 grad.index_add_(0, at[s : s + chunk], r.grad)
         torch.autograd.backward(encodings, grads)
+    if sync is not None:
+        sync()
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
     skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
     scaler.update()
@@ -107,9 +111,12 @@ def train_epoch(
     scaler=None,
     ctx=None,
     micro_batch: int | None = None,
+    group: distributed.Group | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the epoch's tensors in slices: (each step's mean loss, the number of skipped steps), on the
-    device (no host sync). Without `scaler` and `ctx` it trains in fp32."""
+    device (no host sync). Without `scaler` and `ctx` it trains in fp32. With a process `group`, each process
+    computes its share of every batch, and the losses are this process's shares (their sum over the group is
+    each step's mean)."""
     scaler = scaler or torch.amp.GradScaler(users.device.type, enabled=False)
     ctx = ctx or contextlib.nullcontext()
     n = len(users)
@@ -117,9 +124,14 @@ def train_epoch(
     skipped = torch.zeros((), device=users.device)
     for k, s in enumerate(range(0, n, batch_size)):
         e = min(s + batch_size, n)
-        losses[k], skip = train_step(
-            model, optimizer, scaler, ctx, users[s:e], items[s:e], labels[s:e], micro_batch=micro_batch
+        a, b, weight, sync = s, e, 1.0, None
+        if group is not None:
+            a, b, weight = group.share(s, e)
+            sync = functools.partial(group.sum_gradients, model, weight)
+        loss, skip = train_step(
+            model, optimizer, scaler, ctx, users[a:b], items[a:b], labels[a:b], micro_batch=micro_batch, sync=sync
         )
+        losses[k] = loss * weight
         skipped += skip
         if scheduler is not None:
             scheduler.step()
@@ -127,7 +139,7 @@ def train_epoch(
             bar.update(e - s)
         # One host sync every DIVERGENCE_CHECK steps: a diverged run stops within them instead of training
         # on nans to the end of the epoch (a whole epoch of ML-20M).
-        if (k + 1) % DIVERGENCE_CHECK == 0 and not bool(torch.isfinite(losses[k])):
+        if (k + 1) % DIVERGENCE_CHECK == 0 and not bool(torch.isfinite(group.total(losses[k]) if group else losses[k])):
             losses[k + 1 :] = float("nan")
             break
     return losses, skipped
@@ -252,13 +264,33 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
 
 def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None = None) -> dict:
     """Train and evaluate every epoch; returns the summary also written to <run>/summary.json. With `resume` (a
-    run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds."""
+    run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds. Under
+    torchrun with several processes, data-parallel (distributed.py): every process trains its share of each
+    batch and evaluates (the same weights, the same metrics); the first logs and writes the run folder."""
+    group, device = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        if group is not None:
+            if cfg.train.batch_size == "max":
+                raise UserError("--batch-size max: not with several processes; find the batch with one first")
+            if cfg.optim.sparse_embeddings:
+                raise UserError("--sparse-embeddings: not with several processes, which sum dense gradients")
+            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, sparse_embeddings=False))
+            log = log if group.is_main else lambda s: None
+        return _train(cfg, log, resume, device, group)
+    finally:
+        distributed.teardown(group)
+
+
+def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device, group) -> dict:
+    main = group is None or group.is_main  # the process that writes the run folder
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
     if device.type == "cpu":
         keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
-    run_dir = check_run_dir(cfg) if resume is None else Path(resume)
+    if resume is not None:
+        run_dir = Path(resume)
+    else:  # checked by the first process only: the others would find the folder it has begun
+        run_dir = check_run_dir(cfg) if main else Path(cfg.train.output or ".")
     saved = checkpoint.load(run_dir) if resume is not None else None  # a bad checkpoint fails before any work
     if saved is not None and len(saved["history"]) >= cfg.train.epochs:
         raise UserError(f"{run_dir}: all {cfg.train.epochs} epochs are done; nothing to resume")
@@ -270,6 +302,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
     torch.manual_seed(cfg.train.seed)
     o, bs = cfg.optim, cfg.train.batch_size
     model = build_run_model(cfg, ds.n_users, ds.n_items, device)
+    if group is not None:
+        group.broadcast_weights(model)
     t = cfg.train
     keys = ds.positive_keys()
     sampler = EpochSampler(ds.train_users, ds.train_items, keys, ds.n_items, t.negatives, device, t.seed, t.shuffle)
@@ -309,11 +343,11 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
         return out
 
     metrics_path = run_dir / "metrics.jsonl"
-    if saved is None:
+    if saved is None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
-    # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
-    write_atomic(metrics_path, "".join(json.dumps(row) + "\n" for row in saved["history"]) if saved else "")
+    if main:  # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
+        write_atomic(metrics_path, "".join(json.dumps(row) + "\n" for row in saved["history"]) if saved else "")
     k = cfg.eval.topk[0]
     hr_key = f"{protocols[-1]}_HR@{k}"  # picks the best epoch
     steps = (n + bs - 1) // bs
@@ -370,8 +404,10 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
                 desc=f"Epoch {epoch}",
             ) as bar:
                 losses, skipped = train_epoch(
-                    model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx, micro
+                    model, optimizer, users, items, labels, bs, bar, scheduler, scaler, ctx, micro, group
                 )
+            if group is not None:  # each process's shares of the steps' losses, summed
+                losses = group.total(losses)
             epoch_loss = epoch_mean(losses, n, bs)  # sync point: the epoch is done
             skipped_steps = int(skipped)
             train_s = time.perf_counter() - t0
@@ -417,6 +453,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
                 "best_epoch": best["epoch"],
             }
             history.append(row)
+            if not main:
+                continue
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if cfg.train.checkpoint:
@@ -456,7 +494,8 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
         "steps_per_epoch": steps,
         "lr_schedule": [[step, lr * schedule(step)] for step in points],
     }
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if main:
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if interrupted:
         raise KeyboardInterrupt
     if history:

@@ -73,7 +73,7 @@ def test_resume_refuses_other_options_a_finished_run_and_a_missing_or_broken_che
     rc, _, err = run_main(capsys, ["recommend", tmp_path / "none"])
     assert rc == 1 and "no checkpoint.pt in it" in err
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "nowhere"])
-    assert rc == 1 and "not a run folder" in err
+    assert rc == 1 and "not a folder (expected a run folder)" in err
 
 
 def test_top_k_is_the_best_unseen_items_best_first():
@@ -120,3 +120,47 @@ def test_recommend_names_users_and_items_by_the_files_ids(capsys, tmp_path):
     assert len((tmp_path / "all.csv").read_text().splitlines()) == 1 + 30 * 2
     rc, out, _ = run_main(capsys, ["recommend", run, "--users", "1001", "--k", "40", "--include-seen"])
     assert len(out.splitlines()) == 1 + 40  # every item, the seen ones included
+
+
+def test_resume_and_recommend_refuse_changed_data_and_work_from_another_folder(capsys, tmp_path, monkeypatch):
+    data = write_udata(tmp_path / "u.data", n_users=30, n_items=40, per_user=6)
+    interrupt_in_epoch(monkeypatch, 1)
+    args = ["train", "--data", "u.data", *tiny(tmp_path / "run", epochs=2)]  # a relative path (cwd: tmp_path)
+    args[args.index("--eval-negatives") + 1] = "10"
+    assert run_main(capsys, args)[0] == 130
+    monkeypatch.undo()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the run's relative --data still names tmp_path/u.data
+    assert run_main(capsys, ["recommend", tmp_path / "run", "--users", "1", "1", "--k", "2"])[1].count("\n1,") == 2
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[:-1]) + "\n")  # one row less: another split
+    for command in (["train", "--resume", tmp_path / "run"], ["recommend", tmp_path / "run"]):
+        rc, _, err = run_main(capsys, command)
+        assert rc == 1 and "is not what the run trained on" in err, err
+
+
+def test_a_diverged_run_is_not_resumed_and_a_run_stopped_before_its_first_epoch_ends_can_start_again(
+    capsys, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(run, epochs=2), "--no-checkpoint"])[0] == 0
+    (run / "summary.json").write_text(json.dumps({"state": "diverged"}))
+    torch.save({"version": 1, "history": [{}], "best": {}}, run / "checkpoint.pt")
+    rc, _, err = run_main(capsys, ["train", "--resume", run])
+    assert rc == 1 and "diverged; resuming would replay the same steps" in err
+    interrupt_in_epoch(monkeypatch, 0)
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 130
+    assert (tmp_path / "early" / "metrics.jsonl").read_text() == ""  # no epoch ended: the folder can be reused
+    monkeypatch.undo()
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 0
+
+
+def test_recommend_output_and_folder_errors(capsys, tmp_path):
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "s" / "1-a", epochs=1)])[0] == 0
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "s" / "1-a", "--output", tmp_path / "no" / "x.csv"])
+    assert rc == 1 and "does not exist" in err and ".tmp" not in err
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "s" / "1-a", "--output", tmp_path])
+    assert rc == 1 and "is a folder" in err
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "s"])
+    assert rc == 1 and "a sweep folder; give one of its runs (1-a)" in err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from subprocess import PIPE
 
 import pytest
 import torch
@@ -30,7 +32,16 @@ def run(args: list[str], cwd, processes: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     cmd = [*launch, "-m", "scalerec"] if processes > 1 else [sys.executable, "-m", "scalerec"]
-    return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    # its own session: on a timeout the launcher and its workers go together, none left behind
+    with subprocess.Popen(
+        [*cmd, *args], cwd=cwd, env=env, text=True, stdout=PIPE, stderr=PIPE, start_new_session=True
+    ) as p:
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def test_two_processes_train_as_one_does(tmp_path):
@@ -49,4 +60,7 @@ def test_two_processes_train_as_one_does(tmp_path):
     for name in wa:  # without the summed gradients each process would train on half of every batch
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-5)
     refused = run(["find-batch", *data], tmp_path, 2)
-    assert refused.returncode != 0 and "only scalerec train runs data-parallel" in refused.stderr
+    assert refused.returncode != 0 and refused.stderr.count("only scalerec train runs data-parallel") == 1
+    again = run(["train", *data, *tiny(tmp_path / "two", epochs=1)], tmp_path, 2)  # every process refuses it
+    assert again.returncode != 0 and again.stderr.count("holds an earlier run's metrics.jsonl") == 1
+    assert "RuntimeError" not in again.stderr  # no process left to fail in a collective (torchrun adds its own report)

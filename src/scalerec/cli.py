@@ -211,6 +211,8 @@ def resumed_config(args: argparse.Namespace) -> Any:
     if given := [name for name in given if name != "threads"]:
         shown = ", ".join("--" + name.replace("_", "-") for name in given)
         raise OptionError(f"--resume continues a run with its own options (its config.json); not with {shown}")
+    if not Path(args.resume).is_dir():
+        raise UserError(f"--resume {args.resume!r}: not a folder (expected a run folder)")
     path = Path(args.resume) / "config.json"
     try:
         saved = json.loads(path.read_text())
@@ -283,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in ("sweep", "find-batch", "recommend"):
+        if args.command != "train":
             refuse_many_processes(args.command)
         if args.command == "train":
             from scalerec.train import train
 
-            if args.resume:
+            if args.resume is not None:
                 summary = train(resumed_config(args), resume=Path(args.resume))
             else:
                 summary = train(config_from_args(args))
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
     except UserError as e:
-        print(f"scalerec: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, said once (every process finds the same)
+            print(f"scalerec: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, OptionError) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
         where = f"{e.filename}: " if e.filename else ""

@@ -52,6 +52,10 @@ class Group:
         dist.all_reduce(x)
         return x
 
+    def wait(self) -> None:
+        """Until every process is here."""
+        dist.barrier()
+
     def broadcast_weights(self, model: torch.nn.Module) -> None:
         """Rank 0's weights on every process (they are seeded alike; this makes sure)."""
         for t in model.state_dict().values():

@@ -9,6 +9,7 @@ named by the ids of the input file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from scalerec import checkpoint
-from scalerec.config import build_config
+from scalerec.config import DataConfig, build_config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import FULL_SCORES_PER_BATCH, seen_index, seen_pairs
@@ -65,12 +66,18 @@ def recommend_run(
     written to `output` (atomically) or returned for printing."""
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
+    if output is not None and (output.is_dir() or not output.parent.is_dir()):
+        what = "is a folder" if output.is_dir() else f"its folder {output.parent} does not exist"
+        raise UserError(f"--output {output}: {what} (expected a file to write the CSV to)")
     saved = checkpoint.load(run_dir)
     try:
         cfg = build_config(json.loads((Path(run_dir) / "config.json").read_text()))
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir}/config.json: cannot be read ({e})") from None
+    if "data" in saved:  # the paths made absolute when the run trained: the same files from any folder
+        cfg = dataclasses.replace(cfg, data=DataConfig(**saved["data"]))
     ds = load_dataset(cfg.data, log=lambda s: None)  # from the cache the run made
+    checkpoint.check_data(saved, ds, run_dir)
     m = cfg.model
     model = build_model(m.model, ds.n_users, ds.n_items, m.factors, m.layers, m.dropout)
     try:
@@ -85,9 +92,13 @@ def recommend_run(
     if users is None:
         chosen = list(range(ds.n_users))
     else:
+        users = list(dict.fromkeys(users))  # each once, in the order given
         unknown = [u for u in users if u not in index]
         if unknown:
-            raise UserError(f"{run_dir}: unknown user id(s) {', '.join(unknown[:5])} (not in {ds.source})")
+            raise UserError(
+                f"{run_dir}: unknown user id(s) {', '.join(unknown[:5])}: not among the run's users (not in "
+                f"{ds.source}, or dropped in preparation: fewer than {cfg.data.min_user_interactions} interactions)"
+            )
         chosen = [index[u] for u in users]
     seen = None
     if not include_seen:

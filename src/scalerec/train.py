@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from scalerec import checkpoint, distributed
 from scalerec.allocator import keep_large_blocks_in_heap
-from scalerec.config import PROTOCOLS, Config
+from scalerec.config import PROTOCOLS, Config, DataConfig
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
@@ -157,11 +157,19 @@ def check_run_dir(cfg: Config) -> Path:
     run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--output {run_dir}: exists and is not a folder")
-    if (run_dir / "metrics.jsonl").exists():
+    if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size:  # empty: no epoch ended
         raise UserError(f"--output {run_dir}: holds an earlier run's metrics.jsonl; choose another folder or remove it")
     if run_dir.is_dir() and (runs := sorted(d.name for d in run_dir.iterdir() if is_run_folder(d))):
         raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
     return run_dir
+
+
+def run_state(run_dir: Path) -> dict | None:
+    """A run's summary.json, where it has a readable one."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -287,14 +295,20 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cpu":
         keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
-    if resume is not None:
-        run_dir = Path(resume)
-    else:  # checked by the first process only: the others would find the folder it has begun
-        run_dir = check_run_dir(cfg) if main else Path(cfg.train.output or ".")
+    run_dir = Path(resume) if resume is not None else check_run_dir(cfg)  # on every process, before any writes
+    if group is not None:
+        group.wait()  # ... so that none finds the folder the first has begun
     saved = checkpoint.load(run_dir) if resume is not None else None  # a bad checkpoint fails before any work
-    if saved is not None and len(saved["history"]) >= cfg.train.epochs:
-        raise UserError(f"{run_dir}: all {cfg.train.epochs} epochs are done; nothing to resume")
+    if saved is not None:
+        if len(saved["history"]) >= cfg.train.epochs:
+            raise UserError(f"{run_dir}: all {cfg.train.epochs} epochs are done; nothing to resume")
+        if (run_state(run_dir) or {}).get("state") == "diverged":
+            raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
+        cfg = dataclasses.replace(cfg, data=DataConfig(**saved["data"]))  # its files, from any folder
     ds = load_dataset(cfg.data, log)
+    if saved is not None:
+        checkpoint.check_data(saved, ds, run_dir)
+    fingerprint = checkpoint.fingerprint(ds) if cfg.train.checkpoint and main else None
     log(ds.summary())
     for note in ds.notes:
         log(f"Note: {note}")
@@ -396,7 +410,7 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
             users, items, labels = sampler.epoch()
             with tqdm(
                 total=n,
-                disable=not sys.stderr.isatty(),
+                disable=not (main and sys.stderr.isatty()),  # one bar, the first process's
                 leave=False,
                 unit="sample",
                 unit_scale=True,
@@ -455,9 +469,7 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
             history.append(row)
             if not main:
                 continue
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if cfg.train.checkpoint:
+            if cfg.train.checkpoint:  # first: an interrupt before the metrics line costs no epoch (resume writes it)
                 checkpoint.save(
                     run_dir,
                     {
@@ -469,8 +481,12 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
                         "batch_size": bs,
                         "history": history,
                         "best": best,
+                        "data": checkpoint.absolute(cfg.data),
+                        "data_fingerprint": fingerprint,
                     },
                 )
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     except KeyboardInterrupt:  # Ctrl-C: the epochs so far stay logged, and summary.json says the run stopped
         state, interrupted = "interrupted", True

@@ -469,6 +469,15 @@ def test_default_run_folder_under_runs(capsys, tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()  # the cwd is tmp_path
     assert run_dir.name.endswith("-synthetic-neumf")
     check_run_folder(run_dir, epochs=1)
+    (tmp_path / "ml-x").mkdir()
+    write_udata(tmp_path / "ml-x" / "u.data")
+    write_udata(tmp_path / "clicks.log.tsv")
+    for data, name in ((tmp_path / "ml-x" / "u.data", "-ml-x-neumf"), (tmp_path / "clicks.log.tsv", "-clicks-mf")):
+        model = "mf" if "clicks" in name else "neumf"
+        argv = ["train", "--data", data, "--model", model, *tiny(tmp_path / "x", epochs=1)]
+        argv[argv.index("--eval-negatives") + 1] = "10"
+        assert run_main(capsys, argv[: argv.index("--output")])[0] == 0
+        assert any(d.name.endswith(name) for d in (tmp_path / "runs").iterdir()), name  # named for its data
 
 
 # ---------------------------------------------------------------- the real executable

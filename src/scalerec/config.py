@@ -204,7 +204,8 @@ class TrainConfig:
     threads: int | None = None
     """CPU threads for PyTorch (default: PyTorch's choice, one per core)."""
     output: str | None = None
-    """Run folder for config.json and metrics.jsonl (default: runs/<time>-<dataset>-<model>)."""
+    """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
+    dataset or the --data file)."""
     checkpoint: bool = True
     """Save checkpoint.pt in the run folder after every epoch (weights, optimizer and random state): what
     `scalerec train --resume RUN` continues from and `scalerec recommend RUN` recommends with."""

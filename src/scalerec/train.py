@@ -26,6 +26,7 @@ from scalerec import checkpoint, distributed
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import PROTOCOLS, Config, DataConfig
 from scalerec.data import load_dataset
+from scalerec.data.movielens import RATING_FILES
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
 from scalerec.files import few, is_run_folder, write_atomic
@@ -173,7 +174,13 @@ def run_state(run_dir: Path) -> dict | None:
 
 
 def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.dataset}-{cfg.model.model}"
+    """runs/<time>-<data>-<model>: the dataset, or the --data file (its folder for MovieLens' own file names:
+    ml-1m/ratings.dat -> ml-1m; clicks.csv.gz -> clicks)."""
+    data = cfg.data.dataset
+    if cfg.data.data:
+        path = Path(cfg.data.data).resolve()
+        data = (path.parent.name if path.name in RATING_FILES else path.name.split(".")[0]) or "data"
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{cfg.model.model}"
 
 
 def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch.optim.Optimizer, str]:

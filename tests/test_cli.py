@@ -638,3 +638,18 @@ def test_config_files_with_a_bom_or_an_option_given_twice(capsys, tmp_path):
     twice.write_text("epochs = 1\n[train]\nepochs = 2\n")
     rc, _, err = run_main(capsys, ["train", "--config", twice, *SYNTHETIC])
     assert rc == 2 and "option 'epochs' given twice" in err
+
+
+def test_a_run_folder_takes_one_training_process_at_a_time(capsys, tmp_path):
+    from scalerec.errors import UserError
+    from scalerec.files import hold_folder
+
+    (tmp_path / "run").mkdir()
+    held = hold_folder(tmp_path / "run")
+    with pytest.raises(UserError, match="another scalerec process is training in this folder"):
+        hold_folder(tmp_path / "run")
+    rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])
+    assert rc == 1 and "another scalerec process" in err
+    held.close()  # the first one ended
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
+    hold_folder(tmp_path / "run").close()  # and the run let go of it

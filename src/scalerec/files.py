@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from scalerec.errors import UserError
+
 UMASK = os.umask(0)
 os.umask(UMASK)  # read the process umask once (os.umask can only be read by setting it)
 
@@ -38,3 +40,20 @@ def few(names: list[str]) -> str:
 def is_run_folder(path: Path) -> bool:
     """Whether `path` holds a run's logs (train) or a failed sweep run's record (sweep)."""
     return any((path / name).is_file() for name in ("metrics.jsonl", "summary.json", "failed.json"))
+
+
+def hold_folder(path: Path):
+    """An exclusive lock on a run folder for as long as the returned file stays open (on POSIX; elsewhere none):
+    a second process training into the same folder (a second --resume, a sweep started twice) is refused
+    instead of interleaving its lines with the first's."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    lock = open(path / ".lock", "w")  # held open: the lock lasts as long as the file
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UserError(f"{path}: another scalerec process is training in this folder") from None
+    return lock

@@ -29,7 +29,7 @@ from scalerec.data import load_dataset
 from scalerec.data.movielens import RATING_FILES
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
-from scalerec.files import few, is_run_folder, write_atomic
+from scalerec.files import few, hold_folder, is_run_folder, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model, encode_rows, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
@@ -364,8 +364,10 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
         return out
 
     metrics_path = run_dir / "metrics.jsonl"
-    if saved is None and main:
+    if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_folder(run_dir) if main else None  # released when the run ends
+    if saved is None and main:
         write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
     if main:  # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
         write_atomic(metrics_path, "".join(json.dumps(row) + "\n" for row in saved["history"]) if saved else "")
@@ -519,6 +521,8 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
     }
     if main:
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if lock is not None:
+        lock.close()
     if interrupted:
         raise KeyboardInterrupt
     if history:

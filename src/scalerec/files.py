@@ -3,6 +3,7 @@ and what a run folder holds."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,6 +31,14 @@ def write_with(path: Path, writer: Callable[[str], object]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: Path):
+    """A JSON file's value, or None where it is missing or unreadable (a run's logs may be cut short)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def few(names: list[str]) -> str:

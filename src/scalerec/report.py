@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scalerec.config import PROTOCOLS
 from scalerec.errors import UserError
-from scalerec.files import write_atomic, write_with
+from scalerec.files import read_json, write_atomic, write_with
 
 COLUMNS = [
     "run",
@@ -38,9 +38,9 @@ COLUMNS = [
 def read_run(run_dir: Path) -> dict | None:
     """One run's logs, or None where the folder is not a scalerec run."""
     if (run_dir / "failed.json").is_file() and not (run_dir / "summary.json").is_file():
-        summary = _json(run_dir / "failed.json") or {"state": "failed"}
+        summary = read_json(run_dir / "failed.json") or {"state": "failed"}
         return {"name": run_dir.name, "config": None, "metrics": [], "summary": summary}
-    config = _json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json")
     if not isinstance(config, dict) or not {"optim", "train", "eval"} <= config.keys():
         return None
     metrics = []
@@ -50,15 +50,8 @@ def read_run(run_dir: Path) -> dict | None:
                 metrics.append(json.loads(line))
             except ValueError:
                 pass  # a line cut short by an interrupted run
-    summary = _json(run_dir / "summary.json") or {"state": "unfinished"}
+    summary = read_json(run_dir / "summary.json") or {"state": "unfinished"}
     return {"name": run_dir.name, "config": config, "metrics": metrics, "summary": summary}
-
-
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def hr_key(run: dict) -> str:
@@ -127,14 +120,14 @@ def table(runs: list[dict]) -> list[dict]:
         if isinstance(at := summary.get("diverged_at"), dict):
             row["state"] = f"diverged (epoch {at['epoch']}, step {at['step']}, lr {at['lr']:.4g})"
         if cfg:
-            o, t = cfg["optim"], cfg["train"]
+            o, t, lr = cfg["optim"], cfg["train"], peak_lr(r)
             row.update(
                 batch=batch_of(r),
                 optimizer=o["optimizer"],
                 lr_scaling=o["lr_scaling"],
                 warmup=o["warmup"],
                 precision=t.get("precision", "fp32"),
-                lr=f"{peak_lr(r):.4g}" if peak_lr(r) is not None else "",
+                lr=f"{lr:.4g}" if lr is not None else "",
                 eval=hr_key(r).split("_")[0] if "_" in hr_key(r) else "sampled",
                 K=hr_key(r).split("@")[1],
             )

@@ -19,7 +19,7 @@ from typing import Any
 
 from scalerec.config import build_config, field_owner
 from scalerec.errors import UserError
-from scalerec.files import few, is_run_folder, write_atomic
+from scalerec.files import few, is_run_folder, read_json, write_atomic
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
 # The preset's SGD lr at B when --base-lr is not given. Calibrated on the NCF ML-1M split at B = 256 (momentum 0.9,
@@ -107,7 +107,7 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
         config = build_config(merge(overrides, {"train": {"output": str(run_dir)}}))
     except UserError as e:
         return failed(run_dir, name, e, log)
-    summary = _json_or_none(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     if summary is not None and summary.get("state") != "interrupted":
         if not same_options(run_dir / "config.json", config):
             raise UserError(f"{run_dir}: finished with other options than this sweep's; use another --output")
@@ -120,13 +120,6 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
         return train(config, log)
     except Exception as e:  # a failed run is recorded and the sweep goes on
         return failed(run_dir, name, e, log)
-
-
-def _json_or_none(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def same_options(saved_path: Path, config) -> bool:

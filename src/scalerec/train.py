@@ -29,7 +29,7 @@ from scalerec.data import load_dataset
 from scalerec.data.movielens import RATING_FILES
 from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
-from scalerec.files import few, hold_folder, is_run_folder, write_atomic
+from scalerec.files import few, hold_folder, is_run_folder, read_json, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model, encode_rows, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
@@ -163,14 +163,6 @@ def check_run_dir(cfg: Config) -> Path:
     if run_dir.is_dir() and (runs := sorted(d.name for d in run_dir.iterdir() if is_run_folder(d))):
         raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
     return run_dir
-
-
-def run_state(run_dir: Path) -> dict | None:
-    """A run's summary.json, where it has a readable one."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -309,7 +301,7 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
     if saved is not None:
         if len(saved["history"]) >= cfg.train.epochs:
             raise UserError(f"{run_dir}: all {cfg.train.epochs} epochs are done; nothing to resume")
-        if (run_state(run_dir) or {}).get("state") == "diverged":
+        if (read_json(run_dir / "summary.json") or {}).get("state") == "diverged":
             raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
         cfg = dataclasses.replace(cfg, data=DataConfig(**saved["data"]))  # its files, from any folder
     ds = load_dataset(cfg.data, log)

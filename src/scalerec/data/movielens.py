@@ -169,8 +169,9 @@ def _checked_chunk(
                         f"{name}, line {line_of(row)}: too few fields, or an empty one: no {col} "
                         f"(expected {len(columns)} fields: {', '.join(columns)} separated by {sep!r})"
                     )
-                hint = " (for string ids, name the columns with --user-col and --item-col)" if header else ""
-                hint = "" if col in numeric_ok else hint
+                # a header can be named with --user-col and --item-col; a headerless file cannot
+                string_ids = header and col not in numeric_ok
+                hint = " (for string ids, name the columns with --user-col and --item-col)" if string_ids else ""
                 raise UserError(f"{name}, line {line_of(row)}: {col} is {value!r}, expected {what}{hint}")
             if col not in numeric_ok and numbers.abs().max() >= 2**53:  # parsed as float: no longer exact
                 row = int(np.argmax(numbers.abs().to_numpy() >= 2**53))

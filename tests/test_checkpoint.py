@@ -61,11 +61,21 @@ def test_resume_refuses_other_options_a_finished_run_and_a_missing_or_broken_che
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run", "--epochs", "3"])
     assert rc == 2 and "not with --epochs" in err
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
-    assert rc == 1 and "all 1 epochs are done" in err
-    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert rc == 1 and "its epoch is done" in err
     (tmp_path / "run" / "config.json").write_text(
         json.dumps({**json.loads((tmp_path / "run" / "config.json").read_text()), "train": {"epochs": 2}})
     )
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01  # one bit inside the tensors: torch.load alone would read it as a weight
+    ckpt.write_bytes(bytes(flipped))
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
+    assert rc == 1 and "damaged" in err and "CRC32" in err and "Traceback" not in err
+    ckpt.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
+    assert rc == 1 and "not a readable scalerec checkpoint" in err and "Traceback" not in err
+    ckpt.write_bytes(b"not a checkpoint")
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
     assert rc == 1 and "not a readable scalerec checkpoint" in err and "Traceback" not in err
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "none", epochs=1), "--no-checkpoint"])[0] == 0

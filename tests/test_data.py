@@ -943,7 +943,7 @@ def test_ncf_files_are_told_apart_without_dataset_ncf(tmp_path):
 def test_the_ncf_prefix_with_a_file_missing_says_which(tmp_path):
     write_ncf(tmp_path / "tiny")
     Path(f"{tmp_path / 'tiny'}.train.rating").unlink()
-    with pytest.raises(UserError, match=r"the NCF paper's files lack .*tiny.train.rating \(found test.rating\)"):
+    with pytest.raises(UserError, match=r"the NCF paper's files lack .*tiny.train.rating \(found tiny.test.rating\)"):
         load_dataset(DataConfig(data=str(tmp_path / "tiny"), data_dir=str(tmp_path / "dd")), log=lambda s: None)
 
 

@@ -4,13 +4,15 @@
 sampler's generator and torch's), the batch, and the epochs so far (their metrics rows and the best one).
 Resuming from it continues the run where it stopped: on the CPU, with the same metrics as a run never stopped
 (tests/test_checkpoint.py). It is written under a temporary name and renamed, so a crash while writing leaves
-the previous epoch's.
+the previous epoch's. torch.save writes a zip whose every member carries a CRC32; load checks them all first,
+because torch.load does not, and a flipped byte in a tensor would otherwise load as a different weight.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,15 @@ def load(run_dir: Path) -> dict[str, Any]:
             "--no-checkpoint)"
         )
     try:
+        with zipfile.ZipFile(path) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, OSError) as e:  # truncated, or not a zip at all
+        raise UserError(f"{path}: not a readable scalerec checkpoint ({e})") from None
+    if damaged is not None:
+        raise UserError(f"{path}: damaged ({damaged} does not match its CRC32); resume from a copy, or train anew")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
-    except Exception as e:  # a truncated or foreign file: torch raises its own kinds
+    except Exception as e:  # a foreign zip: torch raises its own kinds
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise UserError(f"{path}: not a readable scalerec checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("version") != VERSION:

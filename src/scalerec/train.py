@@ -300,7 +300,8 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
     saved = checkpoint.load(run_dir) if resume is not None else None  # a bad checkpoint fails before any work
     if saved is not None:
         if len(saved["history"]) >= cfg.train.epochs:
-            raise UserError(f"{run_dir}: all {cfg.train.epochs} epochs are done; nothing to resume")
+            done = "its epoch is" if cfg.train.epochs == 1 else f"all {cfg.train.epochs} epochs are"
+            raise UserError(f"{run_dir}: {done} done; nothing to resume")
         if (read_json(run_dir / "summary.json") or {}).get("state") == "diverged":
             raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
         cfg = dataclasses.replace(cfg, data=DataConfig(**saved["data"]))  # its files, from any folder

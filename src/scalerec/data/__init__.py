@@ -53,8 +53,8 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
                 "split, which is used as it is"
             )
         prefix = ncf.resolve_prefix(cfg.data)
-        files = [Path(f"{prefix}.{s}") for s in ("train.rating", "test.rating", "test.negative")]
-        identity = {"name": f"ncf-{prefix.name}", **options, "files": [file_identity(f) for f in files if f.is_file()]}
+        present = [f for f in ncf.files(prefix) if f.is_file()]
+        identity = {"name": f"ncf-{prefix.name}", **options, "files": [file_identity(f) for f in present]}
         return cached(cache_dir, identity, lambda: ncf.read_ncf(prefix, cfg.eval_negatives, cfg.data_seed), log)
     # MovieLens-100K downloaded, a local ratings file in one of MovieLens' layouts, or any table
     if cfg.data:

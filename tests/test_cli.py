@@ -546,7 +546,7 @@ def test_data_info_prints_sizes_times_split_and_what_was_dropped(capsys, tmp_pat
 def test_data_info_on_a_missing_file_and_a_bad_option(capsys, tmp_path):
     assert main(["data", "info", str(tmp_path / "nope.csv")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
-    assert main(["data", "info", "synthetic", "--min-user-interactions", "1"]) == 1
+    assert main(["data", "info", "synthetic", "--min-user-interactions", "1"]) == 2  # a bad option, as in train
     assert "min_user_interactions must be at least 2" in capsys.readouterr().err
 
 
@@ -653,3 +653,16 @@ def test_a_run_folder_takes_one_training_process_at_a_time(capsys, tmp_path):
     held.close()  # the first one ended
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
     hold_folder(tmp_path / "run").close()  # and the run let go of it
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--sep", "::"], "sep must be one character"), (["--min-rating", "nan"], "min_rating must be a finite number")],
+)
+def test_a_separator_of_two_characters_and_a_nan_rating_are_bad_options(capsys, tmp_path, option, message):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,rating\na,b,4\na,c,5\n")
+    for command in (["data", "info", str(path)], ["train", "--data", str(path), "--output", str(tmp_path / "r")]):
+        assert main([*command, *option]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

@@ -189,7 +189,7 @@ def test_a_time_column_that_changes_kind_between_chunks_names_the_line(tmp_path,
     ):
         read_table_file(write_csv(tmp_path / "log.csv", rows, header="user,item,time,rating"))
     rows[5:] = [("u2", "i5", "yesterday", 4), ("u1", "i9", "2024-02-01", 4), ("u2", "i8", "2024-02-02", 4)]
-    with pytest.raises(UserError, match=r"log.csv, line 7: time is 'yesterday', expected a number or a date"):
+    with pytest.raises(UserError, match=r"log.csv, line 7: time is 'yesterday', expected a date/time .*ISO 8601"):
         read_table_file(write_csv(tmp_path / "log.csv", rows, header="user,item,time,rating"))
 
 
@@ -216,11 +216,78 @@ def test_compressed_tables_are_read_and_their_errors_name_the_line(tmp_path, suf
         read_table_file(path)
 
 
-def test_a_compressed_file_without_a_header_says_a_table_needs_one(tmp_path):
+def test_a_compressed_file_without_a_header_is_read_by_position(tmp_path):
     import gzip
 
     path = tmp_path / "u.data.gz"
     with gzip.open(path, "wt") as f:
-        f.write("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
-    with pytest.raises(UserError, match=r"u.data.gz, line 1: numbers, not a header"):
+        f.write("196\t242\t3\t881250949\n186\t302\t4\t891717742\n")
+    raw = read_table_file(path)  # user, item, rating, timestamp
+    assert list(raw.user_names[raw.users]) == ["196", "186"] and list(raw.item_names[raw.items]) == ["242", "302"]
+    assert list(raw.ratings) == [3, 4] and list(raw.timestamps) == [881250949, 891717742]
+
+
+def test_a_stray_quote_is_text_in_a_tsv_and_an_error_in_a_csv(tmp_path):
+    rows = [(f"u{n % 4}", f"artist {n}", 1_600_000_000 + n) for n in range(12)]
+    rows[3] = ("u3", '"Heroes', 1_600_000_003)  # Last.fm's artist names hold such quotes
+    rows[9] = ("u1", 'Heroes"', 1_600_000_009)  # where a later one closes it, pandas would read lines 5-11 as one
+    raw = read_table_file(write_csv(tmp_path / "plays.tsv", rows, "user\titem\ttimestamp", "\t"))
+    assert len(raw.users) == 12 and '"Heroes' in raw.item_names  # no row joined to another
+    path = write_csv(tmp_path / "plays.csv", rows, "user,item,timestamp")
+    with pytest.raises(UserError, match=r"plays.csv, line 5: a quote .* column 'item' that runs on into the lines"):
+        read_table_file(path)  # the CSV parser would take every line after it into that one field
+    rows[3] = ("u3", '"Heroes, live"', 1_600_000_003)  # a quoted field with a comma is fine
+    raw = read_table_file(write_csv(tmp_path / "plays.csv", rows, "user,item,timestamp"))
+    assert len(raw.users) == 12 and "Heroes, live" in raw.item_names
+
+
+def test_dates_are_read_in_one_format_for_the_whole_column(tmp_path):
+    rows = [("u1", "a", "12/06/2020"), ("u1", "b", "18/10/2020"), ("u2", "a", "01/02/2020"), ("u2", "b", "03/04/2020")]
+    raw = read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
+    days = pd.to_datetime(raw.timestamps, utc=True)
+    assert [(d.month, d.day) for d in days] == [(6, 12), (10, 18), (2, 1), (4, 3)]  # all day first: 18/10 says so
+    rows[2] = ("u2", "a", "2020-02-01")
+    with pytest.raises(UserError, match=r"d.csv, line 4: time is '2020-02-01', expected a date/time .*%d/%m/%Y"):
+        read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
+    iso = [("u1", "a", "2020-02-27"), ("u1", "b", "2020-02-27 10:00:00"), ("u2", "a", "2020-02-28T01:00:00Z")]
+    assert len(read_table_file(write_csv(tmp_path / "iso.csv", iso, "user,item,time")).users) == 3
+
+
+def test_a_repeated_header_is_refused_not_read_as_ids(tmp_path):
+    part = "user_id,item_id\n" + "".join(f"u{n % 3},i{n}\n" for n in range(6))
+    (tmp_path / "joined.csv").write_text(part + part)  # two files joined with their headers, no time column
+    with pytest.raises(UserError, match=r"joined.csv, line 8: the header again"):
+        read_table_file(tmp_path / "joined.csv")
+
+
+def test_a_file_without_a_header_is_read_by_position_and_its_fields_named_by_number(tmp_path):
+    rows = [(f"A{n % 4}XQ", f"B0{n}", 4.0, 1_400_000_000 + n) for n in range(12)]  # Amazon's ratings files
+    path = write_csv(tmp_path / "ratings_Books.csv", rows[1:], header=",".join(map(str, rows[0])))
+    raw = read_table_file(path)
+    assert len(raw.users) == 12 and raw.user_names[raw.users[0]] == "A0XQ"  # the first line is a row, not a header
+    assert list(raw.timestamps[:2]) == [1_400_000_000, 1_400_000_001]
+    raw = read_table_file(path, user_col="1", item_col="2")
+    assert raw.timestamps is None and raw.ratings is None
+    with pytest.raises(UserError, match=r"no column '7' \(--item-col\): the file has no header .* numbered 1 to 4"):
+        read_table_file(path, user_col="1", item_col="7")
+    text = [(f"u{n}", f"mbid{n}", f"Artist {n}", 10 + n) for n in range(4)]
+    path = write_csv(tmp_path / "plays.tsv", text[1:], header="\t".join(map(str, text[0])), sep="\t")
+    with pytest.raises(UserError, match=r"field 3 \(rating\) is 'Artist 0', expected a finite number .*by number"):
         read_table_file(path)
+
+
+def test_json_latin1_and_recbole_typed_headers(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"user_id": "a", "item_id": "b"}\n')
+    with pytest.raises(UserError, match=r"log.jsonl: JSON, which scalerec does not read"):
+        read_table_file(tmp_path / "log.jsonl")
+    head = b'"User-ID";"ISBN";"Book-Rating"\n"1";"0195153448";"0"\n'
+    (tmp_path / "bx.csv").write_bytes(head + b'"2";"3442410665\xe9";"5"\n')
+    with pytest.raises(UserError, match=r"bx.csv, line 3: not UTF-8 text \(byte 0xe9 at byte 16 of the line\)"):
+        read_table_file(tmp_path / "bx.csv")
+    (tmp_path / "bx.csv").write_bytes(head + b'"2";"034545104X";"5"\n')
+    raw = read_table_file(tmp_path / "bx.csv", rating_col="Book-Rating")  # User-ID, ISBN: known names; ';' found
+    assert list(raw.item_names) == ["0195153448", "034545104X"] and list(raw.ratings) == [0, 5]
+    rows = [("A7NOF", "B0IP2", 3.0, 1408367345), ("A804Y", "B0V2M", 5.0, 1404045091)]
+    path = write_csv(tmp_path / "books.tsv", rows, "user_id:token\titem_id:token\trating:float\ttimestamp:float", "\t")
+    raw = read_table_file(path, user_col="user_id", item_col="item_id")  # named without their types
+    assert list(raw.user_names) == ["A7NOF", "A804Y"] and list(raw.timestamps) == [1408367345, 1404045091]

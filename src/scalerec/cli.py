@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             given = {f.name: vars(args)[f.name] for f in dataclasses.fields(DataConfig) if f.name in vars(args)}
             try:
                 cfg = data_config_for(args.source, given)
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            except (ValueError, TypeError) as e:  # as train says it: exit status 2
+                raise OptionError(f"invalid configuration: {e}") from None
             print("\n".join(describe(load_dataset(cfg, log=print))))
         elif args.command == "data" and args.name == "ncf-ml-1m":
             from scalerec.data.movielens import default_data_dir

@@ -169,10 +169,11 @@ def _checked_chunk(
                         f"{name}, line {line_of(row)}: too few fields, or an empty one: no {col} "
                         f"(expected {len(columns)} fields: {', '.join(columns)} separated by {sep!r})"
                     )
-                # a header can be named with --user-col and --item-col; a headerless file cannot
-                string_ids = header and col not in numeric_ok
-                hint = " (for string ids, name the columns with --user-col and --item-col)" if string_ids else ""
-                raise UserError(f"{name}, line {line_of(row)}: {col} is {value!r}, expected {what}{hint}")
+                hint = ""
+                if col not in numeric_ok:  # text ids: read it as any table, its columns named (by number, headerless)
+                    names = "--user-col and --item-col" if header else "number: --user-col 1 --item-col 2 ..."
+                    hint = f" (for string ids, name the columns with {names})"
+                raise UserError(f"{name}, line {line_of(row)}: {col} is {str(value)!r}, expected {what}{hint}")
             if col not in numeric_ok and numbers.abs().max() >= 2**53:  # parsed as float: no longer exact
                 row = int(np.argmax(numbers.abs().to_numpy() >= 2**53))
                 raise UserError(f"{name}, line {line_of(row)}: {col} is too large for an exact id")
@@ -232,9 +233,25 @@ def read_inter(source: str | Path | bytes, name: str) -> Interactions:
     return _interactions(df, name)
 
 
-HEADER_NAMES = {
-    "user": ("user", "user_id", "userid"),
-    "item": ("item", "item_id", "itemid", "movie", "movie_id", "movieid"),
+HEADER_NAMES = {  # as a header names them, lower case, "-" and " " as "_"
+    "user": ("user", "user_id", "userid", "uid", "customer_id", "visitor_id", "visitorid"),
+    "item": (
+        "item",
+        "item_id",
+        "itemid",
+        "movie",
+        "movie_id",
+        "movieid",
+        "iid",
+        "book_id",
+        "isbn",
+        "product_id",
+        "asin",
+        "artist_id",
+        "artistid",
+        "track_id",
+        "song_id",
+    ),
     "rating": ("rating",),
     "timestamp": ("timestamp", "time", "ts", "datetime"),
 }
@@ -279,8 +296,10 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
             )
         if missing:
             raise UserError(
-                f"{name}, line 1: header {first.strip()!r} has no {' or '.join(missing)} column "
-                "(expected e.g. userId,movieId,rating,timestamp; leave-one-out needs the time of each interaction)"
+                f"{name}, line 1: header {first.strip()!r} has no {' or '.join(missing)} column (expected e.g. "
+                "userId,movieId,rating,timestamp, as MovieLens' files; to read it as any table, name its columns "
+                "with --user-col and --item-col, and without a time column each user's held-out item is drawn at "
+                "random)"
             )
     others = frozenset(c for c in columns if c not in HEADER_NAMES)  # e.g. a tag column: columns go by name
     df = read_table(

@@ -314,9 +314,12 @@ def from_interactions(
         notes=notes,
         stats=stats,
     )
-    ds.eval_negatives = sample_eval_negatives(
-        ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids
-    )
+    try:
+        ds.eval_negatives = sample_eval_negatives(
+            ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids
+        )
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     return ds
 
 

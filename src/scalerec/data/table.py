@@ -2,15 +2,20 @@
 columns. Ids may be numbers or strings; times may be numbers (any order-preserving stamp) or dates.
 
 Columns are the ones named by --user-col, --item-col, --time-col and --rating-col, or else found by the usual
-header names (user, user_id, userId, item, item_id, movieId, rating, timestamp, time, ...). A bad value stops
-with the file, the line and the column; nothing is skipped silently.
+header names (user, user_id, userId, item, item_id, movieId, rating, timestamp, time, ...; RecBole's typed names
+such as user_id:token too). A file whose first line holds a number has no header: its fields are numbered from
+1, and read as user, item, rating, timestamp unless the options name them. A bad value stops with the file, the
+line and the column; nothing is skipped silently. In a TSV a quote is text, as the format has no quoting; in a
+CSV a quote opened and never closed would join the lines after it into one field, which is refused.
 """
 
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
 import lzma
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +34,9 @@ COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # what pand
 
 def is_table_file(path: Path) -> bool:
     """Files read here rather than as a MovieLens layout: Parquet, compressed text (.gz, .bz2, .xz), and any
-    other text file with a header row, except MovieLens' own (u.data, ratings.dat, ratings.csv, .inter, .dat,
-    zips), which are read strictly (integer ids, a time column). A text file without a header (.tsv included)
-    is read as u.data is: user, item, rating, timestamp."""
+    other text file whose first field is not a number, except MovieLens' own (u.data, ratings.dat, ratings.csv,
+    .inter, .dat, zips), which are read strictly (integer ids, a time column). A text file that starts with a
+    number (.tsv included) is read as u.data is: user, item, rating, timestamp."""
     if path.suffix.lower() in (*PARQUET, *COMPRESSED):
         return True
     if path.name in RATING_FILES or path.suffix.lower() in (".zip", ".inter", ".dat") or not path.is_file():
@@ -69,17 +74,44 @@ def _separator(path: Path, sep: str | None) -> str:
     return "\t" if "\t" in first else ";" if ";" in first and "," not in first else ","
 
 
-def _pick(columns: list[str], given: str | None, role: str, flag: str, required: bool, name: str) -> str | None:
-    """The header name for a role: the one given, else the first column whose name is a known alias."""
+RECBOLE_TYPES = (":token", ":token_seq", ":float", ":float_seq")  # user_id:token is the column user_id
+
+
+def _plain_name(column: str) -> str:
+    """A header name as aliases are matched: without quotes, spaces, case or RecBole's type."""
+    text = str(column).strip().strip('"').strip()
+    for suffix in RECBOLE_TYPES:
+        text = text.removesuffix(suffix)
+    return text.lower().replace(" ", "_").replace("-", "_")
+
+
+def _listed(columns: list[str]) -> str:
+    shown = ", ".join(_shown(c) for c in columns[:8])
+    return shown if len(columns) <= 8 else f"{shown}, ... ({len(columns)} in all)"
+
+
+def _pick(
+    columns: list[str], given: str | None, role: str, flag: str, required: bool, name: str, header: bool
+) -> str | None:
+    """The header name for a role: the one given (or the column it names without RecBole's type), else the first
+    column whose name is a known alias. Without a header, columns are numbered from 1."""
     if given is not None:
-        if given not in columns:
-            raise UserError(f"{name}: no column {given!r} ({flag}); the columns are {', '.join(map(repr, columns))}")
-        return given
+        if given in columns:
+            return given
+        typed = [c for c in columns if header and _plain_name(c) == _plain_name(given)]
+        if len(typed) == 1:
+            return typed[0]
+        if not header:
+            raise UserError(
+                f"{name}: no column {given!r} ({flag}): the file has no header (its first line holds numbers), so "
+                f"its fields are numbered 1 to {len(columns)}"
+            )
+        raise UserError(f"{name}: no column {given!r} ({flag}); the columns are {_listed(columns)}")
     aliases = HEADER_NAMES[role]
-    found = next((c for c in columns if str(c).strip().lower().replace(" ", "_") in aliases), None)
+    found = next((c for c in columns if _plain_name(c) in aliases), None)
     if found is None and required:
         raise UserError(
-            f"{name}: no {role} column among {', '.join(map(repr, columns))}; name it with {flag} (expected a header "
+            f"{name}: no {role} column among {_listed(columns)}; name it with {flag} (expected a header "
             f"such as {', '.join(aliases[:3])})"
         )
     return found
@@ -93,8 +125,12 @@ def _nanoseconds(dates: pd.Series) -> np.ndarray:
 
 
 def _shown(value) -> str:
-    """A bad value as an error message shows it: quoted text, or 'missing' (an empty field, a truncated line)."""
-    return "missing" if pd.isna(value) else repr(str(value))
+    """A bad value as an error message shows it: quoted text (cut at 60 characters), or 'missing' (an empty
+    field, a truncated line)."""
+    if pd.isna(value):
+        return "missing"
+    text = str(value)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -125,48 +161,82 @@ def read_table_file(
             columns = list(pq.read_schema(path).names)
         except Exception as e:  # pyarrow raises its own ArrowInvalid for a file that is not Parquet
             raise UserError(f"{name}: not a readable Parquet file ({e})") from None
-        header_line = None
+        header = True
     else:
+        if _first_line(path).removeprefix("\ufeff").lstrip()[:1] in ("{", "["):
+            raise UserError(f"{name}: JSON, which scalerec does not read (expected a CSV, TSV or Parquet table)")
         separator = _separator(path, sep)
+        quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL  # TSV has no quoting
         try:
-            columns = [str(c) for c in pd.read_csv(path, sep=separator, nrows=0, engine="c").columns]
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            columns = [str(c) for c in pd.read_csv(path, sep=separator, nrows=0, engine="c", quoting=quoting).columns]
+        except UnicodeDecodeError:
+            raise _not_utf8(path, name) from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise UserError(f"{name}, line 1: not a table header ({e})") from None
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise UserError(f"{name}: not a readable compressed file ({e})") from None
-        if all(is_number(c) for c in columns):
-            raise UserError(
-                f"{name}, line 1: numbers, not a header (a table needs a header row naming its columns; a file "
-                "without one is read as MovieLens' u.data: user, item, rating, timestamp, but only uncompressed)"
-            )
-        header_line = 1
-    user = _pick(columns, user_col, "user", "--user-col", True, name)
-    item = _pick(columns, item_col, "item", "--item-col", True, name)
-    time = _pick(columns, time_col, "timestamp", "--time-col", False, name)
-    rating = _pick(columns, rating_col, "rating", "--rating-col", False, name)
+        header = not any(is_number(c) for c in columns)  # a name is never a number: a first line with one is data
+    by_position = not header and not any((user_col, item_col, time_col, rating_col))
+    if not header:
+        columns = [str(k) for k in range(1, len(columns) + 1)]
+        if by_position:  # as MovieLens' u.data
+            user_col, item_col = "1", "2"
+            rating_col = "3" if len(columns) >= 3 else None
+            time_col = "4" if len(columns) >= 4 else None
+    user = _pick(columns, user_col, "user", "--user-col", True, name, header)
+    item = _pick(columns, item_col, "item", "--item-col", True, name, header)
+    time = _pick(columns, time_col, "timestamp", "--time-col", False, name, header)
+    rating = _pick(columns, rating_col, "rating", "--rating-col", False, name, header)
     wanted = [c for c in (user, item, time, rating) if c is not None]
     if len(set(wanted)) < len(wanted):
         raise UserError(
             f"{name}: one column named for two roles (user {user!r}, item {item!r}, time {time!r}, rating {rating!r})"
         )
     if parquet:
-        chunks = _parquet_chunks(path, wanted, name)
+        chunks, quoted = _parquet_chunks(path, wanted, name), False
     else:
-        chunks = _csv_chunks(path, separator, wanted, {user: str, item: str}, name, len(columns))
+        names = None if header else columns
+        chunks = _csv_chunks(path, separator, quoting, names, {user: str, item: str}, name, len(columns))
+        # a quote opened in a CSV field and never closed takes the lines after it into that field
+        quoted = quoting != csv.QUOTE_NONE and _holds(path, b'"')
+    roles = {user: "user", item: "item", time: "time", rating: "rating"}  # messages name a field by its role
+    label = {c: c if header else f"field {c} ({role})" for c, role in roles.items() if c is not None}
+    try:
+        ids, times, ratings, time_kind = _rows(chunks, path, header, quoted, user, item, time, rating, wanted, label)
+    except UserError as e:
+        if not by_position:
+            raise
+        raise UserError(
+            f"{e} (a file whose first line holds numbers has no header: its fields are read by position as user, "
+            "item, rating, timestamp; name them by number with --user-col, --item-col, --rating-col, --time-col)"
+        ) from None
+    (users, user_names), (items, item_names) = ids
+    unit = None if time_kind in (None, "number") else "ns"
+    return Interactions(
+        users, items, times, name, ratings=ratings, time_unit=unit, user_names=user_names, item_names=item_names
+    )
+
+
+def _rows(chunks, path: Path, header: bool, quoted: bool, user, item, time, rating, wanted, label):
+    """((users, their names), (items, theirs)), times, ratings and the times' kind, from the file's chunks."""
+    parquet, name = path.suffix.lower() in PARQUET, str(path)
     parts: dict[str, list] = {"users": [], "items": [], "timestamps": [], "ratings": []}
-    time_kind: str | None = None  # decided by the first chunk: "number" or "date", then held to
+    time_kind: str | None = None  # decided by the first chunk: "number" or the dates' format, then held to
     rows = 0
     for df in chunks:
 
         def where(row: int, offset: int = rows) -> str:  # the file line (text; blank ones too) or the Parquet row
-            if not header_line:
+            if parquet:
                 return f"row {offset + row + 1}"
-            return f"line {line_of_row(path, offset + row, True, _opener(path))}"
+            return f"line {line_of_row(path, offset + row, header, _opener(path))}"
 
-        parts["users"].append(_ids(df[user], user, name, where))
-        parts["items"].append(_ids(df[item], item, name, where))
+        if not parquet:
+            _check_lines(df, quoted, header and (user, item), name, where)
+            df = df[wanted]
+        parts["users"].append(_ids(df[user], label[user], name, where))
+        parts["items"].append(_ids(df[item], label[item], name, where))
         if time is not None:
-            times, time_kind = _times(df[time], time, name, where, time_kind)
+            times, time_kind = _times(df[time], label[time], name, where, time_kind)
             parts["timestamps"].append(times)
         if rating is not None:
             numbers = pd.to_numeric(df[rating], errors="coerce")
@@ -174,43 +244,90 @@ def read_table_file(
             if bad.any():
                 row = _first_bad(bad)
                 value = _shown(df[rating].iloc[row])
-                raise UserError(f"{name}, {where(row)}: {rating} is {value}, expected a finite number")
+                raise UserError(f"{name}, {where(row)}: {label[rating]} is {value}, expected a finite number")
             parts["ratings"].append(compact(numbers.to_numpy(np.float64)))
         rows += len(df)
     if rows == 0:
         raise UserError(f"{name}: a header but no rows")
-    users, user_names = _joined_ids(parts.pop("users"))
-    items, item_names = _joined_ids(parts.pop("items"))
+    ids = _joined_ids(parts.pop("users")), _joined_ids(parts.pop("items"))
     timestamps = np.concatenate(parts.pop("timestamps")) if time is not None else None
     ratings = np.concatenate(parts.pop("ratings")) if rating is not None else None
-    unit = "ns" if time_kind == "date" else None
-    return Interactions(
-        users, items, timestamps, name, ratings=ratings, time_unit=unit, user_names=user_names, item_names=item_names
-    )
+    return ids, timestamps, ratings, time_kind
 
 
-def _csv_chunks(path: Path, sep: str, wanted: list[str], dtype: dict, name: str, n_columns: int):
+def _csv_chunks(path: Path, sep: str, quoting: int, names: list[str] | None, dtype: dict, name: str, n_columns: int):
+    """The file's rows in chunks, every column (not usecols: with usecols pandas silently ignores a line's surplus
+    fields); `names` where the file has no header."""
     try:
-        # every column, not usecols: with usecols pandas silently ignores a line's surplus fields
         # keep_default_na=False: "NA", "null", "None" are ids like any other text; an empty field is missing
         with pd.read_csv(
             path,
             sep=sep,
             engine="c",
+            header=None if names else "infer",
+            names=names,
+            index_col=False,
+            quoting=quoting,
             dtype=dtype,
             chunksize=movielens.CHUNK_ROWS,
             keep_default_na=False,
             na_values=[""],
         ) as reader:
-            for chunk in reader:
-                yield chunk[wanted]
+            yield from reader
     except pd.errors.ParserError as e:
         msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
-        raise UserError(f"{name}: {msg} (expected {n_columns} fields per line, as in the header)") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name}: not a UTF-8 text file ({e})") from None
+        as_in = "as in the header" if names is None else "as on the first line"
+        raise UserError(f"{name}: {msg} (expected {n_columns} fields per line, {as_in})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, name) from None
     except (OSError, EOFError, lzma.LZMAError) as e:  # a damaged .gz / .bz2 / .xz
         raise UserError(f"{name}: not a readable compressed file ({e})") from None
+
+
+def _holds(path: Path, byte: bytes) -> bool:
+    """Whether the (decompressed) file holds this byte anywhere: a scan at memory speed."""
+    with _opener(path)(path, "rb") as f:
+        while block := f.read(1 << 24):
+            if byte in block:
+                return True
+    return False
+
+
+def _check_lines(df: pd.DataFrame, quoted: bool, header: tuple[str, str] | bool, name: str, where) -> None:
+    """UserError where a chunk's fields hold line breaks (a quote never closed joined lines: rows lost to one
+    field), or where a row repeats the header (files joined with their headers: the header names would be ids)."""
+    if quoted:
+        for col in df.columns:
+            if df[col].dtype.kind not in "iufcbmM":
+                joined = df[col].str.contains("[\r\n]", regex=True, na=False).to_numpy()
+                if joined.any():
+                    raise UserError(
+                        f'{name}, {where(_first_bad(joined))}: a quote (") opens a field of column {col!r} that runs '
+                        "on into the lines after it (a stray quote, or one never closed); remove it, or quote the "
+                        "whole field"
+                    )
+    if header:
+        user, item = header
+        again = ((df[user] == user) & (df[item] == item)).to_numpy()
+        if again.any():
+            raise UserError(
+                f"{name}, {where(_first_bad(again))}: the header again (files joined with their headers?); remove "
+                "the repeated header lines"
+            )
+
+
+def _not_utf8(path: Path, name: str) -> UserError:
+    """The error for a file that is not UTF-8, naming the first line that is not (read again: only an error pays)."""
+    with _opener(path)(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(
+                    f"{name}, line {lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at byte {e.start + 1} of the "
+                    "line); convert the file to UTF-8, e.g. with iconv -f latin1 -t utf-8 if it is Latin-1"
+                )
+    return UserError(f"{name}: not a UTF-8 text file")
 
 
 def _parquet_chunks(path: Path, wanted: list[str], name: str):
@@ -251,34 +368,72 @@ def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.
 
 
 def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> tuple[np.ndarray, str]:
-    """One chunk's times as numbers, or as nanoseconds where the column holds dates (the first chunk decides)."""
+    """One chunk's times as numbers, or as nanoseconds where the column holds dates: `kind` is "number" or the
+    dates' format, decided by the first chunk and held to."""
+    expected = "a number or a date/time"
     if values.dtype.kind in "iuf":
         bad, out, this = values.isna().to_numpy(), _number_times(values, col, name, where), "number"
     elif values.dtype.kind == "M":
-        bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "date"
+        bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "datetime"
     else:
         numbers = pd.to_numeric(values, errors="coerce")
         if kind == "number" or (kind is None and numbers.notna().any()):  # the first non-number is the error
             bad, out, this = numbers.isna().to_numpy(), _number_times(numbers, col, name, where), "number"
+            expected = "a number, as the column's other times are"
         elif numbers.notna().any():  # dates in the chunks before: a number here is not read as a date
             row = _first_bad(numbers.notna().to_numpy())
             raise UserError(
-                f"{name}, {where(row)}: {col} is {values.iloc[row]!r}, a number where the lines before hold dates"
+                f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, a number where the lines before hold dates"
             )
         else:
-            try:
-                dates = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-            except (ValueError, TypeError):
-                dates = pd.Series(pd.NaT, index=values.index)
-            bad, out, this = dates.isna().to_numpy(), _nanoseconds(dates), "date"
+            dates, this = _dates(values.str.strip(), kind)
+            bad, out = dates.isna().to_numpy(), _nanoseconds(dates)
+            shown = "ISO 8601" if this == "ISO8601" else f"{this}, as the first date"
+            expected = f"a date/time in the column's format ({shown})"
     if this == "number" and out.dtype.kind == "f":
         bad = bad | ~np.isfinite(out)  # inf, 1e400
     if bad.any():
         row = _first_bad(bad)
-        raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected a number or a date/time")
-    if kind is not None and kind != this:
-        raise UserError(f"{name}, {where(0)}: {col} holds {this}s here and {kind}s before (expected one kind)")
+        raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected {expected}")
+    if kind is not None and (kind == "number") != (this == "number"):
+        now, before = ("numbers", "dates") if this == "number" else ("dates", "numbers")
+        raise UserError(f"{name}, {where(0)}: {col} holds {now} here and {before} before (expected one kind)")
     return out, this
+
+
+def _dates(values: pd.Series, fmt: str | None) -> tuple[pd.Series, str]:
+    """(the dates, UTC; their format): in `fmt` where a chunk before chose it; else ISO 8601 where it reads every
+    date, else the first date's format, month first or day first, whichever reads them all (month first where
+    both do, as pandas reads 01/02/2020). Never a format per value: 12/06/2020 and 18/10/2020 in one column would
+    be read one month first and the other day first."""
+
+    def read(fmt: str, part: pd.Series = values) -> pd.Series:
+        try:
+            return pd.to_datetime(part, errors="coerce", utc=True, format=fmt)
+        except (ValueError, TypeError):
+            return pd.Series(pd.NaT, index=part.index, dtype="datetime64[ns, UTC]")
+
+    if fmt is not None:
+        return read(fmt), fmt
+    present = values.notna()  # a missing time is its own error
+    first = str(values[present].iloc[0]) if present.any() else ""
+    with warnings.catch_warnings():  # pandas warns that dayfirst is a preference, which is how it is used here
+        warnings.simplefilter("ignore")
+        from pandas.tseries.api import guess_datetime_format
+
+        guesses = [g for day in (False, True) if (g := guess_datetime_format(first, dayfirst=day))]
+    candidates = list(dict.fromkeys(["ISO8601", *guesses]))
+    sample = values[present].iloc[:1000]  # a candidate that cannot read these is not parsed on the whole chunk
+    fits = [c for c in candidates if read(c, sample).notna().all()]
+    best, fails = None, None
+    for c in fits or candidates:
+        dates = read(c)
+        wrong = int((dates.isna() & present).sum())
+        if wrong == 0:
+            return dates, c
+        if fails is None or wrong < fails:  # the error names a date that is off the column's likelier format
+            best, fails = (dates, c), wrong
+    return best
 
 
 def _number_times(numbers: pd.Series, col: str, name: str, where) -> np.ndarray:

@@ -279,7 +279,7 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
             )
         raw, first = raw.replace(b"::", b"\t"), first.replace("::", "\t")
     sep = "\t" if "\t" in first else "," if "," in first else "\t"
-    fields = [f.strip().strip('"').lower() for f in first.split(sep)]
+    fields = [f.strip().strip('"').lower().replace(" ", "_").replace("-", "_") for f in first.split(sep)]
     while len(fields) > 1 and not fields[-1]:
         fields.pop()  # a trailing separator
     if not fields[0] or is_number(fields[0]):

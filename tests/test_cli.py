@@ -666,3 +666,30 @@ def test_a_separator_of_two_characters_and_a_nan_rating_are_bad_options(capsys, 
         assert main([*command, *option]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_with_status_143(capsys, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import scalerec.train as train_module
+
+    calls = []
+    real = train_module.train_epoch
+
+    def terminated_in_epoch_1(*args, **kwargs):  # as Slurm or Docker stops a job
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_module, "train_epoch", terminated_in_epoch_1)
+    rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=3)])
+    assert rc == 143 and "scalerec: terminated (SIGTERM)" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["state"] == "interrupted" and summary["epochs"] == 1
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+    monkeypatch.undo()
+    rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
+    assert rc == 0 and "Resuming" in out, err

@@ -7,7 +7,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Literal
 from scalerec import __version__
 from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, field_owner, read_config_file
 from scalerec.data.download import RELEASES
-from scalerec.errors import OptionError, UserError
+from scalerec.errors import OptionError, Terminated, UserError
 
 DESCRIPTION = (
     "Train Neural Collaborative Filtering recommenders (NeuMF: GMF + MLP) on implicit feedback, with HR@K, "
@@ -281,9 +283,15 @@ def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list
     return grid
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         if args.command != "train":
             refuse_many_processes(args.command)
@@ -356,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"scalerec: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("scalerec: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"scalerec: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:
         if type(e).__name__ != "OutOfMemoryError":  # torch's; torch itself is imported only by the commands
             raise
@@ -368,4 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -8,3 +8,8 @@ class UserError(Exception):
 
 class OptionError(UserError):
     """A bad option value (on the command line or in a config or grid file): exit status 2, as argparse's own."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as a scheduler or container stops a job (Slurm, Docker, Kubernetes): handled as Ctrl-C is (the
+    epochs so far kept, summary.json saying so), with exit status 143."""

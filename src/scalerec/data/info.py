@@ -32,7 +32,7 @@ def describe(ds: Dataset) -> list[str]:
         f"Per user: min {per_user.min():,}, median {int(np.median(per_user)):,}, max {per_user.max():,}; "
         f"per item: min {per_item.min():,}, median {int(np.median(per_item)):,}, max {per_item.max():,}"
         + (
-            f" ({count(idle, 'item')} left with no interaction stay candidates)"
+            f" ({count(idle, 'item')} left with no interaction, still {'a candidate' if idle == 1 else 'candidates'})"
             if (idle := int((per_item == 0).sum()))
             else ""
         ),

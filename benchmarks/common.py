@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import platform
+import sys
+from collections.abc import Callable
 
 import torch
 
 from scalerec.config import DataConfig
+from scalerec.errors import UserError
 
 # MovieLens' shapes for synthetic data: users, items, mean interactions per user.
 SHAPES = {"ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165), "ml-20m": (138493, 26744, 144)}
@@ -29,3 +32,12 @@ def data_config(ncf: str | None, shape: str) -> DataConfig:
         return DataConfig(dataset="ncf", data=ncf)
     users, items, mean = SHAPES[shape]
     return DataConfig(dataset="synthetic", synthetic_users=users, synthetic_items=items, synthetic_interactions=mean)
+
+
+def run(main: Callable[[], None]) -> None:
+    """A benchmark's main, with a user's mistake (a missing data file, say) as one line and exit status 1, as the
+    CLI says it."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import machine
+from common import machine, run
 
 
 def train(args, processes: int, threads: int, out: Path) -> dict:
@@ -71,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

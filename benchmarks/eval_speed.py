@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from common import SHAPES, data_config, machine
+from common import SHAPES, data_config, machine, run
 
 from scalerec.config import EvalConfig, ModelConfig
 from scalerec.data import load_dataset
@@ -90,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

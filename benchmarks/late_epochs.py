@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from common import SHAPES, data_config, machine
+from common import SHAPES, data_config, machine, run
 
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
@@ -102,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

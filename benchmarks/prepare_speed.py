@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import SHAPES, data_config, machine
+from common import SHAPES, data_config, machine, run
 
 from scalerec.config import DataConfig
 from scalerec.data import load_dataset
@@ -64,6 +65,8 @@ def main() -> None:
         dataset, path = REAL[name]
         if path.is_file() or Path(f"{path}.train.rating").is_file():
             measure(name, DataConfig(dataset=dataset, data=str(path)))
+        else:  # stderr: stdout holds only the JSON lines
+            print(f"skipped {name}: {path} is not here", file=sys.stderr)
     for shape in args.shapes:
         measure(f"synthetic {shape}", data_config(None, shape))
     for shape in args.csv:
@@ -80,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

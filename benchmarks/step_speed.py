@@ -36,7 +36,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import SHAPES, machine
+from common import SHAPES, machine, run
 from torch import nn
 
 from scalerec.allocator import keep_large_blocks_in_heap
@@ -240,4 +240,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -21,7 +21,7 @@ import json
 import time
 
 import torch
-from common import SHAPES, data_config, machine
+from common import SHAPES, data_config, machine, run
 
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
@@ -104,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -238,3 +238,10 @@ def test_report_of_an_unfinished_run(tmp_path, recwarn):
     assert not [w for w in recwarn if "legend" in str(w.message)]
     with pytest.raises(UserError, match="a file"):
         collect(run / "config.json")
+
+
+def test_the_report_says_when_a_smaller_batch_run_that_would_be_the_base_diverged(tmp_path):
+    runs = [("1-small", flat(batch_size=64, optimizer="sgd", lr=1e9)), ("2-large", flat(batch_size=256))]
+    report = sweep(tiny_base(tmp_path), runs, tmp_path / "sweep", lambda s: None).read_text()
+    base = "Base run: `2-large` (the finished run with the smallest batch; of a smaller batch, `1-small` (diverged)"
+    assert base in report

@@ -236,12 +236,24 @@ def legend(ax) -> None:
         ax.legend(fontsize=7)
 
 
-def base_text(base: dict | None) -> str:
+def base_text(base: dict | None, runs: list[dict]) -> str:
     if base is None:
         return "no run logged an epoch"
     if base["summary"].get("state") == "finished":
-        return "the finished run with the smallest batch"
-    return "no run finished: the unfinished run with the smallest batch"
+        text = "the finished run with the smallest batch"
+    else:
+        text = "no run finished: the unfinished run with the smallest batch"
+    # a run of a smaller batch that did not finish (it diverged, say) would have been the base: say so
+    smaller = [
+        f"`{r['name']}` ({r['summary'].get('state') or 'not finished'})"
+        for r in runs
+        if r is not base
+        and r["config"]
+        and isinstance(batch_of(r), int)
+        and isinstance(batch_of(base), int)
+        and batch_of(r) < batch_of(base)
+    ]
+    return text + (f"; of a smaller batch, {', '.join(smaller)} did not finish" if smaller else "")
 
 
 def write_report(path: Path) -> Path:
@@ -258,7 +270,7 @@ def write_report(path: Path) -> Path:
     base = base_run(runs)
     text = ["# scalerec report", "", f"{len(runs)} run(s) in `{path}`.", "", markdown(rows)]
     text += [
-        f"Base run: `{base['name'] if base else 'none'}` ({base_text(base)}). "
+        f"Base run: `{base['name'] if base else 'none'}` ({base_text(base, runs)}). "
         "`vs_base`: a run's best HR@K minus the base run's. `s_to_base_HR`: training seconds until a run first "
         "reached the base run's best HR@K; empty where it never did. `K`: the cut-off of best_HR and best_NDCG "
         "(10 where the run measured it); `eval`: their protocol (sampled negatives, or full ranking).",

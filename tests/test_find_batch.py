@@ -61,7 +61,7 @@ def test_cpu_search_fits_the_peak_and_never_steps_over_the_budget():
     found = search_cpu(curved.step_peak, int(1.86e9), limit=10**7, start_rss=int(250e6))
     assert curved.need(found.batch) <= 1.86e9 and found.batch >= 65536
 
-    with pytest.raises(UserError, match="over the memory budget"):
+    with pytest.raises(UserError, match=r"GB a step may use \(the memory budget less"):
         search_cpu(Process(0, linear.need).step_peak, int(100e6), limit=10**6, start_rss=int(50e6))
     with pytest.raises(UserError, match="already holds"):
         search_cpu(linear.step_peak, int(100e6), limit=10**6, start_rss=int(200e6))

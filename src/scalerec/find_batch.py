@@ -134,8 +134,8 @@ def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int, start_r
     b = min(START, limit)
     if start_rss > budget:
         raise UserError(
-            f"the process already holds {start_rss / 2**30:.2f} GB, over the memory budget of "
-            f"{budget / 2**30:.2f} GB; raise --memory-budget-gb"
+            f"the process already holds {start_rss / 2**30:.2f} GB, over the {budget / 2**30:.2f} GB a step may "
+            "use (the memory budget less the epoch's own tensors); raise --memory-budget-gb"
         )
     while True:
         peak = step_peak(b)
@@ -143,8 +143,9 @@ def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int, start_r
         if peak > budget:
             if len(tried) == 1:
                 raise UserError(
-                    f"a step at batch {b} peaked at {peak / 2**30:.2f} GB, over the memory budget of "
-                    f"{budget / 2**30:.2f} GB; raise --memory-budget-gb or use --micro-batch"
+                    f"a step at batch {b} peaked at {peak / 2**30:.2f} GB, over the {budget / 2**30:.2f} GB a step "
+                    "may use (the memory budget less the epoch's own tensors); raise --memory-budget-gb or use "
+                    "--micro-batch"
                 )
             tried.pop()  # the forecast was too low: fall back to the last batch within the budget
             b, fit = tried[-1][0], None

@@ -184,9 +184,7 @@ def test_a_time_column_that_changes_kind_between_chunks_names_the_line(tmp_path,
     monkeypatch.setattr(movielens, "CHUNK_ROWS", 4)
     rows = [(f"u{n % 3}", f"i{n}", f"2024-01-{1 + n:02d}", 5) for n in range(6)] + [("u1", "i9", "1700000000", 4)]
     rows += [("u2", "i8", "1700000001", 4)]  # the second chunk: numbers where the first held dates
-    with pytest.raises(
-        UserError, match=r"log.csv, line 8: time is '1700000000', a number where the lines before hold dates"
-    ):
+    with pytest.raises(UserError, match=r"log.csv, line 8: time is '1700000000', a number among dates"):
         read_table_file(write_csv(tmp_path / "log.csv", rows, header="user,item,time,rating"))
     rows[5:] = [("u2", "i5", "yesterday", 4), ("u1", "i9", "2024-02-01", 4), ("u2", "i8", "2024-02-02", 4)]
     with pytest.raises(UserError, match=r"log.csv, line 7: time is 'yesterday', expected a date/time .*ISO 8601"):
@@ -234,7 +232,7 @@ def test_a_stray_quote_is_text_in_a_tsv_and_an_error_in_a_csv(tmp_path):
     raw = read_table_file(write_csv(tmp_path / "plays.tsv", rows, "user\titem\ttimestamp", "\t"))
     assert len(raw.users) == 12 and '"Heroes' in raw.item_names  # no row joined to another
     path = write_csv(tmp_path / "plays.csv", rows, "user,item,timestamp")
-    with pytest.raises(UserError, match=r"plays.csv, line 5: a quote .* column 'item' that runs on into the lines"):
+    with pytest.raises(UserError, match=r"plays.csv, line 5: a quoted field of column 'item' runs on into the lines"):
         read_table_file(path)  # the CSV parser would take every line after it into that one field
     rows[3] = ("u3", '"Heroes, live"', 1_600_000_003)  # a quoted field with a comma is fine
     raw = read_table_file(write_csv(tmp_path / "plays.csv", rows, "user,item,timestamp"))
@@ -291,3 +289,28 @@ def test_json_latin1_and_recbole_typed_headers(tmp_path):
     path = write_csv(tmp_path / "books.tsv", rows, "user_id:token\titem_id:token\trating:float\ttimestamp:float", "\t")
     raw = read_table_file(path, user_col="user_id", item_col="item_id")  # named without their types
     assert list(raw.user_names) == ["A7NOF", "A804Y"] and list(raw.timestamps) == [1408367345, 1404045091]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["u0,i0,900000000,extra", "u1,i1,900000001,x"], r"more fields on a line than the header's 3"),
+        (["u0,i0,2020-01-01", "u1,i1,9999-12-31"], r"line 3: time is '9999-12-31', expected a date/time in the years"),
+        (["u0,i0,2020-01-01", "u1,i1,now"], r"line 3: time is 'now', expected a date/time"),
+        (["u0,i0,2020-01-01", "u1,i1,2020-01-02", "u1,i2,1577836800"], r"line 4: time is '1577836800', a number among"),
+        (["u0,i0,1", '"u1,i1,2', "u2,i2,3"], r"line 3: a quote \(\"\) opens a field that is never closed"),
+        (["u0,i0,1", "User ,Item,2", "u2,i2,3"], r"line 3: the header again"),
+    ],
+    ids=["surplus-fields", "year-9999", "now", "a-number-among-dates", "quote-never-closed", "header-again"],
+)
+def test_rows_that_would_be_lost_or_misread_are_refused(tmp_path, lines, message):
+    (tmp_path / "t.csv").write_text("user,item,time\n" + "\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=message):
+        read_table_file(tmp_path / "t.csv")
+
+
+def test_a_pandas_csv_with_its_index_column_is_a_table(tmp_path):
+    frame = pd.DataFrame({"user": ["a", "a", "b", "b"], "item": ["x", "y", "x", "z"], "time": [1, 2, 3, 4]})
+    frame.to_csv(tmp_path / "log.csv")  # header ",user,item,time"
+    ds, _ = load(tmp_path, tmp_path / "log.csv", eval_negatives=1)
+    assert list(ds.user_ids) == ["a", "b"] and ds.n_items == 3

@@ -94,9 +94,9 @@ class DataConfig:
             raise ValueError(f"data_seed must be in [0, 2**63), got {self.data_seed}")
         if self.min_rating is not None and not math.isfinite(self.min_rating):
             raise ValueError(f"min_rating must be a finite number, got {self.min_rating}")
-        if self.sep is not None and self.sep not in ("\\t", "tab") and len(self.sep) != 1:
+        if self.sep is not None and self.sep not in ("\\t", "tab") and len(self.sep.encode()) != 1:
             raise ValueError(
-                f"sep must be one character (or tab), got {self.sep!r}; '::'-separated files such as ratings.dat "
+                f"sep must be one ASCII character (or tab), got {self.sep!r}; '::'-separated files such as ratings.dat "
                 "are read without --sep"
             )
 

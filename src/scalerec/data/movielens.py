@@ -106,8 +106,8 @@ def read_table(
     except pd.errors.ParserError as e:
         msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
         raise UserError(f"{name}: {msg} (expected {len(columns)} fields: {', '.join(columns)})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name}: not a text file ({e})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(source, name) from None
     if rows == 0:
         raise UserError(f"{name}: no rows (expected lines of {', '.join(columns)} separated by {sep!r})")
     # one column at a time, each chunk list dropped once joined: the peak is the table plus one column
@@ -198,6 +198,21 @@ def compact(values: np.ndarray, narrow_floats: bool = True) -> np.ndarray:
         if np.array_equal(narrow, values):
             return narrow
     return values.astype(np.float64)
+
+
+def not_utf8(source: str | Path | bytes, name: str, opener=open) -> UserError:
+    """The error for a file that is not UTF-8, naming its first line that is not (read again: only an error
+    pays for it)."""
+    with io.BytesIO(source) if isinstance(source, bytes) else opener(source, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(
+                    f"{name}, line {lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at byte {e.start + 1} of the "
+                    "line); convert the file to UTF-8 from its encoding, e.g. iconv -f latin1 -t utf-8 for Latin-1"
+                )
+    return UserError(f"{name}: not a UTF-8 text file")
 
 
 def line_of_row(source: str | Path | bytes, row: int, header: bool, opener=open) -> int:

@@ -15,6 +15,7 @@ import bz2
 import csv
 import gzip
 import lzma
+import re
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,15 @@ import numpy as np
 import pandas as pd
 
 from scalerec.data import movielens
-from scalerec.data.movielens import HEADER_NAMES, RATING_FILES, Interactions, compact, is_number, line_of_row
+from scalerec.data.movielens import (
+    HEADER_NAMES,
+    RATING_FILES,
+    Interactions,
+    compact,
+    is_number,
+    line_of_row,
+    not_utf8,
+)
 from scalerec.data.prepare import sorted_unique
 from scalerec.errors import UserError
 
@@ -42,12 +51,10 @@ def is_table_file(path: Path) -> bool:
     if path.name in RATING_FILES or path.suffix.lower() in (".zip", ".inter", ".dat") or not path.is_file():
         return False
     first = _first_line(path).removeprefix("\ufeff").strip()
-    field = first.replace("\t", ",").replace(";", ",").split(",")[0].strip().strip('"')
-    try:
-        float(field)
+    fields = [f.strip().strip('"') for f in first.replace("\t", ",").replace(";", ",").split(",")]
+    if is_number(fields[0]):
         return False  # no header: a MovieLens layout
-    except ValueError:
-        return bool(field)
+    return any(fields)  # an empty first name too: pandas' to_csv writes its index so
 
 
 def _opener(path: Path):
@@ -117,11 +124,14 @@ def _pick(
     return found
 
 
-def _nanoseconds(dates: pd.Series) -> np.ndarray:
-    """int64 nanoseconds since 1970 (UTC) of a datetime column, with or without a time zone."""
+def _nanoseconds(dates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 nanoseconds since 1970, UTC, of a datetime column with or without a time zone; where a date is
+    outside the years 1678-2261 that nanoseconds hold, such as a 9999-12-31 placeholder, which would wrap round)."""
     if getattr(dates.dt, "tz", None) is not None:
         dates = dates.dt.tz_convert(None)
-    return dates.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    raw = dates.to_numpy()
+    outside = (raw < np.datetime64("1678-01-01")) | (raw >= np.datetime64("2262-01-01"))
+    return np.where(outside, np.datetime64(0, "ns"), raw).astype("datetime64[ns]").astype(np.int64), outside
 
 
 def _shown(value) -> str:
@@ -260,22 +270,36 @@ def _csv_chunks(path: Path, sep: str, quoting: int, names: list[str] | None, dty
     fields); `names` where the file has no header."""
     try:
         # keep_default_na=False: "NA", "null", "None" are ids like any other text; an empty field is missing
-        with pd.read_csv(
-            path,
-            sep=sep,
-            engine="c",
-            header=None if names else "infer",
-            names=names,
-            index_col=False,
-            quoting=quoting,
-            dtype=dtype,
-            chunksize=movielens.CHUNK_ROWS,
-            keep_default_na=False,
-            na_values=[""],
-        ) as reader:
+        with (
+            warnings.catch_warnings(),
+            pd.read_csv(
+                path,
+                sep=sep,
+                engine="c",
+                header=None if names else "infer",
+                names=names,
+                index_col=False,
+                quoting=quoting,
+                dtype=dtype,
+                chunksize=movielens.CHUNK_ROWS,
+                keep_default_na=False,
+                na_values=[""],
+            ) as reader,
+        ):
+            # pandas only warns where a first line holds more fields than the header, and drops them
+            warnings.simplefilter("error", pd.errors.ParserWarning)
             yield from reader
+    except pd.errors.ParserWarning:
+        raise UserError(
+            f"{name}: more fields on a line than the header's {n_columns} (the first data line, or every line; a "
+            "separator inside a field needs quotes)"
+        ) from None
     except pd.errors.ParserError as e:
         msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
+        if (m := re.search(r"EOF inside string starting at row (\d+)", msg)) is not None:
+            header = names is None  # pandas counts the file's rows from 0, the header's too
+            line = line_of_row(path, int(m.group(1)) - header, header, _opener(path))
+            raise UserError(f'{name}, line {line}: a quote (") opens a field that is never closed') from None
         as_in = "as in the header" if names is None else "as on the first line"
         raise UserError(f"{name}: {msg} (expected {n_columns} fields per line, {as_in})") from None
     except UnicodeDecodeError:
@@ -302,13 +326,13 @@ def _check_lines(df: pd.DataFrame, quoted: bool, header: tuple[str, str] | bool,
                 joined = df[col].str.contains("[\r\n]", regex=True, na=False).to_numpy()
                 if joined.any():
                     raise UserError(
-                        f'{name}, {where(_first_bad(joined))}: a quote (") opens a field of column {col!r} that runs '
-                        "on into the lines after it (a stray quote, or one never closed); remove it, or quote the "
-                        "whole field"
+                        f"{name}, {where(_first_bad(joined))}: a quoted field of column {col!r} runs on into the "
+                        "lines after it: a stray quote, which would join them, or a field holding a line break, "
+                        "which scalerec does not read; remove the quote or the line break"
                     )
     if header:
         user, item = header
-        again = ((df[user] == user) & (df[item] == item)).to_numpy()
+        again = _names(df[user], user) & _names(df[item], item)
         if again.any():
             raise UserError(
                 f"{name}, {where(_first_bad(again))}: the header again (files joined with their headers?); remove "
@@ -316,18 +340,17 @@ def _check_lines(df: pd.DataFrame, quoted: bool, header: tuple[str, str] | bool,
             )
 
 
+def _names(values: pd.Series, column: str) -> np.ndarray:
+    """Where a column's values are its own header name (as aliases are matched: a BOM, case or spacing aside).
+    Only the distinct values are compared, then the rows found."""
+    same = [
+        v for v in pd.unique(values) if isinstance(v, str) and _plain_name(v.lstrip("\ufeff")) == _plain_name(column)
+    ]
+    return values.isin(same).to_numpy() if same else np.zeros(len(values), bool)
+
+
 def _not_utf8(path: Path, name: str) -> UserError:
-    """The error for a file that is not UTF-8, naming the first line that is not (read again: only an error pays)."""
-    with _opener(path)(path, "rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return UserError(
-                    f"{name}, line {lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at byte {e.start + 1} of the "
-                    "line); convert the file to UTF-8, e.g. with iconv -f latin1 -t utf-8 if it is Latin-1"
-                )
-    return UserError(f"{name}: not a UTF-8 text file")
+    return not_utf8(path, name, _opener(path))
 
 
 def _parquet_chunks(path: Path, wanted: list[str], name: str):
@@ -374,22 +397,27 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> t
     if values.dtype.kind in "iuf":
         bad, out, this = values.isna().to_numpy(), _number_times(values, col, name, where), "number"
     elif values.dtype.kind == "M":
-        bad, out, this = values.isna().to_numpy(), _nanoseconds(values), "datetime"
+        out, outside = _nanoseconds(values)
+        bad, this, expected = values.isna().to_numpy() | outside, "datetime", "a date/time in the years 1678-2261"
     else:
+        if not pd.api.types.is_string_dtype(values):  # Parquet's date32: datetime.date objects
+            values = values.map(lambda v: v if pd.isna(v) else str(v))
         numbers = pd.to_numeric(values, errors="coerce")
-        if kind == "number" or (kind is None and numbers.notna().any()):  # the first non-number is the error
+        counted = int(numbers.notna().sum())
+        if kind == "number" or (kind is None and 2 * counted >= int(values.notna().sum())):  # mostly numbers
             bad, out, this = numbers.isna().to_numpy(), _number_times(numbers, col, name, where), "number"
             expected = "a number, as the column's other times are"
-        elif numbers.notna().any():  # dates in the chunks before: a number here is not read as a date
+        elif counted:  # a number among dates (here, or in the chunks before) is not read as a date
             row = _first_bad(numbers.notna().to_numpy())
-            raise UserError(
-                f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, a number where the lines before hold dates"
-            )
+            raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, a number among dates")
         else:
-            dates, this = _dates(values.str.strip(), kind)
-            bad, out = dates.isna().to_numpy(), _nanoseconds(dates)
-            shown = "ISO 8601" if this == "ISO8601" else f"{this}, as the first date"
-            expected = f"a date/time in the column's format ({shown})"
+            text = values.str.strip()
+            dates, this = _dates(text, kind)
+            out, outside = _nanoseconds(dates)
+            # pandas reads "now" and "today" as the clock's time
+            bad = dates.isna().to_numpy() | outside | text.str.lower().isin(["now", "today"]).to_numpy()
+            shown = {"ISO8601": "ISO 8601", None: "none that pandas can guess from the first date: use ISO 8601"}
+            expected = f"a date/time in the years 1678-2261, in the column's format ({shown.get(this, this)})"
     if this == "number" and out.dtype.kind == "f":
         bad = bad | ~np.isfinite(out)  # inf, 1e400
     if bad.any():
@@ -401,7 +429,7 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> t
     return out, this
 
 
-def _dates(values: pd.Series, fmt: str | None) -> tuple[pd.Series, str]:
+def _dates(values: pd.Series, fmt: str | None) -> tuple[pd.Series, str | None]:
     """(the dates, UTC; their format): in `fmt` where a chunk before chose it; else ISO 8601 where it reads every
     date, else the first date's format, month first or day first, whichever reads them all (month first where
     both do, as pandas reads 01/02/2020). Never a format per value: 12/06/2020 and 18/10/2020 in one column would
@@ -433,7 +461,7 @@ def _dates(values: pd.Series, fmt: str | None) -> tuple[pd.Series, str]:
             return dates, c
         if fails is None or wrong < fails:  # the error names a date that is off the column's likelier format
             best, fails = (dates, c), wrong
-    return best
+    return best if guesses else (best[0], None)  # None: no format pandas can guess, and not ISO 8601
 
 
 def _number_times(numbers: pd.Series, col: str, name: str, where) -> np.ndarray:

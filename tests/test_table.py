@@ -314,3 +314,16 @@ def test_a_pandas_csv_with_its_index_column_is_a_table(tmp_path):
     frame.to_csv(tmp_path / "log.csv")  # header ",user,item,time"
     ds, _ = load(tmp_path, tmp_path / "log.csv", eval_negatives=1)
     assert list(ds.user_ids) == ["a", "b"] and ds.n_items == 3
+
+
+def test_parquet_date32_times(tmp_path):
+    import datetime
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    days = [datetime.date(2020, 1, d) for d in (3, 1, 2, 5)]
+    table = pa.table({"user": ["a", "a", "b", "b"], "item": ["x", "y", "x", "z"], "time": pa.array(days, pa.date32())})
+    pq.write_table(table, tmp_path / "log.parquet")
+    raw = read_table_file(tmp_path / "log.parquet")
+    assert [d.day for d in pd.to_datetime(raw.timestamps, utc=True)] == [3, 1, 2, 5]

@@ -657,7 +657,10 @@ def test_a_run_folder_takes_one_training_process_at_a_time(capsys, tmp_path):
 
 @pytest.mark.parametrize(
     "option, message",
-    [(["--sep", "::"], "sep must be one ASCII character"), (["--min-rating", "nan"], "min_rating must be a finite number")],
+    [
+        (["--sep", "::"], "sep must be one ASCII character"),
+        (["--min-rating", "nan"], "min_rating must be a finite number"),
+    ],
 )
 def test_a_separator_of_two_characters_and_a_nan_rating_are_bad_options(capsys, tmp_path, option, message):
     path = tmp_path / "log.csv"

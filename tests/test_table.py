@@ -244,6 +244,10 @@ def test_dates_are_read_in_one_format_for_the_whole_column(tmp_path):
     raw = read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
     days = pd.to_datetime(raw.timestamps, utc=True)
     assert [(d.month, d.day) for d in days] == [(6, 12), (10, 18), (2, 1), (4, 3)]  # all day first: 18/10 says so
+    assert raw.time_format == "%d/%m/%Y"
+    rows += [("u3", "c", "20/03/2020"), ("u3", "d", "21/03/2020")]
+    _, notes = load(tmp_path, write_csv(tmp_path / "d.csv", rows, "user,item,time"), eval_negatives=1)
+    assert "times read as dates in one format, %d/%m/%Y (day first)" in notes  # the log says how
     rows[2] = ("u2", "a", "2020-02-01")
     with pytest.raises(UserError, match=r"d.csv, line 4: time is '2020-02-01', expected a date/time .*%d/%m/%Y"):
         read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))

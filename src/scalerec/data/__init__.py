@@ -81,6 +81,10 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
         else:
             raw = movielens.read_ratings_file(path)
         notes, rows = [], len(raw.users)
+        if raw.time_format not in (None, "ISO8601"):  # say how an ambiguous 01/02/2020 was read
+            f = raw.time_format
+            first = ("month first" if f.index("%m") < f.index("%d") else "day first") if "%m" in f and "%d" in f else ""
+            notes.append(f"times read as dates in one format, {f}{f' ({first})' if first else ''}")
         if cfg.min_rating is not None:
             if raw.ratings is None:
                 raise UserError(

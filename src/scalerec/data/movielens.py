@@ -51,6 +51,8 @@ class Interactions:
     """Where ids are text: the sorted distinct user ids, and `users` holds int32 positions in it."""
     item_names: np.ndarray | None = None
     """Like user_names, for items."""
+    time_format: str | None = None
+    """Where times were read from text dates: their one format ("ISO8601", or e.g. "%d/%m/%Y"), for the log."""
 
 
 CHUNK_ROWS = 1 << 22  # rows parsed at a time: a 200M-row file never holds more than one chunk as pandas' int64s

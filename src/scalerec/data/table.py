@@ -222,8 +222,17 @@ def read_table_file(
         ) from None
     (users, user_names), (items, item_names) = ids
     unit = None if time_kind in (None, "number") else "ns"
+    text_format = time_kind if unit and time_kind != "datetime" else None
     return Interactions(
-        users, items, times, name, ratings=ratings, time_unit=unit, user_names=user_names, item_names=item_names
+        users,
+        items,
+        times,
+        name,
+        ratings=ratings,
+        time_unit=unit,
+        user_names=user_names,
+        item_names=item_names,
+        time_format=text_format,
     )
 
 

@@ -250,7 +250,18 @@ def read_inter(source: str | Path | bytes, name: str) -> Interactions:
     return _interactions(df, name)
 
 
-HEADER_NAMES = {  # as a header names them, lower case, "-" and " " as "_"
+RECBOLE_TYPES = (":token", ":token_seq", ":float", ":float_seq")  # user_id:token is the column user_id
+
+
+def header_name(column: str) -> str:
+    """A header name as aliases are matched: without quotes, spaces, case or RecBole's type; "-" and " " as "_"."""
+    text = str(column).strip().strip('"').strip()
+    for suffix in RECBOLE_TYPES:
+        text = text.removesuffix(suffix)
+    return text.lower().replace(" ", "_").replace("-", "_")
+
+
+HEADER_NAMES = {  # as header_name gives them
     "user": ("user", "user_id", "userid", "uid", "customer_id", "visitor_id", "visitorid"),
     "item": (
         "item",
@@ -296,7 +307,7 @@ def read_ratings(source: str | Path | bytes, name: str) -> Interactions:
             )
         raw, first = raw.replace(b"::", b"\t"), first.replace("::", "\t")
     sep = "\t" if "\t" in first else "," if "," in first else "\t"
-    fields = [f.strip().strip('"').lower().replace(" ", "_").replace("-", "_") for f in first.split(sep)]
+    fields = [header_name(f) for f in first.split(sep)]
     while len(fields) > 1 and not fields[-1]:
         fields.pop()  # a trailing separator
     if not fields[0] or is_number(fields[0]):

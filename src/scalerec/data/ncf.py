@@ -96,14 +96,14 @@ def resolve_prefix(data: str | Path) -> Path:
     """PREFIX from what a user may pass: the prefix itself, one of the three files, or the folder holding them."""
     path = Path(data)
     if path.is_dir():
-        found = sorted(path.glob("*.train.rating"))
+        train = f".{SUFFIXES[0]}"
+        found = sorted(path.glob(f"*{train}"))
         if len(found) != 1:
             what = "no" if not found else f"{len(found)}"
             raise UserError(
-                f"{path}: {what} *.train.rating files in this folder; pass --data PREFIX (the path before "
-                ".train.rating)"
+                f"{path}: {what} *{train} files in this folder; pass --data PREFIX (the path before {train})"
             )
-        return Path(str(found[0])[: -len(".train.rating")])
+        return Path(str(found[0])[: -len(train)])
     for suffix in SUFFIXES:
         if path.name.endswith(f".{suffix}"):
             return Path(str(path)[: -len(suffix) - 1])
@@ -113,7 +113,7 @@ def resolve_prefix(data: str | Path) -> Path:
 def is_ncf(data: str | Path) -> bool:
     """Whether `data` names the NCF paper's files: their prefix, one of them, or their folder."""
     try:
-        return Path(f"{resolve_prefix(data)}.train.rating").is_file()
+        return files(resolve_prefix(data))[0].is_file()
     except UserError:  # a folder without them
         return False
 

@@ -28,6 +28,7 @@ from scalerec.data.movielens import (
     RATING_FILES,
     Interactions,
     compact,
+    header_name,
     is_number,
     line_of_row,
     not_utf8,
@@ -81,17 +82,6 @@ def _separator(path: Path, sep: str | None) -> str:
     return "\t" if "\t" in first else ";" if ";" in first and "," not in first else ","
 
 
-RECBOLE_TYPES = (":token", ":token_seq", ":float", ":float_seq")  # user_id:token is the column user_id
-
-
-def _plain_name(column: str) -> str:
-    """A header name as aliases are matched: without quotes, spaces, case or RecBole's type."""
-    text = str(column).strip().strip('"').strip()
-    for suffix in RECBOLE_TYPES:
-        text = text.removesuffix(suffix)
-    return text.lower().replace(" ", "_").replace("-", "_")
-
-
 def _listed(columns: list[str]) -> str:
     shown = ", ".join(_shown(c) for c in columns[:8])
     return shown if len(columns) <= 8 else f"{shown}, ... ({len(columns)} in all)"
@@ -105,7 +95,7 @@ def _pick(
     if given is not None:
         if given in columns:
             return given
-        typed = [c for c in columns if header and _plain_name(c) == _plain_name(given)]
+        typed = [c for c in columns if header and header_name(c) == header_name(given)]
         if len(typed) == 1:
             return typed[0]
         if not header:
@@ -115,7 +105,7 @@ def _pick(
             )
         raise UserError(f"{name}: no column {given!r} ({flag}); the columns are {_listed(columns)}")
     aliases = HEADER_NAMES[role]
-    found = next((c for c in columns if _plain_name(c) in aliases), None)
+    found = next((c for c in columns if header_name(c) in aliases), None)
     if found is None and required:
         raise UserError(
             f"{name}: no {role} column among {_listed(columns)}; name it with {flag} (expected a header "
@@ -353,7 +343,7 @@ def _names(values: pd.Series, column: str) -> np.ndarray:
     """Where a column's values are its own header name (as aliases are matched: a BOM, case or spacing aside).
     Only the distinct values are compared, then the rows found."""
     same = [
-        v for v in pd.unique(values) if isinstance(v, str) and _plain_name(v.lstrip("\ufeff")) == _plain_name(column)
+        v for v in pd.unique(values) if isinstance(v, str) and header_name(v.lstrip("\ufeff")) == header_name(column)
     ]
     return values.isin(same).to_numpy() if same else np.zeros(len(values), bool)
 

@@ -3,8 +3,9 @@
 "plain" is the step a PyTorch user writes first: four nn.Embedding tables, an nn.Linear MLP on the concatenated
 embeddings, dense torch.optim.Adam (its default, foreach). "scalerec" is scalerec's model, optimizer and step
 exactly as `scalerec train` runs them for adam: each distinct user and item encoded once, table rows or dense
-updates chosen by the table size per sample, micro-batches on the CPU above 8192. "scalerec_rows" and
-"scalerec_dense" force one table update, whole batch at once; --micro-batches adds scalerec in those slices,
+updates chosen by the table size per sample, micro-batches on the CPU above 8192, the per-sample part as one
+autograd node with a hand-written backward (model._PairHead). "scalerec_autograd" is the same with autograd's
+backward of that part; "scalerec_rows" and "scalerec_dense" force one table update, whole batch at once; --micro-batches adds scalerec in those slices,
 --compile adds scalerec with torch.compile on the per-sample part (model.interact). On the CPU every step runs
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
 the minor page faults per step in each line show what the setting changes. All train on the same
@@ -174,7 +175,8 @@ def main() -> None:
             cfg = Config()
             cfg.optim.optimizer, cfg.train.batch_size = "adam", bs
             train_micro = micro_batch_for(cfg, device, bs)
-            variants = [("scalerec", None, train_micro), ("scalerec_rows", True, None), ("scalerec_dense", False, None)]
+            variants = [("scalerec", None, train_micro), ("scalerec_autograd", None, train_micro)]
+            variants += [("scalerec_rows", True, None), ("scalerec_dense", False, None)]
             variants += [(f"scalerec_micro{m}", None, m) for m in args.micro_batches if m < bs]
             variants += [("scalerec_compiled", None, train_micro)] if args.compile else []
             micro_of = {}
@@ -184,6 +186,7 @@ def main() -> None:
                     ours = build_run_model(cfg, n_users, n_items, device)
                 else:
                     ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
+                ours.hand_backward = name not in ("scalerec_autograd", "scalerec_compiled")
                 if name == "scalerec_compiled":
                     ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]

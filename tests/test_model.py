@@ -89,7 +89,7 @@ def test_forward_is_interact_of_the_encodings_and_trains_both_halves(name):
         assert m.first_user.bias.grad is not None
 
 
-@pytest.mark.parametrize("name", ["neumf", "mlp", "mf"])
+@pytest.mark.parametrize("name", ["neumf", "gmf", "mlp", "mf"])
 def test_training_by_distinct_rows_gives_the_per_sample_gradients(name):
     torch.manual_seed(0)
     m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0)
@@ -100,6 +100,62 @@ def test_training_by_distinct_rows_gives_the_per_sample_gradients(name):
     m.interact(m.encode_users(users), m.encode_items(items)).pow(2).sum().backward()  # per sample
     for a, b in zip(by_rows, (p.grad for p in m.parameters())):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def _logits_and_grads(model, users, items, weights):
+    model.zero_grad()
+    out = model(users, items)
+    (out * weights).sum().backward()  # a different gradient per sample, some negative
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    "name, layers", [("neumf", (8, 16, 4)), ("neumf", (8, 6)), ("gmf", (8, 4)), ("mlp", (16, 12, 8, 4))]
+)
+def test_the_hand_written_backward_is_autograds(name, layers):
+    torch.manual_seed(0)
+    m = build_model(name, 7, 9, 4, layers, 0.0)
+    users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
+    weights = torch.randn(40)
+    fast = _logits_and_grads(m, users, items, weights)
+    m.hand_backward = False
+    slow = _logits_and_grads(m, users, items, weights)
+    assert torch.allclose(fast[0], slow[0], atol=1e-6)
+    for a, b in zip(fast[1], slow[1]):
+        assert b.abs().sum() > 0 and torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_hand_written_backward_on_rows_gathered_already():
+    from scalerec.model import encode_rows, gather, interact_rows
+
+    torch.manual_seed(0)
+    m = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.0)
+    users, items = torch.randint(0, 7, (30,)), torch.randint(0, 9, (30,))
+    (user, u_at), (item, i_at) = encode_rows(m, users, items)
+    rows = [t.detach().index_select(0, at).requires_grad_() for t, at in zip(user + item, [u_at] * 2 + [i_at] * 2)]
+    out = interact_rows(m, tuple(rows[:2]), tuple(rows[2:]), None, None)
+    out.pow(2).sum().backward()
+    expected = [r.detach().clone().requires_grad_() for r in rows]
+    m.interact(tuple(expected[:2]), tuple(expected[2:])).pow(2).sum().backward()
+    for a, b in zip(rows, expected):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    assert torch.allclose(out, m.interact(gather(user, u_at), gather(item, i_at)), atol=1e-6)
+
+
+def test_dropout_and_autocast_take_autograds_path():
+    torch.manual_seed(0)
+    m = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.5)
+    users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
+    torch.manual_seed(1)
+    dropped = m(users, items)
+    m.hand_backward = False
+    torch.manual_seed(1)
+    assert torch.equal(dropped, m(users, items))  # the same dropout masks: the same path
+    m.hand_backward, m.dropout = True, 0.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(users, items)
+    assert out.dtype == torch.bfloat16 and out.grad_fn.name() != "_PairHeadBackward"
+    assert m(users, items).grad_fn.name() == "_PairHeadBackward"
 
 
 @pytest.mark.parametrize("n", [10, 10_000])  # a mark per row; torch.unique for a table much larger than the batch

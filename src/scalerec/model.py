@@ -39,6 +39,7 @@ class NeuMF(nn.Module):
         if not (gmf or mlp):
             raise ValueError("NeuMF needs the GMF branch, the MLP branch, or both")
         self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
+        self.hand_backward = True  # interact_rows' _PairHead where it applies; False: autograd's (benchmarks)
         self.n_users, self.n_items = n_users, n_items
         out = 0
         if gmf:
@@ -189,11 +190,11 @@ def unique_rows(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, position.index_select(0, ids)
 
 
-def gather(encoding: Encoding, index: torch.Tensor) -> Encoding:
-    """Each sample's rows of an encoding of distinct rows. index_select, not encoding[index]: its backward is an
+def gather(encoding: Encoding, index: torch.Tensor | None) -> Encoding:
+    """Each sample's rows of an encoding of distinct rows (None: the encoding as it is). index_select, not encoding[index]: its backward is an
     index_add, much faster than advanced indexing's on the CPU (measured: the whole step at ML-1M shape and
     batch 4096 ran 1.4x faster)."""
-    return tuple(None if t is None else t.index_select(0, index) for t in encoding)
+    return tuple(None if t is None else _take(t, index) for t in encoding)
 
 
 def encode_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor):
@@ -206,7 +207,93 @@ def encode_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor):
 def forward_by_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """model(users, items), encoding each distinct user and item once and gathering per sample."""
     (user, u_at), (item, i_at) = encode_rows(model, users, items)
-    return model.interact(gather(user, u_at), gather(item, i_at))
+    return interact_rows(model, user, item, u_at, i_at)
+
+
+def interact_rows(
+    model: nn.Module, user: Encoding, item: Encoding, u_at: torch.Tensor | None, i_at: torch.Tensor | None
+) -> torch.Tensor:
+    """model.interact on each sample's rows of the encodings (positions u_at and i_at; None: the encodings are
+    per sample already). NeuMF on the CPU in fp32 without dropout runs it as one autograd node with a hand-written
+    backward (`_PairHead`); anything else as model.interact on the gathered rows."""
+    tensors = [t for t in user + item if t is not None]
+    fusable = (
+        isinstance(model, NeuMF)
+        and model.hand_backward
+        and not (model.training and model.dropout > 0)
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+    )
+    if not fusable:
+        return model.interact(gather(user, u_at), gather(item, i_at))
+    hidden = [t for layer in model.hidden for t in (layer.weight, layer.bias)] if model.use_mlp else []
+    return _PairHead.apply(u_at, i_at, *user, *item, model.predict.weight, model.predict.bias, *hidden)
+
+
+def _take(t: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    return t if at is None else t.index_select(0, at)
+
+
+def _put(rows: torch.Tensor, at: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The gradient of _take(t, at) for a t of n rows: each sample's row added into its row of t."""
+    return rows if at is None else rows.new_zeros(n, rows.shape[1]).index_add_(0, at, rows)
+
+
+class _PairHead(torch.autograd.Function):
+    """NeuMF.interact on gathered rows (GMF product, the MLP from its first layer's two halves, the prediction
+    layer) as one autograd node. The same function and gradients as autograd's; faster on the CPU because it
+    allocates fewer per-sample tensors and makes fewer passes over them: the halves are gathered into one buffer,
+    ReLUs and their backward run in place, and the prediction layer is two matrix-vector products, not a
+    concatenation and a one-column matrix product (benchmarks/step_speed.py: scalerec against scalerec_autograd)."""
+
+    @staticmethod
+    def forward(ctx, u_at, i_at, gmf_u, mlp_u, gmf_i, mlp_i, predict_w, predict_b, *hidden):
+        w, logits, saved = predict_w[0], predict_b, []
+        if gmf_u is not None:
+            g_u, g_i = _take(gmf_u, u_at), _take(gmf_i, i_at)
+            gmf = g_u * g_i
+            logits = torch.addmv(logits, gmf, w[: gmf.shape[1]])
+            saved += [g_u, g_i, gmf]
+        if mlp_u is not None:
+            h = _take(mlp_u, u_at)
+            h = (h.add_(_take(mlp_i, i_at)) if u_at is not None else h + _take(mlp_i, i_at)).relu_()
+            saved.append(h)
+            for k in range(0, len(hidden), 2):
+                h = torch.addmm(hidden[k + 1], h, hidden[k].T).relu_()
+                saved.append(h)
+            logits = torch.addmv(logits, h, w[w.shape[0] - h.shape[1] :])
+        ctx.save_for_backward(u_at, i_at, predict_w, *hidden, *saved)
+        ctx.gmf, ctx.mlp, ctx.n_hidden = gmf_u is not None, mlp_u is not None, len(hidden)
+        ctx.rows = [None if t is None else len(t) for t in (gmf_u, mlp_u, gmf_i, mlp_i)]
+        return logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        u_at, i_at, predict_w, *rest = ctx.saved_tensors
+        n_hidden = ctx.n_hidden  # weights and biases
+        hidden, saved = rest[:n_hidden], rest[n_hidden:]
+        w, grad = predict_w[0], grad.contiguous()
+        d_gmf_u = d_mlp_u = d_gmf_i = d_mlp_i = None
+        d_w, d_hidden = [], [None] * n_hidden
+        if ctx.gmf:
+            g_u, g_i, gmf = saved[:3]
+            saved, w_gmf = saved[3:], w[: gmf.shape[1]]
+            d_w.append(gmf.T.mv(grad))
+            d_gmf_u = _put(torch.mul(g_i, w_gmf).mul_(grad[:, None]), u_at, ctx.rows[0])
+            d_gmf_i = _put(torch.mul(g_u, w_gmf).mul_(grad[:, None]), i_at, ctx.rows[2])
+        if ctx.mlp:
+            d_w.append(saved[-1].T.mv(grad))
+            d_h = torch.outer(grad, w[w.shape[0] - saved[-1].shape[1] :])
+            for k in range(len(saved) - 1, -1, -1):
+                torch.ops.aten.threshold_backward.grad_input(d_h, saved[k], 0, grad_input=d_h)  # ReLU, in place
+                if k == 0:
+                    break
+                d_hidden[2 * k - 2], d_hidden[2 * k - 1] = d_h.T @ saved[k - 1], d_h.sum(0)
+                d_h = d_h @ hidden[2 * k - 2]
+            d_mlp_u, d_mlp_i = _put(d_h, u_at, ctx.rows[1]), _put(d_h, i_at, ctx.rows[3])
+        d_predict_w = torch.cat(d_w)[None]
+        return None, None, d_gmf_u, d_mlp_u, d_gmf_i, d_mlp_i, d_predict_w, grad.sum().reshape(1), *d_hidden
 
 
 def table_params(name: str, n_users: int, n_items: int, factors: int, layers: tuple[int, ...]) -> int:

@@ -31,7 +31,7 @@ from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
 from scalerec.files import few, hold_folder, is_run_folder, read_json, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
-from scalerec.model import build_model, encode_rows, table_params
+from scalerec.model import build_model, encode_rows, interact_rows, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
@@ -82,7 +82,7 @@ def train_step(
             parts = iter(rows)
             u_rows, i_rows = (tuple(None if t is None else next(parts) for t in e) for e in (user, item))
             with ctx:
-                logits = model.interact(u_rows, i_rows)
+                logits = interact_rows(model, u_rows, i_rows, None, None)
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
             scaler.scale(loss).backward()
             total += loss.detach()

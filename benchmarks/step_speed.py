@@ -5,8 +5,9 @@ embeddings, dense torch.optim.Adam (its default, foreach). "scalerec" is scalere
 exactly as `scalerec train` runs them for adam: each distinct user and item encoded once, table rows or dense
 updates chosen by the table size per sample, micro-batches on the CPU above 8192, the per-sample part as one
 autograd node with a hand-written backward (model._PairHead). "scalerec_autograd" is the same with autograd's
-backward of that part; "scalerec_rows" and "scalerec_dense" force one table update, whole batch at once; --micro-batches adds scalerec in those slices,
---compile adds scalerec with torch.compile on the per-sample part (model.interact). On the CPU every step runs
+backward of that part; "scalerec_rows" and "scalerec_dense" force one table update, whole batch at once;
+--micro-batches adds scalerec in those slices, --compile adds scalerec with torch.compile on the per-sample part
+(model.interact, with autograd's backward). On the CPU every step runs
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
 the minor page faults per step in each line show what the setting changes. All train on the same
 pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by sample unless --shuffle groups; users

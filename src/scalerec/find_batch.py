@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scalerec.allocator import release_free_memory
 from scalerec.errors import UserError
 
 START = 1024
@@ -212,9 +213,11 @@ def find_batch(
 
                 return search_gpu(fits, limit)
 
+            release_free_memory()
             start = current_rss_bytes()
 
             def step_peak(b: int) -> int:
+                release_free_memory()  # the last trial's blocks, kept in the heap (allocator.py)
                 reset_peak_rss()  # where it works, each trial's own peak; else the process's, which hides small steps
                 run(b)
                 return peak_rss_bytes()
@@ -227,4 +230,5 @@ def find_batch(
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             else:
+                release_free_memory()
                 reset_peak_rss()

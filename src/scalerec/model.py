@@ -7,6 +7,7 @@ pairs scored by gathering or broadcasting the encodings. Evaluation encodes all 
 CPU encodes each distinct user and item of a batch once (`encode_rows`), which makes the lookups and the first
 MLP layer cost per distinct row, not per sample: at batch 4096 on ML-1M shape, 5,000 rows instead of 8,192
 half-rows, and at 65536, under 10,000 instead of 131,072 (benchmarks/step_speed.py). It is the same function.
+The per-sample rest of NeuMF's step (`interact_rows`) is one autograd node with a hand-written backward there.
 `score_grid` scores every pair of encoded users and items at once, for full-ranking evaluation.
 """
 

@@ -56,13 +56,15 @@ class RowwiseAdam(Optimizer):
                 if p.grad.is_sparse:
                     grad = p.grad.coalesce()
                     rows, g = grad.indices()[0], grad.values()
+                    # index_select, not m[rows], and index_add_ without alpha: on the CPU these are 5-6x faster
+                    # (ML-20M's user table, 4,000 rows; index_add_ with alpha takes a per-row path)
                     if wd:
-                        g = g.add(p[rows], alpha=wd)
-                    m_rows = m[rows].lerp_(g, 1 - beta1)
-                    v_rows = v[rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                        g = g.add(p.index_select(0, rows), alpha=wd)
+                    m_rows = m.index_select(0, rows).lerp_(g, 1 - beta1)
+                    v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     m.index_copy_(0, rows, m_rows)
                     v.index_copy_(0, rows, v_rows)
-                    p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().div_(root_bc2).add_(eps)), alpha=-step_size)
+                    p.index_add_(0, rows, m_rows.mul_(-step_size).div_(v_rows.sqrt_().div_(root_bc2).add_(eps)))
                 else:
                     g = p.grad.add(p, alpha=wd) if wd else p.grad
                     m.lerp_(g, 1 - beta1)

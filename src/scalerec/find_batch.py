@@ -70,7 +70,9 @@ def current_rss_bytes() -> int:
 
 def reset_peak_rss() -> bool:
     """Restart the process's peak resident memory (Linux: VmHWM, via /proc/self/clear_refs); False where not
-    possible, and the peak stays the peak since the process started."""
+    possible, and the peak stays the peak since the process started. Free memory that malloc keeps in its heap
+    (allocator.py) is handed back first, so that the peak from here counts only memory in use."""
+    release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -217,7 +219,6 @@ def find_batch(
             start = current_rss_bytes()
 
             def step_peak(b: int) -> int:
-                release_free_memory()  # the last trial's blocks, kept in the heap (allocator.py)
                 reset_peak_rss()  # where it works, each trial's own peak; else the process's, which hides small steps
                 run(b)
                 return peak_rss_bytes()
@@ -230,5 +231,4 @@ def find_batch(
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             else:
-                release_free_memory()
                 reset_peak_rss()

@@ -33,7 +33,8 @@ def test_step_speed(tmp_path):
         "--micro-batches", "256", tmp_path=tmp_path,
     )  # fmt: skip
     steps = {line["step"]: line for line in lines}
-    assert set(steps) == {"plain", "scalerec", "scalerec_rows", "scalerec_dense", "scalerec_micro256", "sgemm", "ratio"}
+    variants = {"scalerec", "scalerec_autograd", "scalerec_rows", "scalerec_dense", "scalerec_micro256"}
+    assert set(steps) == {"plain", *variants, "sgemm", "ratio"}
     assert steps["scalerec_micro256"]["micro_batch"] == 256 and steps["scalerec"]["samples_per_s"] > 0
     assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]
     ratio = steps["ratio"]  # one alternation: its own ratio is the ratio

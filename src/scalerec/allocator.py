@@ -10,14 +10,15 @@ the step went from 35,000 page faults to none and ran 1.22x faster (benchmarks/s
 glibc's own settings cannot be restored once changed (its dynamic threshold stays off), so step_speed.py counts
 the page faults per step of a run with them (--glibc-malloc) and of one without. The cost is freed memory kept
 resident until it is reused: up to the trim threshold at the heap's top, and any free block inside it, which
-`release_free_memory` hands back (find_batch calls it between its trial steps). Settings a user made with
-glibc's MALLOC_*_ environment variables are left alone.
+`release_free_memory` hands back (find_batch.reset_peak_rss calls it, so that each trial step's peak is its
+own). Settings a user made with glibc's MALLOC_*_ environment variables are left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
@@ -25,6 +26,7 @@ HEAP = {_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30,
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
+@functools.cache  # loaded once: release_free_memory runs at every peak reset
 def _libc():
     if not hasattr(os, "confstr"):
         return None

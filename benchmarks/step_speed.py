@@ -4,8 +4,9 @@
 embeddings, dense torch.optim.Adam (its default, foreach). "scalerec" is scalerec's model, optimizer and step
 exactly as `scalerec train` runs them for adam: each distinct user and item encoded once, table rows or dense
 updates chosen by the table size per sample, micro-batches on the CPU above 8192, the per-sample part as one
-autograd node with a hand-written backward (model._PairHead). "scalerec_autograd" is the same with autograd's
-backward of that part; "scalerec_rows" and "scalerec_dense" force one table update, whole batch at once;
+autograd node with a hand-written backward (model._PairHead), the tables' rows looked up by model._DistinctRows.
+"scalerec_autograd" is the same with autograd's backward of that part, "scalerec_embedding" with nn.Embedding's
+lookups; "scalerec_rows" and "scalerec_dense" force one table update, whole batch at once;
 --micro-batches adds scalerec in those slices, --compile adds scalerec with torch.compile on the per-sample part
 (model.interact, with autograd's backward). On the CPU every step runs
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
@@ -176,7 +177,7 @@ def main() -> None:
             cfg = Config()
             cfg.optim.optimizer, cfg.train.batch_size = "adam", bs
             train_micro = micro_batch_for(cfg, device, bs)
-            variants = [("scalerec", None, train_micro), ("scalerec_autograd", None, train_micro)]
+            variants = [(name, None, train_micro) for name in ("scalerec", "scalerec_autograd", "scalerec_embedding")]
             variants += [("scalerec_rows", True, None), ("scalerec_dense", False, None)]
             variants += [(f"scalerec_micro{m}", None, m) for m in args.micro_batches if m < bs]
             variants += [("scalerec_compiled", None, train_micro)] if args.compile else []
@@ -188,6 +189,7 @@ def main() -> None:
                 else:
                     ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
                 ours.hand_backward = name not in ("scalerec_autograd", "scalerec_compiled")
+                ours.distinct_rows = name != "scalerec_embedding"
                 if name == "scalerec_compiled":
                     ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]
@@ -230,8 +232,10 @@ def main() -> None:
                 print(json.dumps(line), flush=True)
             print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}))
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}
-            # each alternation's own ratio, lowest and highest: how far this machine's noise moves it
+            # each alternation's own ratio: its median (a slow spell of the machine that spans an alternation slows
+            # both steps in it alike), and lowest and highest: how far this machine's noise moves it
             each = {n: sorted(p / t for p, t in zip(times["plain"], ts)) for n, ts in times.items() if n != "plain"}
+            ratio.update({f"{n}_over_plain_paired": round(statistics.median(r), 3) for n, r in each.items()})
             ratio.update({f"{n}_over_plain_range": [round(r[0], 3), round(r[-1], 3)] for n, r in each.items()})
             ratio["plain_flops_over_sgemm_best"] = round(rates["plain"] * flops / 1e9 / best_gemm, 3)
             ratio.update(

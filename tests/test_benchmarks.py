@@ -33,12 +33,14 @@ def test_step_speed(tmp_path):
         "--micro-batches", "256", tmp_path=tmp_path,
     )  # fmt: skip
     steps = {line["step"]: line for line in lines}
-    variants = {"scalerec", "scalerec_autograd", "scalerec_rows", "scalerec_dense", "scalerec_micro256"}
+    variants = {"scalerec", "scalerec_autograd", "scalerec_embedding", "scalerec_rows", "scalerec_dense"}
+    variants.add("scalerec_micro256")
     assert set(steps) == {"plain", *variants, "sgemm", "ratio"}
     assert steps["scalerec_micro256"]["micro_batch"] == 256 and steps["scalerec"]["samples_per_s"] > 0
     assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]
     ratio = steps["ratio"]  # one alternation: its own ratio is the ratio
     assert ratio["scalerec_over_plain_range"] == [ratio["scalerec_over_plain"]] * 2
+    assert ratio["scalerec_over_plain_paired"] == ratio["scalerec_over_plain"]
     assert steps["plain"]["shuffle"] == "samples"  # as `scalerec train` orders an epoch by default
 
 

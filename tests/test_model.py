@@ -102,6 +102,25 @@ def test_training_by_distinct_rows_gives_the_per_sample_gradients(name):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["neumf", "mf"])
+def test_sparse_tables_get_each_rows_gradient_once(name):
+    torch.manual_seed(0)
+    m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0, sparse=True)
+    users, items = torch.tensor([0, 3, 6, 6, 3, 1]), torch.tensor([8, 0, 2, 2, 5, 8])
+    m(users, items).pow(2).sum().backward()  # distinct rows: _DistinctRows
+    tables = [mod.weight for mod in m.modules() if isinstance(mod, torch.nn.Embedding)]
+    grads = [t.grad for t in tables]
+    for g in grads:  # one row per distinct id, ascending: nothing for RowwiseAdam to coalesce
+        assert g.is_sparse and bool((g._indices()[0].diff() > 0).all())
+    m.zero_grad()
+    m.distinct_rows = False  # nn.Embedding's backward: one row per sample, summed by coalesce
+    m(users, items).pow(2).sum().backward()
+    for fast, t in zip(grads, tables):
+        slow = t.grad.coalesce()
+        assert torch.equal(fast._indices(), slow.indices())
+        assert fast._values().abs().sum() > 0 and torch.allclose(fast._values(), slow.values(), atol=1e-6)
+
+
 def _logits_and_grads(model, users, items, weights):
     model.zero_grad()
     out = model(users, items)

@@ -233,7 +233,8 @@ def test_rowwise_adam_matches_torch_sparse_adam_on_a_table():
     b.load_state_dict(a.state_dict())
     opt_a, opt_b = RowwiseAdam(a.parameters(), lr=0.05), torch.optim.SparseAdam(b.parameters(), lr=0.05)
     for step in range(4):
-        idx = torch.tensor([step, 2, 2, 7])  # a repeated row sums its gradients
+        # a repeated row sums its gradients; rows out of order are sorted (only distinct ascending ones are not)
+        idx = torch.tensor([step, 2, 2, 7]) if step % 2 == 0 else torch.tensor([9, 4, step])
         for table, opt in ((a, opt_a), (b, opt_b)):
             opt.zero_grad()
             (table(idx) ** 2).sum().backward()

@@ -41,6 +41,7 @@ class NeuMF(nn.Module):
             raise ValueError("NeuMF needs the GMF branch, the MLP branch, or both")
         self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
         self.hand_backward = True  # interact_rows' _PairHead where it applies; False: autograd's (benchmarks)
+        self.distinct_rows = True  # encode_rows' lookups by _DistinctRows; False: nn.Embedding's (benchmarks)
         self.n_users, self.n_items = n_users, n_items
         out = 0
         if gmf:
@@ -76,14 +77,15 @@ class NeuMF(nn.Module):
                 self.first_user.weight.copy_(w[:, : self.first_user.in_features])
                 self.first_item.weight.copy_(w[:, self.first_user.in_features :])
 
-    def encode_users(self, users: torch.Tensor) -> Encoding:
-        gmf = self.gmf_user(users) if self.use_gmf else None
-        mlp = self.first_user(self.mlp_user(users)) if self.use_mlp else None
+    def encode_users(self, users: torch.Tensor, distinct: bool = False) -> Encoding:
+        """The users' encodings; distinct=True: the users are distinct and ascending (a cheaper backward)."""
+        gmf = lookup(self.gmf_user, users, distinct) if self.use_gmf else None
+        mlp = self.first_user(lookup(self.mlp_user, users, distinct)) if self.use_mlp else None
         return gmf, mlp
 
-    def encode_items(self, items: torch.Tensor) -> Encoding:
-        gmf = self.gmf_item(items) if self.use_gmf else None
-        mlp = self.first_item(self.mlp_item(items)) if self.use_mlp else None
+    def encode_items(self, items: torch.Tensor, distinct: bool = False) -> Encoding:
+        gmf = lookup(self.gmf_item, items, distinct) if self.use_gmf else None
+        mlp = self.first_item(lookup(self.mlp_item, items, distinct)) if self.use_mlp else None
         return gmf, mlp
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
@@ -148,6 +150,7 @@ class MF(nn.Module):
     def __init__(self, n_users: int, n_items: int, factors: int = 64, sparse: bool = False) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
+        self.distinct_rows = True  # as NeuMF's
         self.user = nn.Embedding(n_users, factors, sparse=sparse)
         self.item = nn.Embedding(n_items, factors, sparse=sparse)
         self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
@@ -158,11 +161,11 @@ class MF(nn.Module):
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
 
-    def encode_users(self, users: torch.Tensor) -> Encoding:
-        return self.user(users), self.user_bias(users).squeeze(-1)
+    def encode_users(self, users: torch.Tensor, distinct: bool = False) -> Encoding:
+        return lookup(self.user, users, distinct), lookup(self.user_bias, users, distinct).squeeze(-1)
 
-    def encode_items(self, items: torch.Tensor) -> Encoding:
-        return self.item(items), self.item_bias(items).squeeze(-1)
+    def encode_items(self, items: torch.Tensor, distinct: bool = False) -> Encoding:
+        return lookup(self.item, items, distinct), lookup(self.item_bias, items, distinct).squeeze(-1)
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
         return (user[0] * item[0]).sum(-1) + user[1] + item[1] + self.bias
@@ -202,7 +205,39 @@ def encode_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor):
     """((encoding of each distinct user, each sample's position in it), (the same for items))."""
     u, u_at = unique_rows(users, model.n_users)
     i, i_at = unique_rows(items, model.n_items)
-    return (model.encode_users(u), u_at), (model.encode_items(i), i_at)
+    distinct = model.distinct_rows
+    return (model.encode_users(u, distinct), u_at), (model.encode_items(i, distinct), i_at)
+
+
+def lookup(table: nn.Embedding, ids: torch.Tensor, distinct: bool = False) -> torch.Tensor:
+    """table(ids); with distinct=True, for ids that are distinct and ascending (unique_rows'), by _DistinctRows."""
+    if not (distinct and torch.is_grad_enabled() and table.weight.requires_grad):
+        return table(ids)
+    return _DistinctRows.apply(table.weight, ids, table.sparse)
+
+
+class _DistinctRows(torch.autograd.Function):
+    """weight[rows] for distinct, ascending rows. Its gradient is the rows' own, put in place with nothing to add
+    up: for a dense table a zero table with the rows copied in (nn.Embedding's backward adds them, with a count per
+    row), for a sparse one a sparse tensor already coalesced (nn.Embedding's is sorted by RowwiseAdam's coalesce).
+    benchmarks/step_speed.py: scalerec against scalerec_embedding."""
+
+    @staticmethod
+    def forward(ctx, weight, rows, sparse):
+        ctx.save_for_backward(rows)
+        ctx.shape, ctx.sparse = weight.shape, sparse
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        if ctx.sparse:
+            # the invariants hold by construction (rows distinct and ascending); checking them would sort again
+            out = torch.sparse_coo_tensor(rows[None], grad, ctx.shape, is_coalesced=True, check_invariants=False)
+        else:
+            out = grad.new_zeros(ctx.shape).index_copy_(0, rows, grad)
+        return out, None, None
 
 
 def forward_by_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -543,6 +543,19 @@ def test_data_info_prints_sizes_times_split_and_what_was_dropped(capsys, tmp_pat
     assert "Dropped or adjusted: 1 user with a single interaction dropped" in out
 
 
+def test_data_info_takes_the_data_as_train_names_it(capsys, tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item\n" + "".join(f"u{u},i{(u + k) % 9}\n" for u in range(12) for k in range(3)))
+    assert main(["data", "info", "--data", str(path), "--eval-negatives", "5"]) == 0
+    assert "Users: 12  Items: 9  Interactions: 36" in capsys.readouterr().out
+    assert main(["data", "info", "--dataset", "synthetic", "--synthetic-users", "30", "--eval-negatives", "5"]) == 0
+    assert "Users: 30" in capsys.readouterr().out
+    assert main(["data", "info"]) == 2
+    assert "name the data" in capsys.readouterr().err
+    assert main(["data", "info", str(path), "--data", str(path)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_data_info_on_a_missing_file_and_a_bad_option(capsys, tmp_path):
     assert main(["data", "info", str(tmp_path / "nope.csv")]) == 1
     assert "no such file or folder" in capsys.readouterr().err

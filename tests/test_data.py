@@ -121,6 +121,16 @@ def test_read_ratings_file_folder_finds_udata(tmp_path):
     np.testing.assert_array_equal(read_ratings_file(tmp_path).items, [242, 302, 377, 51])
 
 
+def test_a_folder_without_ratings_says_what_it_holds(tmp_path):
+    (tmp_path / "movies.dat").write_text("1::Toy Story (1995)::Animation\n")
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n")
+    with pytest.raises(UserError, match=r"holds movies.dat, users.dat \(MovieLens metadata, not ratings\)"):
+        read_ratings_file(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="it is empty"):
+        read_ratings_file(tmp_path / "empty")
+
+
 GOOD = "1\t10\t5\t100\n"
 
 

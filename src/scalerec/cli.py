@@ -160,14 +160,14 @@ def make_parser() -> argparse.ArgumentParser:
         "info",
         help="prepare a dataset (or read its cache) and print its sizes, time range, split and what was dropped",
         description="SOURCE: a ratings file, table, zip or folder; the NCF paper's files (PREFIX or one of them); "
-        "ml-100k (the download); or synthetic. The data options are those of train.",
+        "ml-100k (the download); or synthetic. Or, instead of SOURCE, --dataset and --data as train takes them. "
+        "The data options are those of train.",
     )
-    info.add_argument("source", help="a file or folder, ml-100k, or synthetic")
+    info.add_argument("source", nargs="?", help="a file or folder, ml-100k, or synthetic")
     group = info.add_argument_group("data options")
     docs, hints = field_docs(DataConfig), typing.get_type_hints(DataConfig)
     for f in dataclasses.fields(DataConfig):
-        if f.name not in ("dataset", "data"):
-            _add_field(group, f.name, hints[f.name], f.default, docs.get(f.name, ""))
+        _add_field(group, f.name, hints[f.name], f.default, docs.get(f.name, ""))
     return parser
 
 
@@ -182,10 +182,17 @@ def refuse_many_processes(command: str) -> None:
         )
 
 
-def data_config_for(source: str, given: dict[str, Any]) -> Any:
-    """`scalerec data info SOURCE`: the DataConfig that SOURCE names (the dataset told from the path)."""
+def data_config_for(source: str | None, given: dict[str, Any]) -> Any:
+    """`scalerec data info SOURCE`: the DataConfig that SOURCE names (the dataset told from the path), or without
+    SOURCE the one that --dataset and --data name, as in train."""
     from scalerec.config import DataConfig
 
+    if source is None:
+        if "dataset" not in given and "data" not in given:
+            raise OptionError("data info: name the data: a SOURCE, or --dataset and --data as train takes them")
+        return DataConfig(**given)
+    if "dataset" in given or "data" in given:
+        raise OptionError("data info: SOURCE or --dataset/--data, not both")
     if source in RELEASES or source == "synthetic":
         return DataConfig(dataset=source, **given)
     return DataConfig(data=source, **given)  # the NCF paper's files are told apart as train tells them

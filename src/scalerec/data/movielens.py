@@ -23,6 +23,7 @@ import pandas as pd
 
 from scalerec.data import download
 from scalerec.errors import UserError
+from scalerec.files import few
 
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -373,9 +374,13 @@ def find_ratings_file(path: str | Path) -> Path:
                 return candidate
         if len(inter := sorted(path.glob("*.inter"))) == 1:  # a RecBole dataset folder: NAME/NAME.inter
             return inter[0]
+        held = sorted(f.name for f in path.iterdir() if f.is_file())
+        shown = f"; it holds {few(held)}" if held else "; it is empty"
+        # ML-1M's and ML-10M's movies.dat and users.dat are metadata: a release without its ratings.dat
+        meta = " (MovieLens metadata, not ratings)" if {"movies.dat", "users.dat"} & set(held) else ""
         raise UserError(
             f"{path}: folder holds none of {', '.join(RATING_FILES)} (nor a single .inter file, nor the NCF paper's "
-            "PREFIX.train.rating)"
+            f"PREFIX.train.rating){shown}{meta}"
         )
     return path
 

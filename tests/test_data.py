@@ -992,3 +992,17 @@ def test_counts_in_notes_agree_with_their_nouns():
     ds = prepare([(1, 10, 1), (1, 11, 2), (2, 10, 3), (2, 10, 4), (3, 12, 5)], eval_negatives=1)
     assert "1 repeated user-item row kept once" in ds.notes[0]
     assert "2 users with a single interaction dropped" in ds.notes[1]  # user 2 (its repeat kept once), user 3
+
+
+@pytest.mark.parametrize("scale", [1, 1000])  # each user's last rows in milliseconds; or every row in milliseconds
+def test_times_in_seconds_and_milliseconds_mixed_get_a_note(tmp_path, scale):
+    path = tmp_path / "log.csv"
+    stamp = [(1_600_000_000 + 100 * k) * (scale if k < 3 else 1000) for k in range(5)]
+    rows = [(u, (u + k) % 8, stamp[k]) for u in range(6) for k in range(5)]
+    path.write_text("user,item,time\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    ds = load_dataset(DataConfig(data=str(path), data_dir=str(tmp_path / "cache"), eval_negatives=1), lambda s: None)
+    mixed = [n for n in ds.notes if "more than one unit" in n]
+    if scale == 1:
+        assert len(mixed) == 1 and "(18 like Unix seconds, 12 like Unix milliseconds)" in mixed[0]
+    else:
+        assert mixed == []

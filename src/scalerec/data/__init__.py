@@ -18,6 +18,23 @@ __all__ = ["Dataset", "load_dataset"]
 TABLE_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "sep")
 
 
+# The lowest Unix time, in each unit, of the years 1973-2286 (each unit's range spans two orders of magnitude)
+UNIX_TIME_FROM = {"seconds": 1e8, "milliseconds": 1e11, "microseconds": 1e14, "nanoseconds": 1e17}
+
+
+def mixed_time_units(times: np.ndarray) -> str | None:
+    """A note where numeric times look like Unix times in more than one unit (seconds and milliseconds, say, as
+    when two exports are joined): leave-one-out would hold out each user's largest number, not its latest row."""
+    counts = {unit: int(((times >= low) & (times < 100 * low)).sum()) for unit, low in UNIX_TIME_FROM.items()}
+    if sum(n > 0 for n in counts.values()) < 2:
+        return None
+    shown = ", ".join(f"{n:,} like Unix {unit}" for unit, n in counts.items() if n)
+    return (
+        f"times kept as they are, but they look like Unix times in more than one unit ({shown}): each user's "
+        "largest number is held out as its latest; convert the times to one unit"
+    )
+
+
 def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset:
     """The Dataset that `cfg` names, from the cache when its source file and options are unchanged."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else movielens.default_data_dir()
@@ -85,6 +102,8 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
             f = raw.time_format
             first = ("month first" if f.index("%m") < f.index("%d") else "day first") if "%m" in f and "%d" in f else ""
             notes.append(f"times read as dates in one format, {f}{f' ({first})' if first else ''}")
+        if raw.timestamps is not None and raw.time_unit is None and (note := mixed_time_units(raw.timestamps)):
+            notes.append(note)
         if cfg.min_rating is not None:
             if raw.ratings is None:
                 raise UserError(

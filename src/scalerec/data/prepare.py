@@ -25,7 +25,7 @@ from scalerec import __version__
 from scalerec.errors import UserError
 from scalerec.files import write_with
 
-CACHE_VERSION = 2  # bump when the processing changes, so old caches are rebuilt
+CACHE_VERSION = 3  # bump when the processing changes, so old caches are rebuilt
 
 
 @dataclass

@@ -219,8 +219,8 @@ def lookup(table: nn.Embedding, ids: torch.Tensor, distinct: bool = False) -> to
 class _DistinctRows(torch.autograd.Function):
     """weight[rows] for distinct, ascending rows. Its gradient is the rows' own, put in place with nothing to add
     up: for a dense table a zero table with the rows copied in (nn.Embedding's backward adds them, with a count per
-    row), for a sparse one a sparse tensor already coalesced (nn.Embedding's is sorted by RowwiseAdam's coalesce).
-    benchmarks/step_speed.py: scalerec against scalerec_embedding."""
+    row), for a sparse one the rows as they are, which RowwiseAdam sees need no coalescing (nn.Embedding's would
+    be sorted and summed there). benchmarks/step_speed.py: scalerec against scalerec_embedding."""
 
     @staticmethod
     def forward(ctx, weight, rows, sparse):
@@ -233,7 +233,8 @@ class _DistinctRows(torch.autograd.Function):
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
         if ctx.sparse:
-            # the invariants hold by construction (rows distinct and ascending); checking them would sort again
+            # coalesced by construction (rows distinct and ascending); checking it would cost a sort. Autograd's
+            # accumulation drops the flag, so RowwiseAdam checks the order itself.
             out = torch.sparse_coo_tensor(rows[None], grad, ctx.shape, is_coalesced=True, check_invariants=False)
         else:
             out = grad.new_zeros(ctx.shape).index_copy_(0, rows, grad)

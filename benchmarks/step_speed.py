@@ -13,9 +13,10 @@ with the malloc settings `scalerec train` sets (allocator.py), plain included; -
 the minor page faults per step in each line show what the setting changes. All train on the same
 pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by sample unless --shuffle groups; users
 uniform, positives' items skewed like MovieLens popularity) with the same threads, alternated R
-times in one process, each alternation starting with the next step (so none always follows the same one); the
-median is printed. --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a
-GradScaler: plain as PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
+times in one process, each alternation in its own order (seeded shuffles: a rotation would keep every step
+after the same one); the median is printed, and the median of each alternation's own ratio to plain.
+--precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a GradScaler: plain as
+PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
 
 FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import random
 import resource
 import statistics
 import time
@@ -205,7 +207,7 @@ def main() -> None:
             gemm = best_gemm = 0.0
             names = list(candidates)
             for r in range(args.repeats):
-                for name in names[r % len(names) :] + names[: r % len(names)]:  # each repeat starts one later
+                for name in random.Random(r).sample(names, len(names)):
                     step = candidates[name]
                     reset_peak(device)  # on the CPU this hands free heap memory back (allocator.py), so
                     run_steps(step, batches[:1])  # one untimed step first takes the page faults that cost

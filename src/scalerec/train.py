@@ -203,9 +203,10 @@ def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.devic
     return build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
 
 
-# On the CPU, batches above this are computed in micro-batches of this size: activations that stay in the cache.
-# benchmarks/step_speed.py, ML-1M shape at batch 65536: 1.74x the samples/s of the whole batch at once (dense
-# tables); slices of 4096 and 16384 ran within 4% of 8192.
+# On the CPU, batches above this are computed in micro-batches of this size: activations that stay in the cache
+# and a peak that does not grow with the batch. benchmarks/step_speed.py, ML-1M shape at batch 65536: 1.74x the
+# samples/s of the whole batch at once (dense tables) while glibc mapped large blocks fresh; since malloc keeps
+# them (allocator.py), the same speed (283,310 against 276,231 samples/s) in 788 MB against 1,157.
 CPU_MICRO_BATCH = 8192
 
 

@@ -255,6 +255,23 @@ def test_dates_are_read_in_one_format_for_the_whole_column(tmp_path):
     assert len(read_table_file(write_csv(tmp_path / "iso.csv", iso, "user,item,time")).users) == 3
 
 
+def test_dates_that_only_a_later_chunk_tells_day_first_are_read_day_first(tmp_path, monkeypatch):
+    from scalerec.data import movielens
+
+    monkeypatch.setattr(movielens, "CHUNK_ROWS", 4)  # the first chunk's dates read month first and day first
+    rows = [(f"u{n % 3}", f"i{n}", f"{1 + n:02d}/03/2020") for n in range(12)] + [("u0", "i12", "18/10/2020")]
+    raw = read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
+    days = pd.to_datetime(raw.timestamps, utc=True)
+    assert raw.time_format == "%d/%m/%Y" and [(d.month, d.day) for d in days[:2]] == [(3, 1), (3, 2)]
+    assert (days[-1].month, days[-1].day) == (10, 18)
+    rows[-1] = ("u0", "i12", "18/13/2020")  # neither way: refused at its line
+    with pytest.raises(UserError, match=r"d.csv, line 14: time is '18/13/2020', expected a date/time .*%m/%d/%Y"):
+        read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
+    rows[-1] = ("u0", "i12", "2020-10-18")  # another format: refused, not read again
+    with pytest.raises(UserError, match=r"d.csv, line 14: time is '2020-10-18'"):
+        read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
+
+
 def test_a_repeated_header_is_refused_not_read_as_ids(tmp_path):
     part = "user_id,item_id\n" + "".join(f"u{n % 3},i{n}\n" for n in range(6))
     (tmp_path / "joined.csv").write_text(part + part)  # two files joined with their headers, no time column

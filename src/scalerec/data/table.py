@@ -192,17 +192,23 @@ def read_table_file(
         raise UserError(
             f"{name}: one column named for two roles (user {user!r}, item {item!r}, time {time!r}, rating {rating!r})"
         )
-    if parquet:
-        chunks, quoted = _parquet_chunks(path, wanted, name), False
-    else:
+
+    def chunks():
+        if parquet:
+            return _parquet_chunks(path, wanted, name)
         names = None if header else columns
-        chunks = _csv_chunks(path, separator, quoting, names, {user: str, item: str}, name, len(columns))
-        # a quote opened in a CSV field and never closed takes the lines after it into that field
-        quoted = quoting != csv.QUOTE_NONE and _holds(path, b'"')
+        return _csv_chunks(path, separator, quoting, names, {user: str, item: str}, name, len(columns))
+
+    # a quote opened in a CSV field and never closed takes the lines after it into that field
+    quoted = not parquet and quoting != csv.QUOTE_NONE and _holds(path, b'"')
     roles = {user: "user", item: "item", time: "time", rating: "rating"}  # messages name a field by its role
     label = {c: c if header else f"field {c} ({role})" for c, role in roles.items() if c is not None}
+    fields = (path, header, quoted, user, item, time, rating, wanted, label)
     try:
-        ids, times, ratings, time_kind = _rows(chunks, path, header, quoted, user, item, time, rating, wanted, label)
+        try:
+            ids, times, ratings, time_kind = _rows(chunks(), *fields)
+        except _OtherDateOrder as e:  # the first chunk's dates read both ways, and a later one only the other way
+            ids, times, ratings, time_kind = _rows(chunks(), *fields, time_kind=e.fmt)
     except UserError as e:
         if not by_position:
             raise
@@ -226,11 +232,12 @@ def read_table_file(
     )
 
 
-def _rows(chunks, path: Path, header: bool, quoted: bool, user, item, time, rating, wanted, label):
-    """((users, their names), (items, theirs)), times, ratings and the times' kind, from the file's chunks."""
+def _rows(chunks, path: Path, header: bool, quoted: bool, user, item, time, rating, wanted, label, time_kind=None):
+    """((users, their names), (items, theirs)), times, ratings and the times' kind, from the file's chunks. The
+    times' kind ("number" or the dates' format) is decided by the first chunk, unless given, then held to."""
     parquet, name = path.suffix.lower() in PARQUET, str(path)
     parts: dict[str, list] = {"users": [], "items": [], "timestamps": [], "ratings": []}
-    time_kind: str | None = None  # decided by the first chunk: "number" or the dates' format, then held to
+    given = time_kind
     rows = 0
     for df in chunks:
 
@@ -245,7 +252,7 @@ def _rows(chunks, path: Path, header: bool, quoted: bool, user, item, time, rati
         parts["users"].append(_ids(df[user], label[user], name, where))
         parts["items"].append(_ids(df[item], label[item], name, where))
         if time is not None:
-            times, time_kind = _times(df[time], label[time], name, where, time_kind)
+            times, time_kind = _times(df[time], label[time], name, where, time_kind, swap=rows > 0 and not given)
             parts["timestamps"].append(times)
         if rating is not None:
             numbers = pd.to_numeric(df[rating], errors="coerce")
@@ -389,9 +396,26 @@ def _joined_ids(chunks: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.
     return out, names
 
 
-def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> tuple[np.ndarray, str]:
-    """One chunk's times as numbers, or as nanoseconds where the column holds dates: `kind` is "number" or the
-    dates' format, decided by the first chunk and held to."""
+class _OtherDateOrder(UserError):
+    """A chunk's dates that the format held to cannot read and the same format day and month swapped can: the
+    file is read again in that one (the first chunk's dates read both ways, 01/02/2020 to 12/02/2020)."""
+
+    def __init__(self, message: str, fmt: str) -> None:
+        super().__init__(message)
+        self.fmt = fmt
+
+
+def _swapped(fmt: str) -> str | None:
+    """The format with day and month swapped (%m/%d/%Y -> %d/%m/%Y), or None where it has not both."""
+    if "%m" not in fmt or "%d" not in fmt:
+        return None
+    return fmt.replace("%m", "\0").replace("%d", "%m").replace("\0", "%d")
+
+
+def _times(values: pd.Series, col: str, name: str, where, kind: str | None, swap: bool = False):
+    """One chunk's times as numbers, or as nanoseconds where the column holds dates: (the times, their kind).
+    `kind` is "number" or the dates' format, decided by the first chunk and held to; with `swap`, dates that it
+    cannot read but the format with day and month swapped can raise _OtherDateOrder."""
     expected = "a number or a date/time"
     if values.dtype.kind in "iuf":
         bad, out, this = values.isna().to_numpy(), _number_times(values, col, name, where), "number"
@@ -412,20 +436,28 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None) -> t
         else:
             text = values.str.strip()
             dates, this = _dates(text, kind)
-            out, outside = _nanoseconds(dates)
-            # pandas reads "now" and "today" as the clock's time
-            bad = dates.isna().to_numpy() | outside | text.str.lower().isin(["now", "today"]).to_numpy()
+            out, bad = _nanoseconds(dates)[0], _bad_dates(text, dates)
             shown = {"ISO8601": "ISO 8601", None: "none that pandas can guess from the first date: use ISO 8601"}
             expected = f"a date/time in the years 1678-2261, in the column's format ({shown.get(this, this)})"
     if this == "number" and out.dtype.kind == "f":
         bad = bad | ~np.isfinite(out)  # inf, 1e400
     if bad.any():
         row = _first_bad(bad)
-        raise UserError(f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected {expected}")
+        message = f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected {expected}"
+        other = _swapped(this) if swap and this not in ("number", "datetime", None) else None
+        if other is not None and not _bad_dates(text, _dates(text, other)[0]).any():
+            raise _OtherDateOrder(message, other)
+        raise UserError(message)
     if kind is not None and (kind == "number") != (this == "number"):
         now, before = ("numbers", "dates") if this == "number" else ("dates", "numbers")
         raise UserError(f"{name}, {where(0)}: {col} holds {now} here and {before} before (expected one kind)")
     return out, this
+
+
+def _bad_dates(text: pd.Series, dates: pd.Series) -> np.ndarray:
+    """Where dates read from `text` are missing, out of the years 1678-2261, or "now" and "today" (which pandas
+    reads as the clock's time)."""
+    return dates.isna().to_numpy() | _nanoseconds(dates)[1] | text.str.lower().isin(["now", "today"]).to_numpy()
 
 
 def _dates(values: pd.Series, fmt: str | None) -> tuple[pd.Series, str | None]:

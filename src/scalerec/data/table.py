@@ -436,7 +436,7 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None, swap
         else:
             text = values.str.strip()
             dates, this = _dates(text, kind)
-            out, bad = _nanoseconds(dates)[0], _bad_dates(text, dates)
+            out, bad = _checked(text, dates)
             shown = {"ISO8601": "ISO 8601", None: "none that pandas can guess from the first date: use ISO 8601"}
             expected = f"a date/time in the years 1678-2261, in the column's format ({shown.get(this, this)})"
     if this == "number" and out.dtype.kind == "f":
@@ -445,7 +445,7 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None, swap
         row = _first_bad(bad)
         message = f"{name}, {where(row)}: {col} is {_shown(values.iloc[row])}, expected {expected}"
         other = _swapped(this) if swap and this not in ("number", "datetime", None) else None
-        if other is not None and not _bad_dates(text, _dates(text, other)[0]).any():
+        if other is not None and not _checked(text, _dates(text, other)[0])[1].any():
             raise _OtherDateOrder(message, other)
         raise UserError(message)
     if kind is not None and (kind == "number") != (this == "number"):
@@ -454,10 +454,11 @@ def _times(values: pd.Series, col: str, name: str, where, kind: str | None, swap
     return out, this
 
 
-def _bad_dates(text: pd.Series, dates: pd.Series) -> np.ndarray:
-    """Where dates read from `text` are missing, out of the years 1678-2261, or "now" and "today" (which pandas
-    reads as the clock's time)."""
-    return dates.isna().to_numpy() | _nanoseconds(dates)[1] | text.str.lower().isin(["now", "today"]).to_numpy()
+def _checked(text: pd.Series, dates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(the dates read from `text` as nanoseconds; where they are missing, out of the years 1678-2261, or "now"
+    and "today", which pandas reads as the clock's time)."""
+    out, outside = _nanoseconds(dates)
+    return out, dates.isna().to_numpy() | outside | text.str.lower().isin(["now", "today"]).to_numpy()
 
 
 def _dates(values: pd.Series, fmt: str | None) -> tuple[pd.Series, str | None]:

@@ -223,6 +223,28 @@ def test_an_interrupted_sweep_run_is_trained_again(tmp_path):
     assert "== 1-batch_size=256" in said and json.loads(summary.read_text())["state"] == "finished"
 
 
+def test_a_sweep_stopped_by_ctrl_c_reports_the_runs_so_far(tmp_path, monkeypatch):
+    import scalerec.train
+
+    base = tiny_base(tmp_path)
+    base["train"] = {**base["train"], "epochs": 1}
+    train, calls = scalerec.train.train, []
+
+    def stopped_at_the_second(config, log):
+        calls.append(config)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train(config, log)
+
+    monkeypatch.setattr(scalerec.train, "train", stopped_at_the_second)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        sweep(base, grid_runs({"batch_size": [256, 512]}), tmp_path / "s", said.append)
+    assert any(line.startswith("Stopped; the runs so far:") for line in said)
+    results = (tmp_path / "s" / "results.md").read_text()
+    assert "1-batch_size=256" in results and "2-batch_size=512" not in results
+
+
 def test_report_of_an_unfinished_run(tmp_path, recwarn):
     base = tiny_base(tmp_path)
     sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)

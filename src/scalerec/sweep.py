@@ -1,7 +1,8 @@
 """A grid of training runs, each a normal run folder under one sweep folder, then a report.
 
 A failed run is recorded (failed.json) and the sweep goes on; a diverged run is recorded by train() itself; a
-run whose folder already holds summary.json is skipped, so re-running a sweep finishes what is missing.
+run whose folder already holds summary.json is skipped, so re-running a sweep finishes what is missing. A sweep
+stopped by Ctrl-C or SIGTERM writes the report of the runs so far before it stops.
 The `notebook` preset replays the seed notebook's story at a base batch B:
   1 B, SGD (momentum 0.9)      2 16B, same lr              3 16B, linear rule        4 192B, linear rule
   5 192B, linear + warmup      6 192B, LARS + warmup       7 192B, LAMB + warmup     8 the better of 6 and 7 in bf16
@@ -153,9 +154,13 @@ def sweep(
     check_sweep_dir(sweep_dir, base, names)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(sweep_dir / SWEEP_FILE, build_config(base).to_json() + "\n")
-    results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
-    if preset_final is not None and (final := preset_final(results)) is not None:
-        results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
+    try:
+        results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
+        if preset_final is not None and (final := preset_final(results)) is not None:
+            results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report the runs so far, then stop as asked
+        log(f"Stopped; the runs so far: {write_report(sweep_dir)}. The same command trains the rest.")
+        raise
     return write_report(sweep_dir)
 
 

@@ -159,7 +159,10 @@ def sweep(
         if preset_final is not None and (final := preset_final(results)) is not None:
             results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report the runs so far, then stop as asked
-        log(f"Stopped; the runs so far: {write_report(sweep_dir)}. The same command trains the rest.")
+        try:
+            log(f"Stopped; the runs so far: {write_report(sweep_dir)}. The same command trains the rest.")
+        except UserError as e:  # a report that cannot be written does not hide why the sweep stopped
+            log(f"Stopped; no report of the runs so far ({e}). The same command trains the rest.")
         raise
     return write_report(sweep_dir)
 

@@ -12,7 +12,8 @@ lookups; "scalerec_rows" and "scalerec_dense" force one table update, whole batc
 with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
 the minor page faults per step in each line show what the setting changes. All train on the same
 pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by sample unless --shuffle groups; users
-uniform, positives' items skewed like MovieLens popularity) with the same threads, alternated R
+uniform, positives' items skewed like MovieLens popularity; or, with --ncf PREFIX, the first batches of an epoch
+of the NCF paper's files, drawn as `scalerec train` draws it) with the same threads, alternated R
 times in one process, each alternation in its own order (seeded shuffles: a rotation would keep every step
 after the same one); the median is printed, and the median of each alternation's own ratio to plain.
 --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a GradScaler: plain as
@@ -26,6 +27,7 @@ alternation of the steps, and the best is kept: noise only ever slows a product 
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096 --compile
+    .venv/bin/python benchmarks/step_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m --batch-sizes 4096
     python3 benchmarks/step_speed.py --device cuda --shapes ml-20m --batch-sizes 1048576 --precisions bf16 fp16
 """
 
@@ -41,16 +43,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import SHAPES, machine, run
+from common import SHAPES, data_config, machine, run
 from torch import nn
 
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
+from scalerec.data import load_dataset
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model, unique_rows
 from scalerec.optim import build_optimizer
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
-from scalerec.sampling import SHUFFLES
+from scalerec.sampling import SHUFFLES, EpochSampler
 from scalerec.train import build_run_model, micro_batch_for, train_step
 
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
@@ -87,6 +90,14 @@ def draw_batches(n_users: int, n_items: int, bs: int, steps: int, shuffle: str, 
     items[positive] = torch.multinomial(popularity, int(positive.sum()), replacement=True, generator=g)
     parts = (users, items, positive.float())
     return [tuple(t[s : s + bs].to(device) for t in parts) for s in range(0, n, bs)]
+
+
+def epoch_of(prefix: str, shuffle: str, device) -> tuple:
+    """(users, items, and one epoch's users, items and labels) of the NCF paper's files at `prefix`, drawn as
+    `scalerec train` draws an epoch (4 negatives per positive, in the `shuffle` order)."""
+    ds = load_dataset(data_config(prefix, "ml-1m"), log=lambda s: None)
+    sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0, shuffle)
+    return (ds.n_users, ds.n_items, *sampler.epoch())
 
 
 def train_flops_per_sample() -> int:
@@ -160,17 +171,23 @@ def main() -> None:
     p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"], help="each step in each")
     p.add_argument("--shuffle", choices=SHUFFLES, default=SHUFFLES[0], help="batches as this epoch order")
+    p.add_argument("--ncf", metavar="PREFIX", help="batches from an epoch of the NCF paper's files, not --shapes")
     args = p.parse_args()
     malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     flops = train_flops_per_sample()
-    for shape in args.shapes:
-        n_users, n_items, _ = SHAPES[shape]
+    for shape in [args.ncf] if args.ncf else args.shapes:
+        real = epoch_of(args.ncf, args.shuffle, device) if args.ncf else None
+        n_users, n_items = (real[0], real[1]) if real else SHAPES[shape][:2]
         for bs, precision in ((bs, prec) for bs in args.batch_sizes for prec in args.precisions):
             steps = max(2, args.samples // bs)
-            batches = draw_batches(n_users, n_items, bs, steps, args.shuffle, device)
+            if real:  # the epoch's first batches, as `scalerec train` would step through them
+                steps = min(steps, len(real[2]) // bs)
+                batches = [tuple(t[s : s + bs] for t in real[2:]) for s in range(0, steps * bs, bs)]
+            else:
+                batches = draw_batches(n_users, n_items, bs, steps, args.shuffle, device)
             torch.manual_seed(0)
             plain = PlainNeuMF(n_users, n_items).to(device)
             plain_opt = torch.optim.Adam(plain.parameters(), lr=0.001)

@@ -137,3 +137,17 @@ def test_data_parallel(tmp_path):
     assert set(runs) == {"one", "parallel", "ratio"} and runs["parallel"]["processes"] == 2
     assert runs["parallel"]["loss"] == pytest.approx(runs["one"]["loss"], abs=2e-4)  # one batch, split in two
     assert runs["ratio"]["parallel_over_one"] > 0 and len(runs["one"]["samples_per_s"]) == 1
+
+
+def test_step_speed_on_batches_of_a_real_datasets_epoch(tmp_path):
+    prefix = tmp_path / "tiny"  # the NCF paper's layout: user, item, rating, timestamp; one test row per user
+    train = "".join(f"{u}\t{(7 * u + k) % 200}\t5\t{k}\n" for u in range(30) for k in range(5))
+    prefix.with_suffix(".train.rating").write_text(train)
+    prefix.with_suffix(".test.rating").write_text("".join(f"{u}\t{(7 * u + 5) % 200}\t5\t9\n" for u in range(30)))
+    lines = run(
+        "step_speed.py", "--ncf", str(prefix), "--batch-sizes", "128", "--samples", "512", "--repeats", "1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    steps = {line["step"]: line for line in lines}
+    assert steps["plain"]["shape"] == str(prefix) and (steps["plain"]["users"], steps["plain"]["items"]) == (30, 200)
+    assert steps["scalerec"]["samples_per_s"] > 0 and steps["ratio"]["scalerec_over_plain"] > 0

@@ -49,6 +49,7 @@ from torch import nn
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.data import load_dataset
+from scalerec.errors import UserError
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model, unique_rows
 from scalerec.optim import build_optimizer
@@ -93,11 +94,11 @@ def draw_batches(n_users: int, n_items: int, bs: int, steps: int, shuffle: str, 
 
 
 def epoch_of(prefix: str, shuffle: str, device) -> tuple:
-    """(users, items, and one epoch's users, items and labels) of the NCF paper's files at `prefix`, drawn as
+    """(users, items, one epoch's (users, items, labels)) of the NCF paper's files at `prefix`, drawn as
     `scalerec train` draws an epoch (4 negatives per positive, in the `shuffle` order)."""
     ds = load_dataset(data_config(prefix, "ml-1m"), log=lambda s: None)
     sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0, shuffle)
-    return (ds.n_users, ds.n_items, *sampler.epoch())
+    return ds.n_users, ds.n_items, sampler.epoch()
 
 
 def train_flops_per_sample() -> int:
@@ -178,14 +179,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     flops = train_flops_per_sample()
-    for shape in [args.ncf] if args.ncf else args.shapes:
-        real = epoch_of(args.ncf, args.shuffle, device) if args.ncf else None
-        n_users, n_items = (real[0], real[1]) if real else SHAPES[shape][:2]
+    if args.ncf:
+        shapes = [(args.ncf, *epoch_of(args.ncf, args.shuffle, device))]
+    else:
+        shapes = [(shape, *SHAPES[shape][:2], None) for shape in args.shapes]
+    for shape, n_users, n_items, epoch in shapes:
         for bs, precision in ((bs, prec) for bs in args.batch_sizes for prec in args.precisions):
             steps = max(2, args.samples // bs)
-            if real:  # the epoch's first batches, as `scalerec train` would step through them
-                steps = min(steps, len(real[2]) // bs)
-                batches = [tuple(t[s : s + bs] for t in real[2:]) for s in range(0, steps * bs, bs)]
+            if epoch is not None:  # the epoch's first batches, as `scalerec train` would step through them
+                steps = min(steps, len(epoch[0]) // bs)
+                if steps == 0:
+                    raise UserError(f"--batch-sizes {bs}: more than an epoch of {args.ncf} ({len(epoch[0]):,} samples)")
+                batches = [tuple(t[s : s + bs] for t in epoch) for s in range(0, steps * bs, bs)]
             else:
                 batches = draw_batches(n_users, n_items, bs, steps, args.shuffle, device)
             torch.manual_seed(0)

@@ -4,18 +4,23 @@
 embeddings, dense torch.optim.Adam (its default, foreach). "scalerec" is scalerec's model, optimizer and step
 exactly as `scalerec train` runs them for adam: each distinct user and item encoded once, table rows or dense
 updates chosen by the table size per sample, micro-batches on the CPU above 8192, the per-sample part as one
-autograd node with a hand-written backward (model._PairHead), the tables' rows looked up by model._DistinctRows.
-"scalerec_autograd" is the same with autograd's backward of that part, "scalerec_embedding" with nn.Embedding's
-lookups; "scalerec_rows" and "scalerec_dense" force one table update, whole batch at once;
---micro-batches adds scalerec in those slices, --compile adds scalerec with torch.compile on the per-sample part
-(model.interact, with autograd's backward). On the CPU every step runs
-with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and
-the minor page faults per step in each line show what the setting changes. All train on the same
-pre-drawn batches (draw_batches: as `scalerec train` orders an epoch, by sample unless --shuffle groups; users
-uniform, positives' items skewed like MovieLens popularity; or, with --ncf PREFIX, the first batches of an epoch
-of the NCF paper's files, drawn as `scalerec train` draws it) with the same threads, alternated R
-times in one process, each alternation in its own order (seeded shuffles: a rotation would keep every step
-after the same one); the median is printed, and the median of each alternation's own ratio to plain.
+autograd node with a hand-written backward (model._PairHead), each side's lookups and first layer as another
+(model._EncodeRows). "scalerec_autograd" is the same with autograd's backward of the per-sample part,
+"scalerec_embedding" with nn.Embedding's lookups and nn.Linear's first layer; "scalerec_rows" and "scalerec_dense"
+force one table update, whole batch at once; --micro-batches adds scalerec in those slices, --compile adds scalerec
+with torch.compile on the per-sample part (model.interact, with autograd's backward). On the CPU every step runs
+with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and the
+minor page faults per step in each line show what the setting changes. All train on the same batches: the first of
+an epoch drawn as `scalerec train` draws it (4 negatives per positive, by sample unless --shuffle groups) from
+scalerec's synthetic data of each shape (users' activity and items' popularity skewed like MovieLens; generated once
+and cached) or, with --ncf PREFIX, from the NCF paper's files; --uniform-users draws them instead with every user
+equally likely (draw_batches; the figures before 2026-12-02), which puts more distinct users in a batch (2,972 at
+ML-1M shape and batch 4096, against 2,575 in the synthetic epoch and 2,345 in the NCF paper's ML-1M) and so more
+rows through scalerec's first layer. They run with the same threads, in one process: R passes over the batches
+(--repeats), each pass interleaving the steps a few batches at a time (--chunk), in an order drawn anew for every
+chunk (seeded), so that a slow spell of this shared machine, seconds long, slows every step alike instead of the one
+whose turn it was (passes of one step at a time moved identical steps' rates by up to 10%); each step's peak memory
+is taken in a pass of its own first. The median pass is printed, and the median of each pass's own ratio to plain.
 --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a GradScaler: plain as
 PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
 
@@ -23,7 +28,7 @@ FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs 
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
 user and item of a batch. "sgemm" is a plain matrix product at the MLP's largest layer with the batch's rows,
 "sgemm_best" the best over 1024 to 16384 rows: the machine's practical FLOP rate. Both are measured after each
-alternation of the steps, and the best is kept: noise only ever slows a product down. Run:
+pass over the batches, and the best is kept: noise only ever slows a product down. Run:
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096 --compile
@@ -47,7 +52,7 @@ from common import SHAPES, data_config, machine, run
 from torch import nn
 
 from scalerec.allocator import keep_large_blocks_in_heap
-from scalerec.config import Config
+from scalerec.config import Config, DataConfig
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
@@ -75,9 +80,10 @@ class PlainNeuMF(nn.Module):
 
 
 def draw_batches(n_users: int, n_items: int, bs: int, steps: int, shuffle: str, device, negatives: int = 4):
-    """`steps` batches as `scalerec train` draws them from data of this shape: per positive (items skewed like
-    MovieLens popularity), `negatives` uniformly drawn items of the same user; by group (each positive followed by
-    its negatives, `--shuffle groups`) or every sample on its own (`samples`, scalerec's default)."""
+    """`steps` batches as `scalerec train` would order them, with users uniform: per positive (a user drawn uniformly,
+    its item skewed like MovieLens popularity), `negatives` uniformly drawn items of the same user; by group
+    (each positive followed by its negatives, `--shuffle groups`) or every sample on its own (`samples`,
+    scalerec's default)."""
     g = torch.Generator().manual_seed(0)
     group, n = 1 + negatives, steps * bs
     if shuffle == "groups":
@@ -93,12 +99,13 @@ def draw_batches(n_users: int, n_items: int, bs: int, steps: int, shuffle: str, 
     return [tuple(t[s : s + bs].to(device) for t in parts) for s in range(0, n, bs)]
 
 
-def epoch_of(prefix: str, shuffle: str, device) -> tuple:
-    """(users, items, one epoch's (users, items, labels)) of the NCF paper's files at `prefix`, drawn as
-    `scalerec train` draws an epoch (4 negatives per positive, in the `shuffle` order)."""
-    ds = load_dataset(data_config(prefix, "ml-1m"), log=lambda s: None)
+def epoch_of(data: DataConfig, shuffle: str, device, samples: int) -> tuple:
+    """(users, items, the first `samples` of one epoch's (users, items, labels)) of the data `data` names (the
+    NCF paper's files, or synthetic data of a MovieLens shape), drawn as `scalerec train` draws an epoch: 4
+    negatives per positive, in the `shuffle` order."""
+    ds = load_dataset(data, log=lambda s: None)
     sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0, shuffle)
-    return ds.n_users, ds.n_items, sampler.epoch()
+    return ds.n_users, ds.n_items, tuple(t[:samples].clone() for t in sampler.epoch())  # the rest freed
 
 
 def train_flops_per_sample() -> int:
@@ -164,7 +171,8 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["ml-1m", "ml-20m"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 65536])
     p.add_argument("--samples", type=int, default=2_000_000, help="samples per timed pass (rounded to batches)")
-    p.add_argument("--repeats", type=int, default=3, help="alternations of the steps")
+    p.add_argument("--repeats", type=int, default=3, help="passes over the batches, every step in each")
+    p.add_argument("--chunk", type=int, default=4, help="batches a step runs before the next one takes over")
     p.add_argument("--micro-batches", type=int, nargs="*", default=[], help="also scalerec's step in these slices")
     p.add_argument("--compile", action="store_true", help="also scalerec with torch.compile on model.interact")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -173,23 +181,33 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"], help="each step in each")
     p.add_argument("--shuffle", choices=SHUFFLES, default=SHUFFLES[0], help="batches as this epoch order")
     p.add_argument("--ncf", metavar="PREFIX", help="batches from an epoch of the NCF paper's files, not --shapes")
+    p.add_argument("--uniform-users", action="store_true", help="--shapes' batches by draw_batches, not an epoch")
+    p.add_argument("--data-dir", default=None, help="where the prepared synthetic data is cached")
     args = p.parse_args()
     malloc = "glibc" if args.glibc_malloc or not keep_large_blocks_in_heap() else "scalerec"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     flops = train_flops_per_sample()
+    if args.ncf and args.uniform_users:
+        p.error("--uniform-users: not with --ncf, whose batches are its own epoch's")
     if args.ncf:
-        shapes = [(args.ncf, *epoch_of(args.ncf, args.shuffle, device))]
+        sources = [(args.ncf, data_config(args.ncf, "ml-1m"))]
     else:
-        shapes = [(shape, *SHAPES[shape][:2], None) for shape in args.shapes]
-    for shape, n_users, n_items, epoch in shapes:
+        sources = [(shape, data_config(None, shape)) for shape in args.shapes]
+    needed = max(max(2, args.samples // bs) * bs for bs in args.batch_sizes)
+    for shape, data in sources:
+        data.data_dir = args.data_dir or data.data_dir
+        if args.uniform_users:
+            n_users, n_items, epoch = *SHAPES[shape][:2], None
+        else:
+            n_users, n_items, epoch = epoch_of(data, args.shuffle, device, needed)
         for bs, precision in ((bs, prec) for bs in args.batch_sizes for prec in args.precisions):
             steps = max(2, args.samples // bs)
             if epoch is not None:  # the epoch's first batches, as `scalerec train` would step through them
                 steps = min(steps, len(epoch[0]) // bs)
                 if steps == 0:
-                    raise UserError(f"--batch-sizes {bs}: more than an epoch of {args.ncf} ({len(epoch[0]):,} samples)")
+                    raise UserError(f"--batch-sizes {bs}: more than an epoch of {shape} ({len(epoch[0]):,} samples)")
                 batches = [tuple(t[s : s + bs] for t in epoch) for s in range(0, steps * bs, bs)]
             else:
                 batches = draw_batches(n_users, n_items, bs, steps, args.shuffle, device)
@@ -221,22 +239,27 @@ def main() -> None:
                     scalerec_step, ours, opt, grad_scaler(precision, device), ctx, micro
                 )
                 micro_of[name] = micro
+            peaks: dict[str, int] = {}
+            for name, step in candidates.items():  # each step's own peak; the warm-up too (allocator, optimizer state)
+                reset_peak(device)  # on the CPU this hands free heap memory back (allocator.py)...
+                run_steps(step, batches[:2])
+                peaks[name] = peak_memory_bytes(device)
             for step in candidates.values():
-                run_steps(step, batches[:2])  # warm-up: allocator, optimizer state
+                run_steps(step, batches[:1])  # ...so one untimed step each takes the page faults that cost
             times: dict[str, list[float]] = {name: [] for name in candidates}
             faults: dict[str, list[int]] = {name: [] for name in candidates}
-            peaks: dict[str, int] = dict.fromkeys(candidates, 0)
             gemm = best_gemm = 0.0
             names = list(candidates)
             for r in range(args.repeats):
-                for name in random.Random(r).sample(names, len(names)):
-                    step = candidates[name]
-                    reset_peak(device)  # on the CPU this hands free heap memory back (allocator.py), so
-                    run_steps(step, batches[:1])  # one untimed step first takes the page faults that cost
-                    seconds, faulted = run_steps(step, batches)
-                    times[name].append(seconds)
-                    faults[name].append(faulted)
-                    peaks[name] = max(peaks[name], peak_memory_bytes(device))
+                order = random.Random(r)
+                for name in names:
+                    times[name].append(0.0)
+                    faults[name].append(0)
+                for s in range(0, steps, args.chunk):
+                    for name in order.sample(names, len(names)):
+                        seconds, faulted = run_steps(candidates[name], batches[s : s + args.chunk])
+                        times[name][-1] += seconds
+                        faults[name][-1] += faulted
                 gemm = max(gemm, sgemm_gflops(bs, device))
                 best_gemm = max(best_gemm, gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
             # on a GPU scalerec's step runs per sample: the FLOPs of plain's
@@ -256,8 +279,7 @@ def main() -> None:
                 print(json.dumps(line), flush=True)
             print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}))
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}
-            # each alternation's own ratio: its median (a slow spell of the machine that spans an alternation slows
-            # both steps in it alike), and lowest and highest: how far this machine's noise moves it
+            # each pass's own ratio: its median, and lowest and highest: how far this machine's noise moves it
             each = {n: sorted(p / t for p, t in zip(times["plain"], ts)) for n, ts in times.items() if n != "plain"}
             ratio.update({f"{n}_over_plain_paired": round(statistics.median(r), 3) for n, r in each.items()})
             ratio.update({f"{n}_over_plain_range": [round(r[0], 3), round(r[-1], 3)] for n, r in each.items()})

@@ -107,7 +107,7 @@ def test_sparse_tables_get_each_rows_gradient_once(name):
     torch.manual_seed(0)
     m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0, sparse=True)
     users, items = torch.tensor([0, 3, 6, 6, 3, 1]), torch.tensor([8, 0, 2, 2, 5, 8])
-    m(users, items).pow(2).sum().backward()  # distinct rows: _DistinctRows
+    m(users, items).pow(2).sum().backward()  # distinct rows: _EncodeRows
     tables = [mod.weight for mod in m.modules() if isinstance(mod, torch.nn.Embedding)]
     grads = [t.grad for t in tables]
     for g in grads:  # one row per distinct id, ascending: nothing for RowwiseAdam to coalesce

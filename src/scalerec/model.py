@@ -41,7 +41,7 @@ class NeuMF(nn.Module):
             raise ValueError("NeuMF needs the GMF branch, the MLP branch, or both")
         self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
         self.hand_backward = True  # interact_rows' _PairHead where it applies; False: autograd's (benchmarks)
-        self.distinct_rows = True  # encode_rows' lookups by _DistinctRows; False: nn.Embedding's (benchmarks)
+        self.distinct_rows = True  # encode_rows by _EncodeRows; False: nn.Embedding and nn.Linear (benchmarks)
         self.n_users, self.n_items = n_users, n_items
         out = 0
         if gmf:
@@ -79,14 +79,17 @@ class NeuMF(nn.Module):
 
     def encode_users(self, users: torch.Tensor, distinct: bool = False) -> Encoding:
         """The users' encodings; distinct=True: the users are distinct and ascending (a cheaper backward)."""
-        gmf = lookup(self.gmf_user, users, distinct) if self.use_gmf else None
-        mlp = self.first_user(lookup(self.mlp_user, users, distinct)) if self.use_mlp else None
-        return gmf, mlp
+        return self._encode("user", users, distinct)
 
     def encode_items(self, items: torch.Tensor, distinct: bool = False) -> Encoding:
-        gmf = lookup(self.gmf_item, items, distinct) if self.use_gmf else None
-        mlp = self.first_item(lookup(self.mlp_item, items, distinct)) if self.use_mlp else None
-        return gmf, mlp
+        return self._encode("item", items, distinct)
+
+    def _encode(self, side: str, ids: torch.Tensor, distinct: bool) -> Encoding:
+        tables = [
+            getattr(self, f"{branch}_{side}") for branch, used in (("gmf", self.use_gmf), ("mlp", self.use_mlp)) if used
+        ]
+        rows = list(lookup(tables, ids, distinct, getattr(self, f"first_{side}") if self.use_mlp else None))
+        return rows.pop(0) if self.use_gmf else None, rows.pop(0) if self.use_mlp else None
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
         gmf = user[0] * item[0] if self.use_gmf else None
@@ -162,10 +165,12 @@ class MF(nn.Module):
         nn.init.zeros_(self.item_bias.weight)
 
     def encode_users(self, users: torch.Tensor, distinct: bool = False) -> Encoding:
-        return lookup(self.user, users, distinct), lookup(self.user_bias, users, distinct).squeeze(-1)
+        factors, bias = lookup([self.user, self.user_bias], users, distinct)
+        return factors, bias.squeeze(-1)
 
     def encode_items(self, items: torch.Tensor, distinct: bool = False) -> Encoding:
-        return lookup(self.item, items, distinct), lookup(self.item_bias, items, distinct).squeeze(-1)
+        factors, bias = lookup([self.item, self.item_bias], items, distinct)
+        return factors, bias.squeeze(-1)
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
         return (user[0] * item[0]).sum(-1) + user[1] + item[1] + self.bias
@@ -209,36 +214,73 @@ def encode_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor):
     return (model.encode_users(u, distinct), u_at), (model.encode_items(i, distinct), i_at)
 
 
-def lookup(table: nn.Embedding, ids: torch.Tensor, distinct: bool = False) -> torch.Tensor:
-    """table(ids); with distinct=True, for ids that are distinct and ascending (unique_rows'), by _DistinctRows."""
-    if not (distinct and torch.is_grad_enabled() and table.weight.requires_grad):
-        return table(ids)
-    return _DistinctRows.apply(table.weight, ids, table.sparse)
+def lookup(
+    tables: list[nn.Embedding], ids: torch.Tensor, distinct: bool = False, first: nn.Linear | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Each table's rows of ids, the last table's through `first` where given (NeuMF's MLP table and its half of
+    the first layer). With distinct=True, for ids that are distinct and ascending (unique_rows'), as one autograd
+    node (_EncodeRows); the layer stays autograd's under autocast, whose casts the node would have to repeat."""
+    if not (distinct and torch.is_grad_enabled()):
+        out = [t(ids) for t in tables]
+    else:
+        fused = first is not None and not torch.is_autocast_enabled(ids.device.type)
+        layer = (first.weight, first.bias) if fused else (None, None)
+        out = list(_EncodeRows.apply(ids, tables[0].sparse, *layer, *(t.weight for t in tables)))
+        if fused:
+            return tuple(out)
+    if first is not None:
+        out[-1] = first(out[-1])
+    return tuple(out)
 
 
-class _DistinctRows(torch.autograd.Function):
-    """weight[rows] for distinct, ascending rows. Its gradient is the rows' own, put in place with nothing to add
-    up: for a dense table a zero table with the rows copied in (nn.Embedding's backward adds them, with a count per
-    row), for a sparse one the rows as they are, which RowwiseAdam sees need no coalescing (nn.Embedding's would
-    be sorted and summed there). benchmarks/step_speed.py: scalerec against scalerec_embedding."""
+class _EncodeRows(torch.autograd.Function):
+    """Tables' rows for distinct, ascending rows, the last table's through a linear layer where given, as one
+    autograd node: on the CPU a step at ML-1M shape and batch 4096 ran 1.05x faster than with a node per lookup
+    and autograd's layer (benchmarks/step_speed.py: scalerec against scalerec_embedding, which also has
+    nn.Embedding's backward). A table's gradient is its rows' own, put in place with nothing to add up: for a
+    dense table a zero table with the rows copied in (nn.Embedding's backward adds them, with a count per row),
+    for a sparse one the rows as they are, which RowwiseAdam sees need no coalescing (nn.Embedding's would be
+    sorted and summed there)."""
 
     @staticmethod
-    def forward(ctx, weight, rows, sparse):
-        ctx.save_for_backward(rows)
-        ctx.shape, ctx.sparse = weight.shape, sparse
-        return weight.index_select(0, rows)
+    def forward(ctx, rows, sparse, weight, bias, *tables):
+        out = [t.index_select(0, rows) for t in tables]
+        saved = [rows]
+        if weight is not None:
+            saved += [out[-1], weight]
+            out[-1] = F.linear(out[-1], weight, bias)
+        ctx.save_for_backward(*saved)
+        ctx.sparse, ctx.shapes = sparse, [t.shape for t in tables]
+        return tuple(out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (rows,) = ctx.saved_tensors
-        if ctx.sparse:
-            # coalesced by construction (rows distinct and ascending); checking it would cost a sort. Autograd's
-            # accumulation drops the flag, so RowwiseAdam checks the order itself.
-            out = torch.sparse_coo_tensor(rows[None], grad, ctx.shape, is_coalesced=True, check_invariants=False)
-        else:
-            out = grad.new_zeros(ctx.shape).index_copy_(0, rows, grad)
-        return out, None, None
+    def backward(ctx, *grads):
+        rows, *layer = ctx.saved_tensors
+        grads, needs = list(grads), ctx.needs_input_grad
+        d_weight = d_bias = None
+        if layer:
+            x, weight = layer
+            d_weight = grads[-1].T @ x if needs[2] else None
+            d_bias = grads[-1].sum(0) if needs[3] else None
+            grads[-1] = grads[-1] @ weight
+        tables = zip(grads, ctx.shapes, needs[4:])
+        return (
+            None,
+            None,
+            d_weight,
+            d_bias,
+            *(_rows_grad(g, rows, n, ctx.sparse) if need else None for g, n, need in tables),
+        )
+
+
+def _rows_grad(grad: torch.Tensor, rows: torch.Tensor, shape: torch.Size, sparse: bool) -> torch.Tensor:
+    """The gradient of a table of `shape` whose distinct, ascending `rows` got `grad`."""
+    if sparse:
+        # coalesced by construction (rows distinct and ascending); checking it would cost a sort. Autograd's
+        # accumulation drops the flag, so RowwiseAdam checks the order itself.
+        return torch.sparse_coo_tensor(rows[None], grad, shape, is_coalesced=True, check_invariants=False)
+    return grad.new_zeros(shape).index_copy_(0, rows, grad)
 
 
 def forward_by_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ class RowwiseAdam(Optimizer):
                 root_bc2 = (1 - beta2**t) ** 0.5
                 if p.grad.is_sparse:
                     rows, g = p.grad._indices()[0], p.grad._values()
-                    # rows distinct and ascending (model._DistinctRows) are coalesced already: sorting them again
+                    # rows distinct and ascending (model._EncodeRows) are coalesced already: sorting them again
                     # costs more than this check (autograd drops the tensor's coalesced flag)
                     if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):
                         grad = p.grad.coalesce()

@@ -220,27 +220,26 @@ def lookup(
     """Each table's rows of ids, the last table's through `first` where given (NeuMF's MLP table and its half of
     the first layer). With distinct=True, for ids that are distinct and ascending (unique_rows'), as one autograd
     node (_EncodeRows); the layer stays autograd's under autocast, whose casts the node would have to repeat."""
-    if not (distinct and torch.is_grad_enabled()):
-        out = [t(ids) for t in tables]
-    else:
-        fused = first is not None and not torch.is_autocast_enabled(ids.device.type)
+    by_rows = distinct and torch.is_grad_enabled()
+    fused = by_rows and first is not None and not torch.is_autocast_enabled(ids.device.type)
+    if by_rows:
         layer = (first.weight, first.bias) if fused else (None, None)
         out = list(_EncodeRows.apply(ids, tables[0].sparse, *layer, *(t.weight for t in tables)))
-        if fused:
-            return tuple(out)
-    if first is not None:
+    else:
+        out = [t(ids) for t in tables]
+    if first is not None and not fused:
         out[-1] = first(out[-1])
     return tuple(out)
 
 
 class _EncodeRows(torch.autograd.Function):
-    """Tables' rows for distinct, ascending rows, the last table's through a linear layer where given, as one
-    autograd node: on the CPU a step at ML-1M shape and batch 4096 ran 1.05x faster than with a node per lookup
-    and autograd's layer (benchmarks/step_speed.py: scalerec against scalerec_embedding, which also has
-    nn.Embedding's backward). A table's gradient is its rows' own, put in place with nothing to add up: for a
-    dense table a zero table with the rows copied in (nn.Embedding's backward adds them, with a count per row),
-    for a sparse one the rows as they are, which RowwiseAdam sees need no coalescing (nn.Embedding's would be
-    sorted and summed there)."""
+    """Tables' rows for distinct, ascending rows, the last table's through a linear layer where given, as one autograd
+    node: on the CPU a step at ML-1M shape and batch 4096 ran 1.05x faster than with a node per lookup and
+    autograd's layer (interleaved in one process; benchmarks/RESULTS.md), and 1.03x faster than
+    benchmarks/step_speed.py's scalerec_embedding (nn.Embedding's lookups and nn.Linear). A table's gradient is its
+    rows' own, put in place with nothing to add up: for a dense table a zero table with the rows copied in
+    (nn.Embedding's backward adds them, with a count per row), for a sparse one the rows as they are, which
+    RowwiseAdam sees need no coalescing (nn.Embedding's would be sorted and summed there)."""
 
     @staticmethod
     def forward(ctx, rows, sparse, weight, bias, *tables):

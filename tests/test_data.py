@@ -616,7 +616,34 @@ def test_synthetic_shape(n_users, n_items, mean):
     assert len(np.unique(users * n_items + items)) == len(users)  # no repeated user-item pair
     assert len(np.unique(ts)) == len(ts)  # a strict time order, so leave-one-out is unambiguous
     ds = from_interactions(users, items, ts, "Synthetic", "gen", 1, 0)
-    assert ds.n_users == n_users and ds.notes == []
+    assert (ds.n_users, ds.n_items) == (n_users, n_items) and ds.notes == []  # every item is someone's
+
+
+def _skew(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Users' 10/50/90% count quantiles over their mean, the top 10% of items' share of the interactions, and
+    the expected distinct users in 4096 samples drawn by interaction (a batch of an epoch)."""
+    counts = np.bincount(users)
+    counts = counts[counts > 0]
+    by_item = np.sort(np.bincount(items))[::-1]
+    share = counts / counts.sum()
+    return np.array(
+        [
+            *np.percentile(counts, [10, 50, 90]) / counts.mean(),
+            by_item[: len(by_item) // 10].sum() / by_item.sum(),
+            (1 - (1 - share) ** 4096).sum() / 1000,
+        ]
+    )
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "ncf-ml-1m" / "ml-1m.train.rating").is_file(),
+    reason=f"real data absent: {SHARED_DATA / 'ncf-ml-1m'}",
+)
+def test_synthetic_skew_is_ml1m_like():
+    """At ML-1M's shape the generator's users and items are skewed like the real file's, within 15%."""
+    real = np.loadtxt(SHARED_DATA / "ncf-ml-1m" / "ml-1m.train.rating", dtype=np.int64, usecols=(0, 1))
+    users, items, _ = synthetic.generate(6040, 3706, 165, seed=0)
+    np.testing.assert_allclose(_skew(users, items), _skew(real[:, 0], real[:, 1]), rtol=0.15)
 
 
 # ---------------------------------------------------------------- the real datasets (read in place)

@@ -6,8 +6,13 @@ For each batch size, with the model, optimizer and micro-batches that `scalerec 
   (b) full epoch: fresh negatives + shuffle + every step, exactly as `scalerec train` runs it,
 and prints one JSON line per epoch and mode (so slowdowns that appear only after a while show), then one with
 the ratio of the mean rates over the epochs. The full epoch's time includes drawing it (negatives, shuffle), as
-`scalerec train`'s does. Peak memory is the process's on the CPU (its high-water mark since the last reset: the
-dataset, the sampler's tensors, the model and optimizer state), the GPU's allocated memory on a GPU. Run:
+`scalerec train`'s does. "gflops" counts the model's FLOPs per sample as a plain step computes them
+(step_speed.train_flops_per_sample); after every pass an sgemm at the MLP's largest layer, with 1024 to 16384
+rows, measures the machine's practical FLOP rate, and the ratio line gives the bare step's mean FLOP rate over
+the best of those (`bare_step_flops_over_sgemm_best`): the step as `scalerec train` runs it, alone in the
+process, where step_speed.py's interleaved steps evict each other's tables and optimizer state. Peak memory is
+the process's on the CPU (its high-water mark since the last reset: the dataset, the sampler's tensors, the
+model and optimizer state), the GPU's allocated memory on a GPU. Run:
 
     .venv/bin/python benchmarks/train_throughput.py --shape ml-1m --batch-sizes 4096 65536 --epochs 3
     .venv/bin/python benchmarks/train_throughput.py --ncf ../shared/data/ncf-ml-1m/ml-1m
@@ -22,6 +27,7 @@ import time
 
 import torch
 from common import SHAPES, data_config, machine, run
+from step_speed import sgemm_gflops, train_flops_per_sample
 
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
@@ -91,16 +97,22 @@ def main() -> None:
         sparse = any(getattr(m, "sparse", False) for m in model.modules())
         line = {**base, "batch": bs, "micro_batch": micro, "tables": "rows" if sparse else "dense"}
         rates: dict[str, list[float]] = {"bare_step": [], "full_epoch": []}
+        flops, best_gemm = train_flops_per_sample(), 0.0  # the default NeuMF's, which cfg builds
         for epoch in range(args.epochs):
             for mode in rates:
                 draw = (lambda f=fixed: f) if mode == "bare_step" else sampler.epoch  # the full epoch times its draw
                 rate, peak, n = timed_epoch(model, opt, draw, bs, micro, amp, device)
                 rates[mode].append(rate)
+                best_gemm = max(best_gemm, *(sgemm_gflops(rows, device, 0.25) for rows in (1024, 4096, 8192, 16384)))
                 out = {**line, "epoch": epoch, "mode": mode, "samples": n, "samples_per_s": round(rate)}
+                out["gflops"] = round(rate * flops / 1e9, 1)
                 print(json.dumps({**out, "peak_memory_mb": round(peak / 2**20)}), flush=True)
         mean = {mode: sum(r) / len(r) for mode, r in rates.items()}
         ratio = round(mean["full_epoch"] / mean["bare_step"], 4)
-        print(json.dumps({**line, "mode": "ratio", "epochs": args.epochs, "full_over_bare": ratio}), flush=True)
+        out = {**line, "mode": "ratio", "epochs": args.epochs, "full_over_bare": ratio}
+        out["sgemm_best"] = round(best_gemm, 1)
+        out["bare_step_flops_over_sgemm_best"] = round(mean["bare_step"] * flops / 1e9 / best_gemm, 3)
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

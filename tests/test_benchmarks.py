@@ -83,6 +83,13 @@ def test_train_throughput(tmp_path):
     assert modes == [(0, "bare_step"), (0, "full_epoch"), (1, "bare_step"), (1, "full_epoch"), (None, "ratio")]
     assert lines[0]["samples"] == 8192 and lines[1]["samples"] > 400_000  # ml-100k's shape: ~99k positives x 5
     assert lines[-1]["full_over_bare"] > 0
+    # The default NeuMF's FLOPs per sample: forward and twice it backward through 256-256-128-64 and the 128-wide
+    # prediction layer, plus the GMF product's 64 three times.
+    flops = 6 * (256 * 256 + 256 * 128 + 128 * 64 + 128) + 3 * 64
+    assert all(abs(line["gflops"] - line["samples_per_s"] * flops / 1e9) <= 0.05 for line in lines[:-1])
+    bare = sum(line["samples_per_s"] for line in lines[:-1] if line["mode"] == "bare_step") / 2
+    assert lines[-1]["sgemm_best"] > 0
+    assert abs(lines[-1]["bare_step_flops_over_sgemm_best"] - bare * flops / 1e9 / lines[-1]["sgemm_best"]) < 0.01
 
 
 def test_step_accuracy(tmp_path):

@@ -70,7 +70,7 @@ class EpochSampler:
     def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         q = users * self.n_items + items
         pos = torch.searchsorted(self.keys, q).clamp_(max=len(self.keys) - 1)
-        return self.keys[pos] == q
+        return self.keys.index_select(0, pos) == q  # index_select: faster than advanced indexing on the CPU
 
     def epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(users, items, labels) for one epoch: positives and fresh negatives, shuffled by group or by sample."""
@@ -81,4 +81,4 @@ class EpochSampler:
             perm = (order[:, None] + n * torch.arange(1 + self.negatives, device=self.device)).reshape(-1)
         else:
             perm = torch.randperm(len(items), device=self.device, generator=self.generator)
-        return self.epoch_users[perm], items[perm], self.labels[perm]
+        return tuple(t.index_select(0, perm) for t in (self.epoch_users, items, self.labels))

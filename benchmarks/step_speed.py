@@ -7,28 +7,30 @@ updates chosen by the table size per sample, micro-batches on the CPU above 8192
 autograd node with a hand-written backward (model._PairHead), each side's lookups and first layer as another
 (model._EncodeRows). "scalerec_autograd" is the same with autograd's backward of the per-sample part,
 "scalerec_embedding" with nn.Embedding's lookups and nn.Linear's first layer; "scalerec_rows" and "scalerec_dense"
-force one table update, whole batch at once; --micro-batches adds scalerec in those slices, --compile adds scalerec
-with torch.compile on the per-sample part (model.interact, with autograd's backward). On the CPU every step runs
-with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps glibc's, and the
-minor page faults per step in each line show what the setting changes. All train on the same batches: the first of
-an epoch drawn as `scalerec train` draws it (4 negatives per positive, by sample unless --shuffle groups) from
-scalerec's synthetic data of each shape (users' activity and items' popularity skewed like MovieLens; generated once
-and cached) or, with --ncf PREFIX, from the NCF paper's files; --uniform-users draws them instead with every user
-equally likely (draw_batches; the figures before 2026-12-02), which puts more distinct users in a batch (2,972 at
-ML-1M shape and batch 4096, against 2,575 in the synthetic epoch and 2,345 in the NCF paper's ML-1M) and so more
-rows through scalerec's first layer. They run with the same threads, in one process: R passes over the batches
-(--repeats), each pass interleaving the steps a few batches at a time (--chunk), in an order drawn anew for every
-chunk (seeded), so that a slow spell of this shared machine, seconds long, slows every step alike instead of the one
-whose turn it was (passes of one step at a time moved identical steps' rates by up to 10%); each step's peak memory
-is taken in a pass of its own first. The median pass is printed, and the median of each pass's own ratio to plain.
---precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a GradScaler: plain as
-PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
+force one table update, whole batch at once; "scalerec_blas" runs its fp32 matrix products by BLAS (MKL), as before
+oneDNN's were chosen on CPUs with AVX-512 (model.linear); --micro-batches adds scalerec in those slices, --compile
+adds scalerec with torch.compile on the per-sample part (model.interact, with autograd's backward). On the CPU every
+step runs with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps
+glibc's, and the minor page faults per step in each line show what the setting changes. All train on the same
+batches: the first of an epoch drawn as `scalerec train` draws it (4 negatives per positive, by sample unless
+--shuffle groups) from scalerec's synthetic data of each shape (users' activity and items' popularity skewed like
+MovieLens; generated once and cached) or, with --ncf PREFIX, from the NCF paper's files; --uniform-users draws them
+instead with every user equally likely (draw_batches; the figures before 2026-12-02), which puts more distinct users
+in a batch (2,972 at ML-1M shape and batch 4096, against 2,575 in the synthetic epoch and 2,345 in the NCF paper's
+ML-1M) and so more rows through scalerec's first layer. They run with the same threads, in one process: R passes
+over the batches (--repeats), each pass interleaving the steps a few batches at a time (--chunk), in an order drawn
+anew for every chunk (seeded), so that a slow spell of this shared machine, seconds long, slows every step alike
+instead of the one whose turn it was (passes of one step at a time moved identical steps' rates by up to 10%); each
+step's peak memory is taken in a pass of its own first. The median pass is printed, and the median of each pass's
+own ratio to plain. --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a
+GradScaler: plain as PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
 
 FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
-user and item of a batch. "sgemm" is a plain matrix product at the MLP's largest layer with the batch's rows,
-"sgemm_best" the best over 1024 to 16384 rows: the machine's practical FLOP rate. Both are measured after each
-pass over the batches, and the best is kept: noise only ever slows a product down. Run:
+user and item of a batch. "sgemm" is a plain matrix product (torch.mm: BLAS) at the MLP's largest layer with the
+batch's rows, "onednn_gflops" the same product by oneDNN's inner product where this PyTorch has it, and
+"sgemm_best" the best of either over 1024 to 16384 rows: the machine's practical FLOP rate. All are measured
+after each pass over the batches, and the best is kept: noise only ever slows a product down. Run:
 
     .venv/bin/python benchmarks/step_speed.py                               # ml-1m and ml-20m shapes
     .venv/bin/python benchmarks/step_speed.py --shapes ml-1m --batch-sizes 4096 --compile
@@ -56,7 +58,7 @@ from scalerec.config import Config, DataConfig
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
-from scalerec.model import build_model, unique_rows
+from scalerec.model import build_model, linear, onednn_pays, unique_rows
 from scalerec.optim import build_optimizer
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.sampling import SHUFFLES, EpochSampler
@@ -154,16 +156,25 @@ def run_steps(step, batches) -> tuple[float, int]:
     return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
-def sgemm_gflops(batch: int, device: torch.device, seconds: float = 0.5) -> float:
+def sgemm_gflops(batch: int, device: torch.device, seconds: float = 0.5, onednn: bool = False) -> float:
+    """GFLOP/s of a product of `batch` rows at the MLP's largest layer: torch.mm (BLAS), or with `onednn` oneDNN's
+    inner product as scalerec's step calls it (model.linear)."""
     a = torch.randn(batch, LAYERS[0], device=device)
-    b = torch.randn(LAYERS[0], LAYERS[1], device=device)
-    torch.mm(a, b)
+    b = torch.randn(LAYERS[1], LAYERS[0], device=device)
+    product = functools.partial(linear, onednn=True) if onednn else lambda a, b: torch.mm(a, b.T)
+    product(a, b)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b)
+        product(a, b)
         n += 1
     float(a[0, 0])
     return 2 * batch * LAYERS[0] * LAYERS[1] * n / (time.perf_counter() - t0) / 1e9
+
+
+def best_sgemm(device: torch.device, seconds: float = 0.5) -> float:
+    """The best sgemm_gflops over 1024 to 16384 rows, by BLAS and, where the CPU's step uses it, by oneDNN."""
+    backends = [False, True] if device.type == "cpu" and onednn_pays() else [False]
+    return max(sgemm_gflops(rows, device, seconds, o) for rows in (1024, 4096, 8192, 16384) for o in backends)
 
 
 def main() -> None:
@@ -221,6 +232,7 @@ def main() -> None:
             train_micro = micro_batch_for(cfg, device, bs)
             variants = [(name, None, train_micro) for name in ("scalerec", "scalerec_autograd", "scalerec_embedding")]
             variants += [("scalerec_rows", True, None), ("scalerec_dense", False, None)]
+            variants += [("scalerec_blas", None, train_micro)] if device.type == "cpu" and onednn_pays() else []
             variants += [(f"scalerec_micro{m}", None, m) for m in args.micro_batches if m < bs]
             variants += [("scalerec_compiled", None, train_micro)] if args.compile else []
             micro_of = {}
@@ -232,6 +244,7 @@ def main() -> None:
                     ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
                 ours.hand_backward = name not in ("scalerec_autograd", "scalerec_compiled")
                 ours.distinct_rows = name != "scalerec_embedding"
+                ours.onednn = ours.onednn and name != "scalerec_blas"
                 if name == "scalerec_compiled":
                     ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]
@@ -248,7 +261,7 @@ def main() -> None:
                 run_steps(step, batches[:1])  # ...so one untimed step each takes the page faults that cost
             times: dict[str, list[float]] = {name: [] for name in candidates}
             faults: dict[str, list[int]] = {name: [] for name in candidates}
-            gemm = best_gemm = 0.0
+            gemm = onednn_gemm = best_gemm = 0.0
             names = list(candidates)
             for r in range(args.repeats):
                 order = random.Random(r)
@@ -261,7 +274,9 @@ def main() -> None:
                         times[name][-1] += seconds
                         faults[name][-1] += faulted
                 gemm = max(gemm, sgemm_gflops(bs, device))
-                best_gemm = max(best_gemm, gemm, *(sgemm_gflops(rows, device) for rows in (1024, 4096, 8192, 16384)))
+                if device.type == "cpu" and onednn_pays():
+                    onednn_gemm = max(onednn_gemm, sgemm_gflops(bs, device, onednn=True))
+                best_gemm = max(best_gemm, gemm, onednn_gemm, best_sgemm(device))
             # on a GPU scalerec's step runs per sample: the FLOPs of plain's
             executed = flops if device.type == "cuda" else executed_flops_per_sample(batches, n_users, n_items, None)
             base = {"bench": "step_speed", **machine(), "device": device.type, "dtype": precision, "shape": shape}
@@ -277,7 +292,8 @@ def main() -> None:
                 line["peak_memory_mb"] = round(peaks[name] / 2**20)  # GPU allocated, or the process's RSS
                 line["page_faults_per_step"] = round(statistics.median(faults[name]) / steps)
                 print(json.dumps(line), flush=True)
-            print(json.dumps({**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}))
+            line = {**base, "step": "sgemm", "gflops": round(gemm, 1), "sgemm_best": round(best_gemm, 1)}
+            print(json.dumps({**line, **({"onednn_gflops": round(onednn_gemm, 1)} if onednn_gemm else {})}))
             ratio = {f"{name}_over_plain": round(rates[name] / rates["plain"], 3) for name in rates if name != "plain"}
             # each pass's own ratio: its median, and lowest and highest: how far this machine's noise moves it
             each = {n: sorted(p / t for p, t in zip(times["plain"], ts)) for n, ts in times.items() if n != "plain"}

@@ -27,7 +27,7 @@ import time
 
 import torch
 from common import SHAPES, data_config, machine, run
-from step_speed import sgemm_gflops, train_flops_per_sample
+from step_speed import best_sgemm, train_flops_per_sample
 
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
@@ -103,7 +103,7 @@ def main() -> None:
                 draw = (lambda f=fixed: f) if mode == "bare_step" else sampler.epoch  # the full epoch times its draw
                 rate, peak, n = timed_epoch(model, opt, draw, bs, micro, amp, device)
                 rates[mode].append(rate)
-                best_gemm = max(best_gemm, *(sgemm_gflops(rows, device, 0.25) for rows in (1024, 4096, 8192, 16384)))
+                best_gemm = max(best_gemm, best_sgemm(device, 0.25))
                 out = {**line, "epoch": epoch, "mode": mode, "samples": n, "samples_per_s": round(rate)}
                 out["gflops"] = round(rate * flops / 1e9, 1)
                 print(json.dumps({**out, "peak_memory_mb": round(peak / 2**20)}), flush=True)

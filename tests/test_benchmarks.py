@@ -35,6 +35,11 @@ def test_step_speed(tmp_path):
     steps = {line["step"]: line for line in lines}
     variants = {"scalerec", "scalerec_autograd", "scalerec_embedding", "scalerec_rows", "scalerec_dense"}
     variants.add("scalerec_micro256")
+    from scalerec.model import onednn_pays
+
+    if onednn_pays():  # the step with BLAS's products beside oneDNN's, and oneDNN's sgemm beside BLAS's
+        variants.add("scalerec_blas")
+        assert steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["onednn_gflops"] > 0
     assert set(steps) == {"plain", *variants, "sgemm", "ratio"}
     assert steps["scalerec_micro256"]["micro_batch"] == 256 and steps["scalerec"]["samples_per_s"] > 0
     assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]

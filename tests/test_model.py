@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from scalerec.model import MF, NeuMF, build_model
+from scalerec.model import MF, NeuMF, build_model, linear, onednn_available
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
+BACKENDS = [False, pytest.param(True, marks=needs_onednn)]  # the CPU's products by BLAS, and by oneDNN
 
 
 @pytest.mark.parametrize("name", ["neumf", "gmf", "mlp", "mf"])
@@ -128,12 +131,14 @@ def _logits_and_grads(model, users, items, weights):
     return out.detach(), [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("onednn", BACKENDS)
 @pytest.mark.parametrize(
     "name, layers", [("neumf", (8, 16, 4)), ("neumf", (8, 6)), ("gmf", (8, 4)), ("mlp", (16, 12, 8, 4))]
 )
-def test_the_hand_written_backward_is_autograds(name, layers):
+def test_the_hand_written_backward_is_autograds(name, layers, onednn):
     torch.manual_seed(0)
     m = build_model(name, 7, 9, 4, layers, 0.0)
+    m.onednn = onednn  # the node's products by oneDNN or BLAS; autograd's below are nn.Linear's
     users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
     weights = torch.randn(40)
     fast = _logits_and_grads(m, users, items, weights)
@@ -200,3 +205,35 @@ def test_the_gpus_per_sample_forward_is_the_same_function(name):
     assert torch.allclose(out, m(users, items), atol=1e-6)
     for a, b in zip(by_rows, (p.grad for p in m.parameters())):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@needs_onednn
+@pytest.mark.parametrize("relu", [False, True])
+def test_onednns_products_are_blas(relu):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(50, 24), torch.randn(16, 24), torch.randn(16)
+    expected = torch.nn.functional.linear(x, w, b)
+    expected = expected.relu() if relu else expected
+    assert torch.allclose(linear(x, w, b, onednn=True, relu=relu), expected, atol=1e-5)
+    d = torch.randn(50, 16)  # a backward's products: d @ W by a transposed view, d.T @ x, a sum over the rows
+    assert torch.allclose(linear(d, w.T, onednn=True), d @ w, atol=1e-5)
+    assert torch.allclose(linear(d.T, x.T, onednn=True), d.T @ x, atol=1e-5)
+    # oneDNN refuses empty tensors: BLAS takes them
+    assert linear(x[:0], w, b, onednn=True).shape == (0, 16)
+    assert torch.equal(linear(d[:0].T, x[:0].T, onednn=True), torch.zeros(16, 24))
+
+
+@needs_onednn
+def test_scoring_by_onednn_is_the_same_function():
+    torch.manual_seed(0)
+    m = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.0).eval()
+    users, items = torch.randint(0, 7, (30,)), torch.randint(0, 9, (30,))
+    with torch.no_grad():
+        scores = {}
+        for onednn in (False, True):
+            m.onednn = onednn
+            user, item = m.encode_users(torch.arange(7)), m.encode_items(torch.arange(9))
+            scores[onednn] = (m(users, items), m.score_grid(user, item))
+    assert torch.allclose(scores[True][0], scores[False][0], atol=1e-5)
+    assert torch.allclose(scores[True][1], scores[False][1], atol=1e-5)
+    assert torch.allclose(scores[True][1][users, items], scores[True][0], atol=1e-5)

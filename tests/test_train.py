@@ -299,3 +299,23 @@ def test_sparse_tables_only_on_the_cpu():
     for device, sparse in ((torch.device("cpu"), True), (torch.device("meta"), False)):
         model = build_run_model(cfg, 138_493, 26_744, device)
         assert any(getattr(m, "sparse", False) for m in model.modules()) == sparse, device
+
+
+def test_cpu_matmul_picks_the_products_backend(monkeypatch):
+    import scalerec.train as train_module
+    from scalerec.errors import UserError
+    from scalerec.model import onednn_pays
+
+    cfg = Config()
+    built = lambda: build_run_model(cfg, 50, 60, torch.device("cpu"))  # noqa: E731
+    assert built().onednn == onednn_pays()  # auto: oneDNN where the CPU has AVX-512
+    cfg.train.cpu_matmul = "blas"
+    assert built().onednn is False
+    cfg.train.cpu_matmul = "onednn"
+    monkeypatch.setattr(train_module, "onednn_available", lambda: True)
+    assert built().onednn is True
+    monkeypatch.setattr(train_module, "onednn_available", lambda: False)
+    with pytest.raises(UserError, match="--cpu-matmul onednn: this PyTorch has no oneDNN"):
+        built()
+    cfg.model.model = "mf"  # no matrix products to place
+    assert not hasattr(built(), "onednn")

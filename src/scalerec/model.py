@@ -9,6 +9,9 @@ MLP layer cost per distinct row, not per sample: at batch 4096 on ML-1M shape, 5
 half-rows, and at 65536, under 10,000 instead of 131,072 (benchmarks/step_speed.py). It is the same function.
 The per-sample rest of NeuMF's step (`interact_rows`) is one autograd node with a hand-written backward there.
 `score_grid` scores every pair of encoded users and items at once, for full-ranking evaluation.
+On CPUs with AVX-512 the fp32 matrix products of the step and of scoring go to oneDNN's inner product (`linear`)
+instead of BLAS: MKL runs its AVX2 code on AMD CPUs (about 180 GFLOP/s on 2 cores of an AMD EPYC, against 350-410
+for oneDNN), so the step ran 1.25-1.42x faster (benchmarks/step_speed.py: scalerec against scalerec_blas).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class NeuMF(nn.Module):
         self.use_gmf, self.use_mlp, self.dropout = gmf, mlp, dropout
         self.hand_backward = True  # interact_rows' _PairHead where it applies; False: autograd's (benchmarks)
         self.distinct_rows = True  # encode_rows by _EncodeRows; False: nn.Embedding and nn.Linear (benchmarks)
+        self.onednn = onednn_pays()  # the CPU's fp32 products by oneDNN where autograd is not needed (`linear`)
         self.n_users, self.n_items = n_users, n_items
         out = 0
         if gmf:
@@ -88,7 +92,8 @@ class NeuMF(nn.Module):
         tables = [
             getattr(self, f"{branch}_{side}") for branch, used in (("gmf", self.use_gmf), ("mlp", self.use_mlp)) if used
         ]
-        rows = list(lookup(tables, ids, distinct, getattr(self, f"first_{side}") if self.use_mlp else None))
+        first = getattr(self, f"first_{side}") if self.use_mlp else None
+        rows = list(lookup(tables, ids, distinct, first, self.onednn))
         return rows.pop(0) if self.use_gmf else None, rows.pop(0) if self.use_mlp else None
 
     def interact(self, user: Encoding, item: Encoding) -> torch.Tensor:
@@ -106,6 +111,10 @@ class NeuMF(nn.Module):
     def _mlp(self, first: torch.Tensor) -> torch.Tensor:
         """The MLP branch's output from the first layer's pre-activation."""
         h = F.dropout(F.relu(first), self.dropout, self.training)
+        if not torch.is_grad_enabled():  # scoring: no autograd needed, so oneDNN's products where they pay
+            for layer in self.hidden:
+                h = F.dropout(linear(h, layer.weight, layer.bias, self.onednn, relu=True), self.dropout, self.training)
+            return h
         for layer in self.hidden:
             h = F.dropout(F.relu(layer(h)), self.dropout, self.training)
         return h
@@ -215,21 +224,51 @@ def encode_rows(model: nn.Module, users: torch.Tensor, items: torch.Tensor):
 
 
 def lookup(
-    tables: list[nn.Embedding], ids: torch.Tensor, distinct: bool = False, first: nn.Linear | None = None
+    tables: list[nn.Embedding],
+    ids: torch.Tensor,
+    distinct: bool = False,
+    first: nn.Linear | None = None,
+    onednn: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Each table's rows of ids, the last table's through `first` where given (NeuMF's MLP table and its half of
     the first layer). With distinct=True, for ids that are distinct and ascending (unique_rows'), as one autograd
-    node (_EncodeRows); the layer stays autograd's under autocast, whose casts the node would have to repeat."""
+    node (_EncodeRows); the layer stays autograd's under autocast, whose casts the node would have to repeat.
+    `onednn`: the layer's products by oneDNN where no autograd needs them (`linear`)."""
     by_rows = distinct and torch.is_grad_enabled()
     fused = by_rows and first is not None and not torch.is_autocast_enabled(ids.device.type)
     if by_rows:
         layer = (first.weight, first.bias) if fused else (None, None)
-        out = list(_EncodeRows.apply(ids, tables[0].sparse, *layer, *(t.weight for t in tables)))
+        out = list(_EncodeRows.apply(ids, tables[0].sparse, onednn, *layer, *(t.weight for t in tables)))
     else:
         out = [t(ids) for t in tables]
     if first is not None and not fused:
-        out[-1] = first(out[-1])
+        grad = torch.is_grad_enabled()
+        out[-1] = first(out[-1]) if grad else linear(out[-1], first.weight, first.bias, onednn)
     return tuple(out)
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch has oneDNN's inner product for dense tensors (`linear`)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_pays() -> bool:
+    """Whether the CPU's fp32 matrix products should go to oneDNN rather than BLAS: on CPUs with AVX-512, where
+    oneDNN's kernels use it and MKL's sgemm on AMD CPUs does not (on an AMD EPYC with AVX-512, 350-410 against 160-190
+    GFLOP/s on 2 cores; with oneDNN held to AVX2 there, ONEDNN_MAX_CPU_ISA=AVX2, the step ran at 0.99x BLAS's)."""
+    return onednn_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, onednn: bool = False, relu: bool = False
+) -> torch.Tensor:
+    """x @ weight.T + bias (then ReLU), with no autograd: by oneDNN's inner product (PyTorch's own, as its CPU
+    compiler calls it) for fp32 CPU tensors where `onednn`, else BLAS. weight may be a transposed view: the
+    products of a backward, d_y @ W, are linear(d_y, W.T). oneDNN refuses empty tensors; they go to BLAS."""
+    if onednn and x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() and weight.numel():
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+    y = F.linear(x, weight, bias)
+    return y.relu_() if relu else y
 
 
 class _EncodeRows(torch.autograd.Function):
@@ -242,14 +281,14 @@ class _EncodeRows(torch.autograd.Function):
     RowwiseAdam sees need no coalescing (nn.Embedding's would be sorted and summed there)."""
 
     @staticmethod
-    def forward(ctx, rows, sparse, weight, bias, *tables):
+    def forward(ctx, rows, sparse, onednn, weight, bias, *tables):
         out = [t.index_select(0, rows) for t in tables]
         saved = [rows]
         if weight is not None:
             saved += [out[-1], weight]
-            out[-1] = F.linear(out[-1], weight, bias)
+            out[-1] = linear(out[-1], weight, bias, onednn)
         ctx.save_for_backward(*saved)
-        ctx.sparse, ctx.shapes = sparse, [t.shape for t in tables]
+        ctx.sparse, ctx.onednn, ctx.shapes = sparse, onednn, [t.shape for t in tables]
         return tuple(out)
 
     @staticmethod
@@ -260,11 +299,13 @@ class _EncodeRows(torch.autograd.Function):
         d_weight = d_bias = None
         if layer:
             x, weight = layer
-            d_weight = grads[-1].T @ x if needs[2] else None
-            d_bias = grads[-1].sum(0) if needs[3] else None
-            grads[-1] = grads[-1] @ weight
-        tables = zip(grads, ctx.shapes, needs[4:])
+            # BLAS for the weight's gradient: oneDNN's ran slower at this shape (a sum over a few thousand rows)
+            d_weight = grads[-1].T @ x if needs[3] else None
+            d_bias = grads[-1].sum(0) if needs[4] else None
+            grads[-1] = linear(grads[-1], weight.T, onednn=ctx.onednn)
+        tables = zip(grads, ctx.shapes, needs[5:])
         return (
+            None,
             None,
             None,
             d_weight,
@@ -305,7 +346,7 @@ def interact_rows(
     if not fusable:
         return model.interact(gather(user, u_at), gather(item, i_at))
     hidden = [t for layer in model.hidden for t in (layer.weight, layer.bias)] if model.use_mlp else []
-    return _PairHead.apply(u_at, i_at, *user, *item, model.predict.weight, model.predict.bias, *hidden)
+    return _PairHead.apply(u_at, i_at, model.onednn, *user, *item, model.predict.weight, model.predict.bias, *hidden)
 
 
 def _take(t: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
@@ -325,7 +366,7 @@ class _PairHead(torch.autograd.Function):
     concatenation and a one-column matrix product (benchmarks/step_speed.py: scalerec against scalerec_autograd)."""
 
     @staticmethod
-    def forward(ctx, u_at, i_at, gmf_u, mlp_u, gmf_i, mlp_i, predict_w, predict_b, *hidden):
+    def forward(ctx, u_at, i_at, onednn, gmf_u, mlp_u, gmf_i, mlp_i, predict_w, predict_b, *hidden):
         w, logits, saved = predict_w[0], predict_b, []
         if gmf_u is not None:
             g_u, g_i = _take(gmf_u, u_at), _take(gmf_i, i_at)
@@ -337,11 +378,11 @@ class _PairHead(torch.autograd.Function):
             h = (h.add_(_take(mlp_i, i_at)) if u_at is not None else h + _take(mlp_i, i_at)).relu_()
             saved.append(h)
             for k in range(0, len(hidden), 2):
-                h = torch.addmm(hidden[k + 1], h, hidden[k].T).relu_()
+                h = linear(h, hidden[k], hidden[k + 1], onednn, relu=True)
                 saved.append(h)
             logits = torch.addmv(logits, h, w[w.shape[0] - h.shape[1] :])
         ctx.save_for_backward(u_at, i_at, predict_w, *hidden, *saved)
-        ctx.gmf, ctx.mlp, ctx.n_hidden = gmf_u is not None, mlp_u is not None, len(hidden)
+        ctx.gmf, ctx.mlp, ctx.n_hidden, ctx.onednn = gmf_u is not None, mlp_u is not None, len(hidden), onednn
         ctx.rows = [None if t is None else len(t) for t in (gmf_u, mlp_u, gmf_i, mlp_i)]
         return logits
 
@@ -367,11 +408,14 @@ class _PairHead(torch.autograd.Function):
                 torch.ops.aten.threshold_backward.grad_input(d_h, saved[k], 0, grad_input=d_h)  # ReLU, in place
                 if k == 0:
                     break
-                d_hidden[2 * k - 2], d_hidden[2 * k - 1] = d_h.T @ saved[k - 1], d_h.sum(0)
-                d_h = d_h @ hidden[2 * k - 2]
+                # the weight's gradient, d_h.T @ saved[k - 1], is a sum over the batch's rows
+                d_hidden[2 * k - 2] = linear(d_h.T, saved[k - 1].T, onednn=ctx.onednn)
+                d_hidden[2 * k - 1] = d_h.sum(0)
+                d_h = linear(d_h, hidden[2 * k - 2].T, onednn=ctx.onednn)
             d_mlp_u, d_mlp_i = _put(d_h, u_at, ctx.rows[1]), _put(d_h, i_at, ctx.rows[3])
         d_predict_w = torch.cat(d_w)[None]
-        return None, None, d_gmf_u, d_mlp_u, d_gmf_i, d_mlp_i, d_predict_w, grad.sum().reshape(1), *d_hidden
+        d_bias = grad.sum().reshape(1)
+        return None, None, None, d_gmf_u, d_mlp_u, d_gmf_i, d_mlp_i, d_predict_w, d_bias, *d_hidden
 
 
 def table_params(name: str, n_users: int, n_items: int, factors: int, layers: tuple[int, ...]) -> int:

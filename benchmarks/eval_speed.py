@@ -2,7 +2,9 @@
 
 Sampled: each user's test item and its negatives. Full: every item (minus the user's training items). The models
 have the default sizes (NeuMF: 64 factors, layers 256 256 128 64) and untrained weights: speed does not depend
-on them. An sgemm at evaluation's largest layer is timed after each repeat, for a same-run ratio.
+on them. An sgemm at evaluation's largest layer is timed after each repeat, for a same-run ratio. Where the CPU's
+scoring uses oneDNN's products (model.linear), each run is timed with BLAS's too ("matmul": "blas"), the two
+alternating in every repeat, each line's sgemm by its own library.
 
 .venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m   # 6,040 users x 100 items
 .venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m --protocols full --models neumf mf
@@ -24,7 +26,7 @@ from common import SHAPES, data_config, machine, run
 from scalerec.config import EvalConfig, ModelConfig
 from scalerec.data import load_dataset
 from scalerec.evaluate import evaluate, full_ranks, seen_index
-from scalerec.model import build_model
+from scalerec.model import build_model, linear, onednn_pays
 
 
 def pair_flops(model: torch.nn.Module) -> int:
@@ -34,13 +36,14 @@ def pair_flops(model: torch.nn.Module) -> int:
     return sum(2 * m.in_features * m.out_features for m in layers) or 2 * model.user.embedding_dim
 
 
-def sgemm_gflops(m: int = 1600, k: int = 256, n: int = 128, reps: int = 200) -> float:
-    """This machine's matmul rate now, at the shape of evaluation's largest layer (the reference for a ratio)."""
+def sgemm_gflops(onednn: bool, m: int = 1600, k: int = 256, n: int = 128, reps: int = 200) -> float:
+    """This machine's matmul rate now, at the shape of evaluation's largest layer (the reference for a ratio), by
+    oneDNN or by BLAS (model.linear)."""
     a, w = torch.randn(m, k), torch.randn(n, k)
-    torch.mm(a, w.T)
+    linear(a, w, onednn=onednn)
     t0 = time.perf_counter()
     for _ in range(reps):
-        torch.mm(a, w.T)
+        linear(a, w, onednn=onednn)
     return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -71,22 +74,29 @@ def main() -> None:
             runs.append(
                 ("full", None, ds.n_items, functools.partial(full_ranks, model, users, items, seen, ds.n_items))
             )
+        matmuls = {"onednn": True, "blas": False} if onednn_pays() and hasattr(model, "onednn") else {"blas": False}
         for protocol, bu, candidates, run in runs:
-            run()  # warm-up
-            times, gemm = [], []
-            for _ in range(args.repeats):  # alternate with the reference so both see the same machine
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-                gemm.append(sgemm_gflops())
-            # full ranking scores every item, training items included, and then leaves those out
-            eval_gflops = len(users) * candidates * pair_flops(model) / statistics.median(times) / 1e9
-            line = {"bench": "eval_speed", "protocol": protocol, "dataset": ds.name, "users": len(users)}
-            line.update(candidates=candidates, model=name, batch_users=bu, **machine())
-            line.update(seconds_median=round(statistics.median(times), 4), seconds_min=round(min(times), 4))
-            line.update(eval_gflops=round(eval_gflops, 1), sgemm_gflops=round(statistics.median(gemm), 1))
-            line["eval_over_sgemm"] = round(eval_gflops / statistics.median(gemm), 3)
-            print(json.dumps(line), flush=True)
+            times: dict[str, list[float]] = {m: [] for m in matmuls}
+            gemm: dict[str, list[float]] = {m: [] for m in matmuls}
+            for r in range(args.repeats + 1):  # alternate with the reference so all see the same machine
+                for matmul, onednn in matmuls.items():
+                    if hasattr(model, "onednn"):
+                        model.onednn = onednn
+                    t0 = time.perf_counter()
+                    run()
+                    if r:  # the first round warms up
+                        times[matmul].append(time.perf_counter() - t0)
+                        gemm[matmul].append(sgemm_gflops(onednn))
+            for matmul, ts in times.items():
+                # full ranking scores every item, training items included, and then leaves those out
+                eval_gflops = len(users) * candidates * pair_flops(model) / statistics.median(ts) / 1e9
+                line = {"bench": "eval_speed", "protocol": protocol, "dataset": ds.name, "users": len(users)}
+                line.update(candidates=candidates, model=name, batch_users=bu, matmul=matmul, **machine())
+                line.update(seconds_median=round(statistics.median(ts), 4), seconds_min=round(min(ts), 4))
+                sgemm = statistics.median(gemm[matmul])  # by the same library
+                line.update(eval_gflops=round(eval_gflops, 1), sgemm_gflops=round(sgemm, 1))
+                line["eval_over_sgemm"] = round(eval_gflops / sgemm, 3)
+                print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,24 @@ autograd node with a hand-written backward (model._PairHead), each side's lookup
 (model._EncodeRows). "scalerec_autograd" is the same with autograd's backward of the per-sample part,
 "scalerec_embedding" with nn.Embedding's lookups and nn.Linear's first layer; "scalerec_rows" and "scalerec_dense"
 force one table update, whole batch at once; "scalerec_blas" runs its fp32 matrix products by BLAS (MKL), as before
-oneDNN's were chosen on CPUs with AVX-512 (model.linear); --micro-batches adds scalerec in those slices, --compile
-adds scalerec with torch.compile on the per-sample part (model.interact, with autograd's backward). On the CPU every
-step runs with the malloc settings `scalerec train` sets (allocator.py), plain included; --glibc-malloc keeps
-glibc's, and the minor page faults per step in each line show what the setting changes. All train on the same
-batches: the first of an epoch drawn as `scalerec train` draws it (4 negatives per positive, by sample unless
---shuffle groups) from scalerec's synthetic data of each shape (users' activity and items' popularity skewed like
-MovieLens; generated once and cached) or, with --ncf PREFIX, from the NCF paper's files; --uniform-users draws them
-instead with every user equally likely (draw_batches; the figures before 2026-12-02), which puts more distinct users
-in a batch (2,972 at ML-1M shape and batch 4096, against 2,575 in the synthetic epoch and 2,345 in the NCF paper's
-ML-1M) and so more rows through scalerec's first layer. They run with the same threads, in one process: R passes
-over the batches (--repeats), each pass interleaving the steps a few batches at a time (--chunk), in an order drawn
-anew for every chunk (seeded), so that a slow spell of this shared machine, seconds long, slows every step alike
-instead of the one whose turn it was (passes of one step at a time moved identical steps' rates by up to 10%); each
-step's peak memory is taken in a pass of its own first. The median pass is printed, and the median of each pass's
-own ratio to plain. --precisions runs every step under each of fp32, bf16 and fp16 (autocast, and for fp16 a
-GradScaler: plain as PyTorch's AMP recipe writes it, scalerec as `scalerec train --precision` runs it).
+oneDNN's were chosen on CPUs with AVX-512 (model.linear), and so do scalerec_autograd, scalerec_embedding and
+scalerec_compiled, whose autograd products are nn.Linear's (BLAS): compare those with scalerec_blas; --micro-batches
+adds scalerec in those slices, --compile adds scalerec with torch.compile on the per-sample part (model.interact,
+with autograd's backward). On the CPU every step runs with the malloc settings `scalerec train` sets (allocator.py),
+plain included; --glibc-malloc keeps glibc's, and the minor page faults per step in each line show what the setting
+changes. All train on the same batches: the first of an epoch drawn as `scalerec train` draws it (4 negatives per
+positive, by sample unless --shuffle groups) from scalerec's synthetic data of each shape (users' activity and
+items' popularity skewed like MovieLens; generated once and cached) or, with --ncf PREFIX, from the NCF paper's
+files; --uniform-users draws them instead with every user equally likely (draw_batches; the figures before
+2026-12-02), which puts more distinct users in a batch (2,972 at ML-1M shape and batch 4096, against 2,575 in the
+synthetic epoch and 2,345 in the NCF paper's ML-1M) and so more rows through scalerec's first layer. They run with
+the same threads, in one process: R passes over the batches (--repeats), each pass interleaving the steps a few
+batches at a time (--chunk), in an order drawn anew for every chunk (seeded), so that a slow spell of this shared
+machine, seconds long, slows every step alike instead of the one whose turn it was (passes of one step at a time
+moved identical steps' rates by up to 10%); each step's peak memory is taken in a pass of its own first. The median
+pass is printed, and the median of each pass's own ratio to plain. --precisions runs every step under each of fp32,
+bf16 and fp16 (autocast, and for fp16 a GradScaler: plain as PyTorch's AMP recipe writes it, scalerec as `scalerec
+train --precision` runs it).
 
 FLOP rates: "gflops" counts the model's FLOPs per sample (3 x the forward FLOPs of the MLP and the GMF product,
 as plain computes them); "executed_gflops" counts what scalerec computes, its first MLP layer once per distinct
@@ -160,8 +162,8 @@ def sgemm_gflops(batch: int, device: torch.device, seconds: float = 0.5, onednn:
     """GFLOP/s of a product of `batch` rows at the MLP's largest layer: torch.mm (BLAS), or with `onednn` oneDNN's
     inner product as scalerec's step calls it (model.linear)."""
     a = torch.randn(batch, LAYERS[0], device=device)
-    b = torch.randn(LAYERS[1], LAYERS[0], device=device)
-    product = functools.partial(linear, onednn=True) if onednn else lambda a, b: torch.mm(a, b.T)
+    b = torch.randn(LAYERS[0], LAYERS[1], device=device)
+    product = (lambda a, b: linear(a, b.T, onednn=True)) if onednn else torch.mm  # both a @ b
     product(a, b)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -244,7 +246,9 @@ def main() -> None:
                     ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
                 ours.hand_backward = name not in ("scalerec_autograd", "scalerec_compiled")
                 ours.distinct_rows = name != "scalerec_embedding"
-                ours.onednn = ours.onednn and name != "scalerec_blas"
+                # BLAS where autograd's nn.Linear computes some of the products: the ablations stay comparable
+                blas = ("scalerec_blas", "scalerec_autograd", "scalerec_embedding", "scalerec_compiled")
+                ours.onednn = ours.onednn and name not in blas
                 if name == "scalerec_compiled":
                     ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]

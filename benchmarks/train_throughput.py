@@ -8,7 +8,8 @@ and prints one JSON line per epoch and mode (so slowdowns that appear only after
 the ratio of the mean rates over the epochs. The full epoch's time includes drawing it (negatives, shuffle), as
 `scalerec train`'s does. "gflops" counts the model's FLOPs per sample as a plain step computes them
 (step_speed.train_flops_per_sample); after every pass an sgemm at the MLP's largest layer, with 1024 to 16384
-rows, measures the machine's practical FLOP rate, and the ratio line gives the bare step's mean FLOP rate over
+rows, by BLAS and, where the step uses it, by oneDNN (step_speed.best_sgemm), measures the machine's practical FLOP
+rate, and the ratio line gives the bare step's mean FLOP rate over
 the best of those (`bare_step_flops_over_sgemm_best`): the step as `scalerec train` runs it, alone in the
 process, where step_speed.py's interleaved steps evict each other's tables and optimizer state. Peak memory is
 the process's on the CPU (its high-water mark since the last reset: the dataset, the sampler's tensors, the

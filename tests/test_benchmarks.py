@@ -39,7 +39,7 @@ def test_step_speed(tmp_path):
 
     if onednn_pays():  # the step with BLAS's products beside oneDNN's, and oneDNN's sgemm beside BLAS's
         variants.add("scalerec_blas")
-        assert steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["onednn_gflops"] > 0
+        assert steps["sgemm"]["onednn_gflops"] > 0
     assert set(steps) == {"plain", *variants, "sgemm", "ratio"}
     assert steps["scalerec_micro256"]["micro_batch"] == 256 and steps["scalerec"]["samples_per_s"] > 0
     assert steps["ratio"]["scalerec_over_plain"] > 0 and steps["sgemm"]["sgemm_best"] >= steps["sgemm"]["gflops"]
@@ -107,11 +107,13 @@ def test_step_accuracy(tmp_path):
 
 def test_eval_and_prepare_speed(tmp_path):
     lines = run("eval_speed.py", "--shape", "ml-100k", "--repeats", "1", "--models", "neumf", "mf", tmp_path=tmp_path)
-    assert [(x["model"], x["protocol"]) for x in lines] == [
-        (m, p) for m in ("neumf", "mf") for p in ("sampled", "full")
-    ]
+    from scalerec.model import onednn_pays
+
+    neumf = ["onednn", "blas"] if onednn_pays() else ["blas"]  # NeuMF's scoring by each, where oneDNN pays
+    expected = [("neumf", p, m) for p in ("sampled", "full") for m in neumf] + [("mf", "sampled", "blas")]
+    assert [(x["model"], x["protocol"], x["matmul"]) for x in lines] == [*expected, ("mf", "full", "blas")]
     assert all(x["users"] == 943 and x["seconds_median"] > 0 for x in lines)
-    assert [x["candidates"] for x in lines[:2]] == [101, 1682]
+    assert [x["candidates"] for x in lines if x["matmul"] == "blas"][:2] == [101, 1682]
     csv_dir = str(tmp_path / "csv")
     lines = run(
         "prepare_speed.py", "--real", "--shapes", "ml-100k", "--csv", "ml-100k", "--csv-dir", csv_dir, tmp_path=tmp_path

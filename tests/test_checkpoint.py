@@ -62,6 +62,8 @@ def test_resume_refuses_other_options_a_finished_run_and_a_missing_or_broken_che
     assert rc == 2 and "not with --epochs" in err
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
     assert rc == 1 and "its epoch is done" in err
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run", "--cpu-matmul", "blas"])
+    assert rc == 1 and "its epoch is done" in err  # speed, not the run: taken, as --threads is
     (tmp_path / "run" / "config.json").write_text(
         json.dumps({**json.loads((tmp_path / "run" / "config.json").read_text()), "train": {"epochs": 2}})
     )

@@ -302,7 +302,7 @@ def test_sparse_tables_only_on_the_cpu():
 
 
 def test_cpu_matmul_picks_the_products_backend(monkeypatch):
-    import scalerec.train as train_module
+    import scalerec.model as model_module
     from scalerec.errors import UserError
     from scalerec.model import onednn_pays
 
@@ -312,9 +312,10 @@ def test_cpu_matmul_picks_the_products_backend(monkeypatch):
     cfg.train.cpu_matmul = "blas"
     assert built().onednn is False
     cfg.train.cpu_matmul = "onednn"
-    monkeypatch.setattr(train_module, "onednn_available", lambda: True)
+    monkeypatch.setattr(model_module, "onednn_available", lambda: True)
     assert built().onednn is True
-    monkeypatch.setattr(train_module, "onednn_available", lambda: False)
+    assert build_run_model(cfg, 50, 60, torch.device("meta")).onednn == onednn_pays()  # not on the CPU: untouched
+    monkeypatch.setattr(model_module, "onednn_available", lambda: False)
     with pytest.raises(UserError, match="--cpu-matmul onednn: this PyTorch has no oneDNN"):
         built()
     cfg.model.model = "mf"  # no matrix products to place

@@ -87,7 +87,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN",
         help="continue the run in folder RUN after the last epoch its checkpoint.pt holds, with its own options "
-        "(config.json; only --threads may be given)",
+        "(config.json; only --threads and --cpu-matmul may be given)",
     )
     _add_config_options(p)
 
@@ -214,10 +214,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def resumed_config(args: argparse.Namespace) -> Any:
-    """`train --resume RUN`: the run's own options (its config.json), with --threads if given."""
+    """`train --resume RUN`: the run's own options (its config.json), with --threads and --cpu-matmul if given: they
+    change the speed (and the rounding), not the run."""
     given = ["config"] if args.config else []
     given += [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.name in vars(args)]
-    if given := [name for name in given if name != "threads"]:
+    if given := [name for name in given if name not in ("threads", "cpu_matmul")]:
         shown = ", ".join("--" + name.replace("_", "-") for name in given)
         raise OptionError(f"--resume continues a run with its own options (its config.json); not with {shown}")
     if not Path(args.resume).is_dir():
@@ -229,8 +230,9 @@ def resumed_config(args: argparse.Namespace) -> Any:
         raise UserError(f"{args.resume}: not a run folder (no config.json)") from None
     except ValueError as e:
         raise UserError(f"{path}: not readable JSON ({e})") from None
-    if "threads" in vars(args):
-        saved.setdefault("train", {})["threads"] = args.threads
+    for name in ("threads", "cpu_matmul"):
+        if name in vars(args):
+            saved.setdefault("train", {})[name] = getattr(args, name)
     return build_config(saved)
 
 

@@ -23,7 +23,7 @@ from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import FULL_SCORES_PER_BATCH, seen_index, seen_pairs
 from scalerec.files import write_atomic
-from scalerec.model import build_model
+from scalerec.model import build_model, onednn_available, set_cpu_matmul
 
 
 @torch.no_grad()
@@ -80,6 +80,8 @@ def recommend_run(
     checkpoint.check_data(saved, ds, run_dir)
     m = cfg.model
     model = build_model(m.model, ds.n_users, ds.n_items, m.factors, m.layers, m.dropout)
+    if cfg.train.cpu_matmul != "onednn" or onednn_available():  # where it is not, BLAS scores as well
+        set_cpu_matmul(model, cfg.train.cpu_matmul)
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as e:  # another dataset's sizes: the data changed since the run

@@ -31,7 +31,7 @@ from scalerec.errors import UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
 from scalerec.files import few, hold_folder, is_run_folder, read_json, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
-from scalerec.model import build_model, encode_rows, interact_rows, onednn_available, table_params
+from scalerec.model import build_model, encode_rows, interact_rows, set_cpu_matmul, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
@@ -201,10 +201,8 @@ def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.devic
         rule = tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
         sparse = device.type == "cpu" and o.optimizer == "adam" and rule
     model = build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
-    if cfg.train.cpu_matmul != "auto" and hasattr(model, "onednn"):
-        if cfg.train.cpu_matmul == "onednn" and not onednn_available():
-            raise UserError("--cpu-matmul onednn: this PyTorch has no oneDNN (use --cpu-matmul blas or auto)")
-        model.onednn = cfg.train.cpu_matmul == "onednn"
+    if device.type == "cpu":  # elsewhere the setting places nothing
+        set_cpu_matmul(model, cfg.train.cpu_matmul)
     return model
 
 

@@ -212,9 +212,9 @@ class TrainConfig:
     threads: int | None = None
     """CPU threads for PyTorch (default: PyTorch's choice, one per core)."""
     cpu_matmul: Literal["auto", "onednn", "blas"] = "auto"
-    """The CPU step's and scoring's fp32 matrix products: by oneDNN's inner product or by BLAS (MKL). auto: oneDNN
-    on CPUs with AVX-512, whose MKL runs AVX2 code on AMD CPUs (a 2-core AMD EPYC's step ran 1.25-1.42x faster),
-    BLAS elsewhere. The two round differently, so a seed's metrics differ between them."""
+    """The CPU step's and scoring's fp32 matrix products (NeuMF's): by oneDNN's inner product or by BLAS (MKL).
+    auto: oneDNN on CPUs with AVX-512 (MKL runs AVX2 code on AMD CPUs; a 2-core Zen 5 EPYC's step ran 1.2-1.4x
+    faster), BLAS elsewhere. The two round differently, so a seed's metrics differ between them."""
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
     dataset or the --data file)."""

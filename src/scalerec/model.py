@@ -9,9 +9,10 @@ MLP layer cost per distinct row, not per sample: at batch 4096 on ML-1M shape, 5
 half-rows, and at 65536, under 10,000 instead of 131,072 (benchmarks/step_speed.py). It is the same function.
 The per-sample rest of NeuMF's step (`interact_rows`) is one autograd node with a hand-written backward there.
 `score_grid` scores every pair of encoded users and items at once, for full-ranking evaluation.
-On CPUs with AVX-512 the fp32 matrix products of the step and of scoring go to oneDNN's inner product (`linear`)
-instead of BLAS: MKL runs its AVX2 code on AMD CPUs (about 180 GFLOP/s on 2 cores of an AMD EPYC, against 350-410
-for oneDNN), so the step ran 1.25-1.42x faster (benchmarks/step_speed.py: scalerec against scalerec_blas).
+On CPUs with AVX-512 NeuMF's fp32 matrix products in the step and in scoring go to oneDNN's inner product
+(`linear`) instead of BLAS: MKL runs its AVX2 code on AMD CPUs (190-220 GFLOP/s on 2 cores of a Zen 5 EPYC,
+against 400-480 for oneDNN), so the step ran 1.2-1.4x faster (benchmarks/step_speed.py: scalerec against
+scalerec_blas).
 """
 
 from __future__ import annotations
@@ -265,8 +266,9 @@ def set_cpu_matmul(model: nn.Module, choice: str) -> None:
 
 def onednn_pays() -> bool:
     """Whether the CPU's fp32 matrix products should go to oneDNN rather than BLAS: on CPUs with AVX-512, where
-    oneDNN's kernels use it and MKL's sgemm on AMD CPUs does not (on an AMD EPYC with AVX-512, 350-410 against 160-190
-    GFLOP/s on 2 cores; with oneDNN held to AVX2 there, ONEDNN_MAX_CPU_ISA=AVX2, the step ran at 0.99x BLAS's)."""
+    oneDNN's kernels use it and MKL's sgemm on AMD CPUs does not (a Zen 5 EPYC's 2 cores: 350-480 against 160-220
+    GFLOP/s; with oneDNN held to AVX2 there, ONEDNN_MAX_CPU_ISA=AVX2, the step ran at 0.99x BLAS's). Not measured on
+    Zen 4 or Intel CPUs, where MKL may do as well: --cpu-matmul blas."""
     return onednn_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
@@ -375,7 +377,8 @@ class _PairHead(torch.autograd.Function):
     layer) as one autograd node. The same function and gradients as autograd's; faster on the CPU because it
     allocates fewer per-sample tensors and makes fewer passes over them: the halves are gathered into one buffer,
     ReLUs and their backward run in place, and the prediction layer is two matrix-vector products, not a
-    concatenation and a one-column matrix product (benchmarks/step_speed.py: scalerec against scalerec_autograd)."""
+    concatenation and a one-column matrix product (benchmarks/step_speed.py: scalerec_blas against
+    scalerec_autograd)."""
 
     @staticmethod
     def forward(ctx, u_at, i_at, onednn, gmf_u, mlp_u, gmf_i, mlp_i, predict_w, predict_b, *hidden):

@@ -123,6 +123,20 @@ def test_eval_and_prepare_speed(tmp_path):
     assert lines[2]["rows"] == lines[3]["interactions"] and lines[3]["dataset"] == "ml-100k x1 ratings.csv"
 
 
+def test_batch_sizes(tmp_path):
+    lines = run(
+        "batch_sizes.py", "--shape", "ml-100k", "--batch-sizes", "256", "2048", "--samples", "4096", "--repeats", "2",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert [x["batch"] for x in lines] == [256, 2048] and all(x["samples"] == 4096 for x in lines)
+    best = {x["best_batch"] for x in lines}
+    assert len(best) == 1 and best.pop() in (256, 2048)
+    by_batch = {x["batch"]: x for x in lines}
+    assert by_batch[lines[0]["best_batch"]]["samples_per_s"] == max(x["samples_per_s"] for x in lines)
+    assert all(0 < x["over_best"] and x["peak_memory_mb"] > 0 for x in lines)
+    assert by_batch[2048]["micro_batch"] is None  # as `scalerec train` runs a batch of 2048 on the CPU
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py"))
 def test_every_benchmark_has_a_test(script):
     assert f'"{script}"' in Path(__file__).read_text()

@@ -218,8 +218,12 @@ def test_onednns_products_are_blas(relu):
     d = torch.randn(50, 16)  # a backward's products: d @ W by a transposed view, d.T @ x, a sum over the rows
     assert torch.allclose(linear(d, w.T, onednn=True), d @ w, atol=1e-5)
     assert torch.allclose(linear(d.T, x.T, onednn=True), d.T @ x, atol=1e-5)
+    w.requires_grad_()  # a product autograd must see: BLAS's, whose backward reaches the weight
+    linear(x, w, b, onednn=True, relu=relu).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
     # oneDNN refuses empty tensors: BLAS takes them
-    assert linear(x[:0], w, b, onednn=True).shape == (0, 16)
+    with torch.no_grad():
+        assert linear(x[:0], w, b, onednn=True).shape == (0, 16)
     assert torch.equal(linear(d[:0].T, x[:0].T, onednn=True), torch.zeros(16, 24))
 
 
@@ -237,3 +241,23 @@ def test_scoring_by_onednn_is_the_same_function():
     assert torch.allclose(scores[True][0], scores[False][0], atol=1e-5)
     assert torch.allclose(scores[True][1], scores[False][1], atol=1e-5)
     assert torch.allclose(scores[True][1][users, items], scores[True][0], atol=1e-5)
+
+
+@needs_onednn
+def test_the_flag_places_the_steps_products(monkeypatch):
+    op, calls = torch.ops.mkldnn._linear_pointwise, []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return op(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
+    m = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.0)
+    users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
+    for onednn in (True, False):
+        calls.clear()
+        m.onednn = onednn
+        m(users, items).sum().backward()  # the training step's nodes: _EncodeRows and _PairHead
+        # forward: each side's half of the first layer, the hidden layer; backward: the hidden layer's two
+        # products, each side's d_x (the halves' weight gradients stay BLAS's)
+        assert len(calls) == (7 if onednn else 0)

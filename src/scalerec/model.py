@@ -275,11 +275,13 @@ def onednn_pays() -> bool:
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, onednn: bool = False, relu: bool = False
 ) -> torch.Tensor:
-    """x @ weight.T + bias (then ReLU), with no autograd: by oneDNN's inner product (PyTorch's own, as its CPU
-    compiler calls it) for fp32 CPU tensors where `onednn`, else BLAS. weight may be a transposed view: the
-    products of a backward, d_y @ W, are linear(d_y, W.T). oneDNN refuses empty tensors; they go to BLAS."""
+    """x @ weight.T + bias (then ReLU): by oneDNN's inner product (PyTorch's own, as its CPU compiler calls it) for
+    fp32 CPU tensors where `onednn`, else BLAS. weight may be a transposed view: the products of a backward, d_y @ W,
+    are linear(d_y, W.T). oneDNN's op has no autograd, so a product autograd must see goes to BLAS, as do empty
+    tensors, which oneDNN refuses."""
     cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-    if onednn and cpu_fp32 and x.numel() and weight.numel():
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if onednn and cpu_fp32 and not tracked and x.numel() and weight.numel():
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
     y = F.linear(x, weight, bias)
     return y.relu_() if relu else y

@@ -201,6 +201,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    onednn = device.type == "cpu" and onednn_pays()  # the CPU step's products by oneDNN (model.linear)
     flops = train_flops_per_sample()
     if args.ncf and args.uniform_users:
         p.error("--uniform-users: not with --ncf, whose batches are its own epoch's")
@@ -234,7 +235,7 @@ def main() -> None:
             train_micro = micro_batch_for(cfg, device, bs)
             variants = [(name, None, train_micro) for name in ("scalerec", "scalerec_autograd", "scalerec_embedding")]
             variants += [("scalerec_rows", True, None), ("scalerec_dense", False, None)]
-            variants += [("scalerec_blas", None, train_micro)] if device.type == "cpu" and onednn_pays() else []
+            variants += [("scalerec_blas", None, train_micro)] if onednn else []
             variants += [(f"scalerec_micro{m}", None, m) for m in args.micro_batches if m < bs]
             variants += [("scalerec_compiled", None, train_micro)] if args.compile else []
             micro_of = {}
@@ -278,7 +279,7 @@ def main() -> None:
                         times[name][-1] += seconds
                         faults[name][-1] += faulted
                 gemm = max(gemm, sgemm_gflops(bs, device))
-                if device.type == "cpu" and onednn_pays():
+                if onednn:
                     onednn_gemm = max(onednn_gemm, sgemm_gflops(bs, device, onednn=True))
                 best_gemm = max(best_gemm, gemm, onednn_gemm, best_sgemm(device))
             # on a GPU scalerec's step runs per sample: the FLOPs of plain's

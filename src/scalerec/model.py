@@ -114,12 +114,8 @@ class NeuMF(nn.Module):
     def _mlp(self, first: torch.Tensor) -> torch.Tensor:
         """The MLP branch's output from the first layer's pre-activation."""
         h = F.dropout(F.relu(first), self.dropout, self.training)
-        if not torch.is_grad_enabled():  # scoring: no autograd needed, so oneDNN's products where they pay
-            for layer in self.hidden:
-                h = F.dropout(linear(h, layer.weight, layer.bias, self.onednn, relu=True), self.dropout, self.training)
-            return h
-        for layer in self.hidden:
-            h = F.dropout(F.relu(layer(h)), self.dropout, self.training)
+        for layer in self.hidden:  # oneDNN's products in scoring; autograd's (BLAS) where it tracks them
+            h = F.dropout(linear(h, layer.weight, layer.bias, self.onednn, relu=True), self.dropout, self.training)
         return h
 
     def score_grid(self, user: Encoding, item: Encoding, pairs_per_tile: int = 8192) -> torch.Tensor:
@@ -245,8 +241,7 @@ def lookup(
     else:
         out = [t(ids) for t in tables]
     if first is not None and not fused:
-        grad = torch.is_grad_enabled()
-        out[-1] = first(out[-1]) if grad else linear(out[-1], first.weight, first.bias, onednn)
+        out[-1] = linear(out[-1], first.weight, first.bias, onednn)
     return tuple(out)
 
 

@@ -23,6 +23,9 @@ def rows(run) -> list[dict]:
     return out
 
 
+TRAIN_EPOCH = train_module.train_epoch
+
+
 def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     calls = []
     real = train_module.train_epoch
@@ -47,7 +50,7 @@ def test_a_resumed_run_ends_as_a_run_never_stopped(capsys, tmp_path, monkeypatch
     interrupt_in_epoch(monkeypatch, 2)
     rc, _, err = run_main(capsys, ["train", *args, *tiny(tmp_path / "part", epochs=3)])
     assert rc == 130 and len(rows(tmp_path / "part")) == 2
-    monkeypatch.undo()
+    monkeypatch.setattr(train_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
     rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "part", "--threads", "1"])
     assert rc == 0, err
     assert "Resuming" in out and "at epoch 2 of 3" in out and "Epoch 0:" not in out
@@ -140,7 +143,7 @@ def test_resume_and_recommend_refuse_changed_data_and_work_from_another_folder(c
     args = ["train", "--data", "u.data", *tiny(tmp_path / "run", epochs=2)]  # a relative path (cwd: tmp_path)
     args[args.index("--eval-negatives") + 1] = "10"
     assert run_main(capsys, args)[0] == 130
-    monkeypatch.undo()
+    monkeypatch.setattr(train_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the run's relative --data still names tmp_path/u.data
@@ -167,7 +170,7 @@ def test_a_diverged_run_is_not_resumed_and_a_run_stopped_before_its_first_epoch_
     interrupt_in_epoch(monkeypatch, 0)
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 130
     assert (tmp_path / "early" / "metrics.jsonl").read_text() == ""  # no epoch ended: the folder can be reused
-    monkeypatch.undo()
+    monkeypatch.setattr(train_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 0
 
 

@@ -659,7 +659,7 @@ def test_a_run_folder_takes_one_training_process_at_a_time(capsys, tmp_path):
 
     (tmp_path / "run").mkdir()
     held = hold_folder(tmp_path / "run")
-    with pytest.raises(UserError, match="another scalerec process is training in this folder"):
+    with pytest.raises(UserError, match=r"another scalerec process \(pid \d+ on .*\) is training in this folder"):
         hold_folder(tmp_path / "run")
     rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])
     assert rc == 1 and "another scalerec process" in err
@@ -706,6 +706,6 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_status_143(capsys, tmp_path, mo
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["state"] == "interrupted" and summary["epochs"] == 1
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
-    monkeypatch.undo()
+    monkeypatch.setattr(train_module, "train_epoch", real)
     rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
     assert rc == 0 and "Resuming" in out, err

@@ -17,6 +17,7 @@ from scalerec.data.movielens import read_ratings, read_ratings_file
 from scalerec.data.ncf import read_ncf
 from scalerec.data.prepare import Dataset, cached, from_interactions, sample_eval_negatives
 from scalerec.errors import UserError
+from scalerec.files import WriteError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -432,7 +433,7 @@ def test_save_failure_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", boom)
     path = tmp_path / "d.npz"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=f"^{path}: cannot write it \\(disk full\\)$"):
         small_dataset().save(path)
     assert list(tmp_path.iterdir()) == []
 
@@ -449,7 +450,7 @@ def test_cached_builds_once_then_loads(tmp_path):
     second = cached(tmp_path, {"name": "t", "x": 1}, build, logs.append)
     assert len(calls) == 1
     assert_same(second, first)
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock")  # .lock: who writes in the cache
     assert len(files) == 1 and files[0].startswith("t-") and files[0].endswith(".npz")
     assert not list(tmp_path.glob("*.tmp"))
     cached(tmp_path, {"name": "t", "x": 2}, build, logs.append)  # other options: another entry
@@ -477,7 +478,7 @@ def test_cached_rebuilds_a_corrupted_cache(tmp_path, damage):
     assert any("unreadable" in m and "rebuilding" in m for m in logs), logs
     assert_same(ds, small_dataset())
     assert_same(Dataset.load(path), ds)  # and the rebuilt cache was written back
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
 
 
 def test_load_dataset_cache_follows_the_file(tmp_path):

@@ -62,5 +62,5 @@ def test_two_processes_train_as_one_does(tmp_path):
     refused = run(["find-batch", *data], tmp_path, 2)
     assert refused.returncode != 0 and refused.stderr.count("only scalerec train runs data-parallel") == 1
     again = run(["train", *data, *tiny(tmp_path / "two", epochs=1)], tmp_path, 2)  # every process refuses it
-    assert again.returncode != 0 and again.stderr.count("holds an earlier run's metrics.jsonl") == 1
+    assert again.returncode != 0 and again.stderr.count("holds an earlier run's results") == 1
     assert "RuntimeError" not in again.stderr  # no process left to fail in a collective (torchrun adds its own report)

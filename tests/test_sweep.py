@@ -61,8 +61,9 @@ def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):
     runs = grid_runs({"batch_size": [128, 1024], "optimizer": ["sgd", "lamb"]})
     runs.append(("5-diverges", flat(optimizer="sgd", lr=1e9)))
     runs.append(("6-fails", flat(eval_negatives=10_000)))  # more negatives than items: a user error
-    report = sweep(tiny_base(tmp_path), runs, tmp_path / "sweep", lambda s: None)
-    assert report == tmp_path / "sweep" / "report.md"
+    with pytest.raises(UserError, match=r"^1 of 6 runs failed \(6-fails; .*report of the others: .*report.md$"):
+        sweep(tiny_base(tmp_path), runs, tmp_path / "sweep", lambda s: None)  # the report first, then the error
+    report = tmp_path / "sweep" / "report.md"
     rows = {r["run"]: r for r in table(collect(tmp_path / "sweep"))}
     assert len(rows) == 6
     assert rows["5-diverges"]["state"].startswith("diverged (epoch 0, step ") and rows["6-fails"]["state"] == "failed"
@@ -230,11 +231,11 @@ def test_a_sweep_stopped_by_ctrl_c_reports_the_runs_so_far(tmp_path, monkeypatch
     base["train"] = {**base["train"], "epochs": 1}
     train, calls = scalerec.train.train, []
 
-    def stopped_at_the_second(config, log):
+    def stopped_at_the_second(config, log, **options):
         calls.append(config)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return train(config, log)
+        return train(config, log, **options)
 
     monkeypatch.setattr(scalerec.train, "train", stopped_at_the_second)
     said = []

@@ -112,7 +112,7 @@ def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_
 
     cfg = tiny_config(tmp_path, epochs=1)
     train(cfg, log=lambda s: None)
-    with pytest.raises(UserError, match="holds an earlier run's metrics.jsonl"):
+    with pytest.raises(UserError, match="holds an earlier run's results"):
         train(cfg, log=lambda s: None)
     (tmp_path / "file").write_text("x")
     cfg.train.output = str(tmp_path / "file")

@@ -24,10 +24,30 @@ from scalerec.files import few, is_run_folder, write_with
 
 FILE = "checkpoint.pt"
 VERSION = 1
+# What every checkpoint holds, and the type of each (and "config", the run's options, where it was written with them)
+FIELDS = {
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "random": dict,
+    "batch_size": int,
+    "history": list,
+    "best": dict,
+    "data": dict,
+}
+# Options that --resume may change: the speed (and rounding) of a run, not the run
+RESUME_MAY_CHANGE = ("threads", "cpu_matmul")
 
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:
-    write_with(run_dir / FILE, lambda tmp: torch.save({"version": VERSION, **state}, tmp))
+    """Write the checkpoint durably under a temporary name, then rename it (WriteError naming it on failure)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: a full disk surfaces as the OSError, not torch's "unexpected pos"
+            torch.save({"version": VERSION, **state}, f)
+
+    write_with(run_dir / FILE, write)
 
 
 def load(run_dir: Path) -> dict[str, Any]:
@@ -53,11 +73,45 @@ def load(run_dir: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     except Exception as e:  # a foreign zip: torch raises its own kinds
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"{path}: not a readable scalerec checkpoint ({first})") from None
+        text = str(e).strip()
+        if "Weights only load failed" in text:
+            why = "it holds Python objects besides tensors and plain data, which are not loaded: they could run code"
+        else:
+            why = (text.splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"{path}: not a readable scalerec checkpoint ({why})") from None
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise UserError(f"{path}: not a scalerec checkpoint of version {VERSION}")
+    for key, kind in FIELDS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            what = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise UserError(f"{path}: '{key}' is {what}, expected a {kind.__name__} (a damaged or foreign checkpoint)")
+    if not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in state["history"]):
+        raise UserError(f"{path}: 'history' holds a row that is not an epoch's (a damaged or foreign checkpoint)")
     return state
+
+
+def check_run(saved: dict[str, Any], cfg, run_dir: Path) -> None:
+    """UserError where the checkpoint is not this run's: made with other options than its config.json's (a
+    checkpoint copied from another run), --resume's speed options aside."""
+    if "config" not in saved:  # made before checkpoints held their options: the data check stands alone
+        return
+    if not isinstance(saved["config"], dict) or not isinstance(saved["config"].get("train"), dict):
+        raise UserError(f"{run_dir / FILE}: 'config' is not a run's options (a damaged or foreign checkpoint)")
+    ours, theirs = _run_options(cfg.to_dict()), _run_options(saved["config"])
+    if ours != theirs:
+        differ = sorted(k for s in ours for k in ours[s] if (theirs.get(s) or {}).get(k, ...) != ours[s][k])
+        raise UserError(
+            f"{run_dir / FILE}: another run's checkpoint (its options differ from {run_dir / 'config.json'}'s: "
+            f"{few(differ) or 'its sections'}); resume the run it came from, or train anew"
+        )
+
+
+def _run_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's sections without the options --resume may change."""
+    return {
+        name: {k: v for k, v in section.items() if k not in RESUME_MAY_CHANGE} if isinstance(section, dict) else section
+        for name, section in config.items()
+    }
 
 
 def random_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -95,6 +149,16 @@ def absolute(data) -> dict[str, Any]:
     out["data"] = str(Path(data.data).resolve()) if data.data else None
     out["data_dir"] = str(Path(data.data_dir or default_data_dir()).resolve())
     return out
+
+
+def data_config(saved: dict[str, Any], run_dir: Path):
+    """The checkpoint's DataConfig: the run's data options with absolute paths (the same files from any folder)."""
+    from scalerec.config import DataConfig
+
+    try:
+        return DataConfig(**saved["data"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{Path(run_dir) / FILE}: 'data' is not a run's data options ({e})") from None
 
 
 def check_data(saved: dict[str, Any], ds, run_dir: Path) -> None:

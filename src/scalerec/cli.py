@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -221,19 +220,15 @@ def resumed_config(args: argparse.Namespace) -> Any:
     if given := [name for name in given if name not in ("threads", "cpu_matmul")]:
         shown = ", ".join("--" + name.replace("_", "-") for name in given)
         raise OptionError(f"--resume continues a run with its own options (its config.json); not with {shown}")
+    from scalerec.run_folder import CONFIG, read_config
+
     if not Path(args.resume).is_dir():
         raise UserError(f"--resume {args.resume!r}: not a folder (expected a run folder)")
-    path = Path(args.resume) / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{args.resume}: not a run folder (no config.json)") from None
-    except ValueError as e:
-        raise UserError(f"{path}: not readable JSON ({e})") from None
-    for name in ("threads", "cpu_matmul"):
-        if name in vars(args):
-            saved.setdefault("train", {})[name] = getattr(args, name)
-    return build_config(saved)
+    if not (Path(args.resume) / CONFIG).is_file():
+        raise UserError(f"{args.resume}: not a run folder (no {CONFIG})")
+    cfg = read_config(Path(args.resume) / CONFIG)
+    given = {name: getattr(args, name) for name in ("threads", "cpu_matmul") if name in vars(args)}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **given)) if given else cfg
 
 
 def run_sweep(args: argparse.Namespace) -> Path:
@@ -329,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
             find_largest_batch(config_from_args(args))
         elif args.command == "sweep":
-            print(f"Report: {run_sweep(args)}")
+            print(f"Report: {run_sweep(args)}")  # a failed run: UserError, after the report
         elif args.command == "report":
             from scalerec.report import write_report
 

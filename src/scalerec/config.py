@@ -22,6 +22,16 @@ from typing import Any, Literal
 from scalerec.errors import OptionError
 
 MAX_SEED = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_finite(section: object) -> None:
+    """ValueError where a float field of a config section is inf or nan (`--lr inf`, YAML's .inf): no run is
+    meaningful with one, and some would train at lr 0 to the end without a word."""
+    for f in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
 def home(path: str | None) -> str | None:
@@ -77,6 +87,7 @@ class DataConfig:
     """Synthetic data: mean interactions per user (at least 2 each)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         self.data, self.data_dir = home(self.data), home(self.data_dir)
         if self.eval_negatives < 1:
             raise ValueError(f"eval_negatives must be at least 1, got {self.eval_negatives}")
@@ -92,8 +103,6 @@ class DataConfig:
             raise ValueError(f"min_item_interactions must be at least 1, got {self.min_item_interactions}")
         if not 0 <= self.data_seed <= MAX_SEED:
             raise ValueError(f"data_seed must be in [0, 2**63), got {self.data_seed}")
-        if self.min_rating is not None and not math.isfinite(self.min_rating):
-            raise ValueError(f"min_rating must be a finite number, got {self.min_rating}")
         if self.sep is not None and self.sep not in ("\\t", "tab") and len(self.sep.encode()) != 1:
             raise ValueError(
                 f"sep must be one ASCII character (or tab), got {self.sep!r}; '::'-separated files such as ratings.dat "
@@ -113,6 +122,7 @@ class ModelConfig:
     """Dropout probability after each hidden MLP layer."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         self.layers = tuple(int(x) for x in self.layers)
         if self.factors < 1:
             raise ValueError(f"factors must be at least 1, got {self.factors}")
@@ -161,10 +171,14 @@ class OptimConfig:
     per sample of a batch (ML-20M at batch 4096: 5x faster); on a GPU, and for the other optimizers, dense."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if not self.lr > 0:
             raise ValueError(f"Invalid learning rate: {self.lr} (must be > 0)")
         if self.base_lr is not None and not self.base_lr > 0:
             raise ValueError(f"Invalid base learning rate: {self.base_lr} (must be > 0)")
+        for name in ("lr", "base_lr"):  # the weights are float32 at most: a larger lr makes them inf at once
+            if (value := getattr(self, name)) is not None and value > FLOAT32_MAX:
+                raise ValueError(f"{name} must be at most float32's largest number, 3.4e38, got {value:g}")
         if self.base_batch is not None and self.base_batch < 1:
             raise ValueError(f"base_batch must be at least 1, got {self.base_batch}")
         if not self.warmup_epochs > 0:
@@ -223,6 +237,7 @@ class TrainConfig:
     `scalerec train --resume RUN` continues from and `scalerec recommend RUN` recommends with."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         self.output = home(self.output)
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
@@ -320,7 +335,7 @@ def field_owner() -> dict[str, str]:
 
 
 def load_mapping(path: Path) -> dict[str, Any]:
-    """The top-level table of a TOML or YAML file; UserError naming the file for any problem."""
+    """The top-level table of a TOML or YAML file; OptionError naming the file for any problem."""
     if not path.is_file():
         raise OptionError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
     try:
@@ -329,9 +344,7 @@ def load_mapping(path: Path) -> dict[str, Any]:
         raise OptionError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml  # optional dependency, only for YAML config files
-
-            raw = yaml.safe_load(text) or {}
+            raw = _yaml_load(text)
         else:
             try:
                 import tomllib
@@ -348,15 +361,39 @@ def load_mapping(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _yaml_load(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in one mapping (PyYAML keeps the last silently; TOML refuses)."""
+    import yaml  # optional dependency, only for YAML config files
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                if key in first:
+                    raise ValueError(f"line {line}: {key!r} given twice in one table (first on line {first[key]})")
+                first[key] = line
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeys) or {}  # a SafeLoader: plain data only
+
+
 def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a TOML or YAML file into {section: {field: value}}; sections are optional in the file."""
     path = Path(path)
-    raw = load_mapping(path)
+    return overrides_from_mapping(load_mapping(path), path)
+
+
+def overrides_from_mapping(raw: dict[str, Any], path: Path, sections_only: bool = False) -> dict[str, dict[str, Any]]:
+    """{section: {field: value}} from a file's table, each value checked against its field's type; options at the
+    top level or in their sections (only in sections where `sections_only`: a run's config.json)."""
     owner = field_owner()
     out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in raw.items():
         key = str(key).replace("-", "_")
-        if key in SECTIONS and isinstance(value, dict):
+        if key in SECTIONS and (isinstance(value, dict) or key not in owner or sections_only):
+            if not isinstance(value, dict):
+                raise OptionError(f"{path}: section '{key}' is {value!r}, expected a table of options")
             for k, v in value.items():
                 k = str(k).replace("-", "_")
                 if owner.get(k) != key:
@@ -364,7 +401,7 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
                 if k in out[key]:
                     raise OptionError(f"{path}: option '{k}' given twice (at the top level and in [{key}])")
                 out[key][k] = _coerce(path, k, typing.get_type_hints(SECTIONS[key])[k], v)
-        elif key in owner:
+        elif key in owner and not sections_only:
             if key in out[owner[key]]:
                 raise OptionError(f"{path}: option '{key}' given twice (at the top level and in [{owner[key]}])")
             out[owner[key]][key] = _coerce(path, key, typing.get_type_hints(SECTIONS[owner[key]])[key], value)

@@ -1,21 +1,57 @@
 """Data-parallel training over processes (torchrun): every process trains the same model on its share of each
 batch, and the gradients are summed before every step, so that the processes keep identical weights.
 
-Each process draws the same epoch (the same seed), and takes its slice of each batch of `--batch-size` samples:
-the batch is global, so LR scaling rules and warmup read it as in one process. Its share's mean loss, weighted
-by the share's size over the batch's, makes the summed gradient the batch's mean one. The first process (rank 0)
-evaluates, logs and writes the run folder; the others train. One all-reduce of all the gradients per step (one
-flat buffer), one every 64 steps for the divergence check, one per epoch for the losses.
+Each process draws the same epoch (the same seed), and takes its slice of each batch of `--batch-size` samples
+by its global rank (over all machines): the batch is global, so LR scaling rules and warmup read it as in one
+process. Its share's mean loss, weighted by the share's size over the batch's, makes the summed gradient the
+batch's mean one. The first process (rank 0) claims the run folder, logs and writes it; every process trains and
+evaluates. One all-reduce of all the gradients per step (one flat buffer), one every 64 steps for the divergence
+check, one per epoch for the losses.
+
+A process that dies (killed, out of memory, its machine lost) makes the others' next collective fail at once
+(a closed connection) or, where it hangs, after TIMEOUT: they stop with one line (PeerLost), and under
+`torchrun --max-restarts N` the restarted worker group continues the run from its folder's checkpoint.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from scalerec.errors import UserError
+
+# How long a collective waits for a process that neither answers nor closes its connection (a hung or stopped
+# one). Every process evaluates and the first writes the checkpoint between steps: seconds to a minute or two on
+# the largest MovieLens; the rest is margin.
+TIMEOUT = datetime.timedelta(minutes=10)
+# After SIGTERM, how long a process may take to stop on its own (write its summary) before it is ended where it
+# waits: torchrun sends SIGKILL 30 s after its SIGTERM.
+TERM_GRACE_S = 10.0
+T = TypeVar("T")
+
+
+class PeerLost(UserError):
+    """Another process of the group stopped or cannot be reached: a collective failed."""
+
+
+def _collective(call: Callable[[], T]) -> T:
+    """call(), a collective whose failure (a peer gone: gloo's or NCCL's error and traceback) is one PeerLost line."""
+    try:
+        return call()
+    except RuntimeError as e:  # DistBackendError, DistNetworkError, gloo's own "Connection reset by peer"
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        text = text.split("] ", 1)[-1].split(". ", 1)[0]  # gloo: "[path/pair.cc:537] Read error ...: reset by peer."
+        rank = f"process {dist.get_rank()}: " if dist.is_initialized() else ""
+        raise PeerLost(f"{rank}another process of the run stopped or cannot be reached ({text})") from None
 
 
 @dataclass
@@ -40,7 +76,7 @@ class Group:
         """Every process's gradients times its weight, summed: the batch's mean gradient, on every process."""
         grads = [p.grad for p in model.parameters() if p.requires_grad]  # all dense: train() sees to it
         flat = torch.cat([g.reshape(-1) for g in grads]) * weight  # one collective for the whole model
-        dist.all_reduce(flat)
+        _collective(lambda: dist.all_reduce(flat))
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -49,17 +85,19 @@ class Group:
     def total(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the processes (a new tensor)."""
         x = x.clone()
-        dist.all_reduce(x)
+        _collective(lambda: dist.all_reduce(x))
         return x
-
-    def wait(self) -> None:
-        """Until every process is here."""
-        dist.barrier()
 
     def broadcast_weights(self, model: torch.nn.Module) -> None:
         """Rank 0's weights on every process (they are seeded alike; this makes sure)."""
         for t in model.state_dict().values():
-            dist.broadcast(t, 0)
+            _collective(lambda t=t: dist.broadcast(t, 0))
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's `value` (any picklable object) on every process."""
+        box = [value if self.is_main else None]
+        _collective(lambda: dist.broadcast_object_list(box, 0))
+        return box[0]  # type: ignore[return-value]
 
 
 def setup(device: torch.device) -> tuple[Group | None, torch.device]:
@@ -72,10 +110,58 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))  # rank 0 evaluates meanwhile
+        _collective(lambda: dist.init_process_group(backend, timeout=TIMEOUT))
+    _watch_for_term()
     return Group(dist.get_rank(), dist.get_world_size()), device
 
 
 def teardown(group: Group | None) -> None:
+    _stop_watching()
     if group is not None and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def restarts_allowed() -> int:
+    """torchrun's --max-restarts (0 outside torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+
+
+_watch: dict[str, Any] = {}
+
+
+def _watch_for_term() -> None:
+    """Python runs a signal's handler only between bytecodes, so a process waiting in a collective on a peer that
+    hangs would hold torchrun's SIGTERM until TIMEOUT. The signal also lands on a wakeup pipe; a thread that reads
+    it gives the process TERM_GRACE_S to stop as usual (summary written), then ends it where it waits."""
+    if threading.current_thread() is not threading.main_thread() or _watch:
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except ValueError:
+        os.close(read)
+        os.close(write)
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            got = os.read(read, 64)
+            if signal.SIGTERM in got and not stop.wait(TERM_GRACE_S):
+                print("scalerec: terminated (SIGTERM) while waiting for the other processes", file=sys.stderr)
+                os._exit(143)
+        os.close(read)
+
+    _watch.update(read=read, write=write, previous=previous, stop=stop)
+    threading.Thread(target=watch, name="scalerec-sigterm", daemon=True).start()
+
+
+def _stop_watching() -> None:
+    if not _watch:
+        return
+    _watch["stop"].set()
+    signal.set_wakeup_fd(_watch["previous"])
+    os.write(_watch["write"], b"\0")  # wakes the thread, which sees the stop
+    os.close(_watch["write"])
+    _watch.clear()

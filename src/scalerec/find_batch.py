@@ -135,6 +135,11 @@ def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int, start_r
     tried: list[tuple[int, int | None]] = []
     fit: tuple[float, float] | None = None  # (fixed, per sample)
     b = min(START, limit)
+    if budget <= 0:
+        raise UserError(
+            f"the memory budget is smaller than the epoch's own tensors ({-budget / 2**30:.2f} GB short before any "
+            "step); raise --memory-budget-gb"
+        )
     if start_rss > budget:
         raise UserError(
             f"the process already holds {start_rss / 2**30:.2f} GB, over the {budget / 2**30:.2f} GB a step may "

@@ -11,19 +11,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from scalerec import checkpoint
-from scalerec.config import DataConfig, build_config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import FULL_SCORES_PER_BATCH, seen_index, seen_pairs
 from scalerec.files import write_atomic
 from scalerec.model import build_model, onednn_available, set_cpu_matmul
+from scalerec.run_folder import CONFIG, read_config
 
 
 @torch.no_grad()
@@ -70,23 +69,24 @@ def recommend_run(
         what = "is a folder" if output.is_dir() else f"its folder {output.parent} does not exist"
         raise UserError(f"--output {output}: {what} (expected a file to write the CSV to)")
     saved = checkpoint.load(run_dir)
-    try:
-        cfg = build_config(json.loads((Path(run_dir) / "config.json").read_text()))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{run_dir}/config.json: cannot be read ({e})") from None
-    if "data" in saved:  # the paths made absolute when the run trained: the same files from any folder
-        cfg = dataclasses.replace(cfg, data=DataConfig(**saved["data"]))
+    if not (Path(run_dir) / CONFIG).is_file():
+        raise UserError(f"{run_dir}: not a run folder (no {CONFIG})")
+    cfg = read_config(Path(run_dir) / CONFIG)
+    checkpoint.check_run(saved, cfg, Path(run_dir))
+    cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
     ds = load_dataset(cfg.data, log=lambda s: None)  # from the cache the run made
     checkpoint.check_data(saved, ds, run_dir)
+    k = min(k, ds.n_items)  # no more items than there are
     m = cfg.model
     model = build_model(m.model, ds.n_users, ds.n_items, m.factors, m.layers, m.dropout)
     if cfg.train.cpu_matmul != "onednn" or onednn_available():  # where it is not, BLAS scores as well
         set_cpu_matmul(model, cfg.train.cpu_matmul)
     try:
         model.load_state_dict(saved["model"])
-    except RuntimeError as e:  # another dataset's sizes: the data changed since the run
+    except RuntimeError as e:  # weights of other sizes than the run's options and data make
         raise UserError(
-            f"{run_dir}: its checkpoint does not fit the data it names ({str(e).splitlines()[0]})"
+            f"{run_dir / checkpoint.FILE}: its weights do not fit the model of {run_dir / CONFIG} "
+            f"({str(e).splitlines()[0]})"
         ) from None
     raw_users = ds.user_ids if len(ds.user_ids) else torch.arange(ds.n_users).numpy()
     raw_items = ds.item_ids if len(ds.item_ids) else torch.arange(ds.n_items).numpy()

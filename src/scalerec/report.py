@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from scalerec.config import PROTOCOLS
 from scalerec.errors import UserError
 from scalerec.files import read_json, write_atomic, write_with
+from scalerec.run_folder import CONFIG, FAILED, METRICS, SUMMARY, read_config, read_metrics, read_summary
 
 COLUMNS = [
     "run",
@@ -36,22 +36,24 @@ COLUMNS = [
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """One run's logs, or None where the folder is not a scalerec run."""
-    if (run_dir / "failed.json").is_file() and not (run_dir / "summary.json").is_file():
-        summary = read_json(run_dir / "failed.json") or {"state": "failed"}
+    """One run's logs, or None where the folder is not a scalerec run; UserError naming a file and its field
+    where a file is not what scalerec writes (a hand edit, a foreign file)."""
+    if (run_dir / FAILED).is_file() and not (run_dir / SUMMARY).is_file():
+        summary = read_summary(run_dir / FAILED) or {"state": "failed"}
         return {"name": run_dir.name, "config": None, "metrics": [], "summary": summary}
-    config = read_json(run_dir / "config.json")
-    if not isinstance(config, dict) or not {"optim", "train", "eval"} <= config.keys():
-        return None
-    metrics = []
-    if (run_dir / "metrics.jsonl").exists():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except ValueError:
-                pass  # a line cut short by an interrupted run
-    summary = read_json(run_dir / "summary.json") or {"state": "unfinished"}
-    return {"name": run_dir.name, "config": config, "metrics": metrics, "summary": summary}
+    raw = read_json(run_dir / CONFIG)
+    if not isinstance(raw, dict) or not {"optim", "train", "eval"} <= raw.keys():
+        return None  # no config.json, or another program's
+    config = read_config(run_dir / CONFIG).to_dict()
+    metrics = read_metrics(run_dir / METRICS)
+    run = {"name": run_dir.name, "config": config, "metrics": metrics, "summary": None}
+    key = hr_key(run)
+    for row in metrics:
+        for needed in (key, key.replace("HR@", "NDCG@")):
+            if needed not in row:
+                raise UserError(f"{run_dir / METRICS}: no '{needed}' in epoch {row['epoch']}'s row")
+    run["summary"] = read_summary(run_dir / SUMMARY) or {"state": "unfinished"}
+    return run
 
 
 def hr_key(run: dict) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 
 from scalerec.config import build_config, field_owner
 from scalerec.errors import UserError
-from scalerec.files import few, is_run_folder, read_json, write_atomic
+from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, write_atomic
+from scalerec.run_folder import FAILED, SUMMARY, read_summary, same_config
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
 # The preset's SGD lr at B when --base-lr is not given. Calibrated on the NCF ML-1M split at B = 256 (momentum 0.9,
@@ -108,34 +109,24 @@ def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str
         config = build_config(merge(overrides, {"train": {"output": str(run_dir)}}))
     except UserError as e:
         return failed(run_dir, name, e, log)
-    summary = read_json(run_dir / "summary.json")
-    if summary is not None and summary.get("state") != "interrupted":
-        if not same_options(run_dir / "config.json", config):
+    summary = read_summary(run_dir / SUMMARY)
+    if summary is not None and summary.get("state") in ("finished", "diverged"):
+        if not same_config(run_dir, config):
             raise UserError(f"{run_dir}: finished with other options than this sweep's; use another --output")
         log(f"== {name}: already finished, skipped")
         return summary
-    for name_of_log in ("metrics.jsonl", "summary.json"):  # an interrupted run: start it again
-        (run_dir / name_of_log).unlink(missing_ok=True)
     log(f"== {name}")
-    try:
-        return train(config, log)
+    try:  # an interrupted or failed run goes on from its checkpoint (train's own lock held), else starts over
+        return train(config, log, adopt=True)
     except Exception as e:  # a failed run is recorded and the sweep goes on
         return failed(run_dir, name, e, log)
 
 
-def same_options(saved_path: Path, config) -> bool:
-    """Whether a finished run's config.json holds these options; options added since it ran count at their
-    defaults."""
-    try:
-        saved = build_config(json.loads(saved_path.read_text()))
-    except (OSError, ValueError, TypeError, UserError):
-        return False
-    return saved.to_dict() == config.to_dict()
-
-
 def failed(run_dir: Path, name: str, error: Exception, log: Callable[[str], None]) -> dict:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "failed.json", json.dumps({"state": "failed", "error": str(error)}) + "\n")
+    """The run's failure, recorded in its failed.json (unless another process holds the run's folder)."""
+    if not isinstance(error, FolderBusy):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / FAILED, json.dumps({"state": "failed", "error": str(error)}) + "\n")
     log(f"== {name}: failed: {error}")
     return {"state": "failed", "error": str(error)}
 
@@ -147,24 +138,44 @@ def sweep(
     log: Callable[[str], None] = print,
     preset_final: Callable[[dict[str, dict]], tuple[str, Overrides] | None] | None = None,
 ) -> Path:
-    """Train every run (base options under each run's own), then write the report; returns report.md."""
+    """Train every run (base options under each run's own), then write the report; returns report.md. The sweep
+    folder is locked for the sweep's time: a second sweep into it is refused. UserError after the report where a
+    run failed."""
     from scalerec.report import write_report
 
     names = {name for name, _ in runs} | set(FINAL_NAMES if preset_final is not None else ())
-    check_sweep_dir(sweep_dir, base, names)
+    created = not sweep_dir.exists()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(sweep_dir / SWEEP_FILE, build_config(base).to_json() + "\n")
+    lock = hold_folder(sweep_dir, "running a sweep")
     try:
-        results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
-        if preset_final is not None and (final := preset_final(results)) is not None:
-            results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report the runs so far, then stop as asked
         try:
-            log(f"Stopped; the runs so far: {write_report(sweep_dir)}. The same command trains the rest.")
-        except UserError as e:  # a report that cannot be written does not hide why the sweep stopped
-            log(f"Stopped; no report of the runs so far ({e}). The same command trains the rest.")
-        raise
-    return write_report(sweep_dir)
+            check_sweep_dir(sweep_dir, base, names)
+        except UserError:
+            if created:
+                lock.close()
+                (sweep_dir / LOCK).unlink(missing_ok=True)
+                sweep_dir.rmdir()
+            raise
+        write_atomic(sweep_dir / SWEEP_FILE, build_config(base).to_json() + "\n")
+        try:
+            results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
+            if preset_final is not None and (final := preset_final(results)) is not None:
+                results[final[0]] = run_one(final[0], merge(base, final[1]), sweep_dir, log)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report the runs so far, then stop as asked
+            try:
+                log(f"Stopped; the runs so far: {write_report(sweep_dir)}. The same command trains the rest.")
+            except UserError as e:  # a report that cannot be written does not hide why the sweep stopped
+                log(f"Stopped; no report of the runs so far ({e}). The same command trains the rest.")
+            raise
+        report = write_report(sweep_dir)
+    finally:
+        lock.close()
+    if bad := [name for name, r in results.items() if r.get("state") == "failed"]:
+        raise UserError(
+            f"{len(bad)} of {len(results)} runs failed ({few(bad)}; each run's failed.json or summary.json says why); "
+            f"report of the others: {report}"
+        )
+    return report
 
 
 SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds
@@ -176,7 +187,7 @@ def check_sweep_dir(sweep_dir: Path, base: Overrides, names: set[str]) -> None:
     if is_run_folder(sweep_dir):
         raise UserError(f"--output {sweep_dir}: holds a single run, not a sweep; choose another folder")
     if (sweep_dir / SWEEP_FILE).is_file():
-        if not same_options(sweep_dir / SWEEP_FILE, build_config(base)):
+        if not same_config(sweep_dir, build_config(base), SWEEP_FILE):
             raise UserError(f"--output {sweep_dir}: a sweep made with other options than these; use another --output")
         return
     other = sorted(d.name for d in sweep_dir.iterdir() if is_run_folder(d)) if sweep_dir.is_dir() else []

@@ -17,24 +17,28 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scalerec import checkpoint, distributed
+from scalerec import checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
-from scalerec.config import PROTOCOLS, Config, DataConfig
+from scalerec.config import FLOAT32_MAX, PROTOCOLS, Config
 from scalerec.data import load_dataset
-from scalerec.data.movielens import RATING_FILES
-from scalerec.errors import UserError
+from scalerec.errors import OptionError, UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
-from scalerec.files import few, hold_folder, is_run_folder, read_json, write_atomic
+from scalerec.files import WriteError, signals_held, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model, encode_rows, interact_rows, set_cpu_matmul, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
+from scalerec.run_folder import Claim
 from scalerec.sampling import EpochSampler
+
+T = TypeVar("T")
 
 # With fp16 loss scaling, a first step skipped for overflow makes LambdaLR warn that the scheduler stepped
 # before the optimizer; that is expected (the schedule counts steps taken, skipped or not).
@@ -153,28 +157,6 @@ def epoch_mean(losses: torch.Tensor, n: int, batch_size: int) -> float:
     return float((losses.double() * sizes).sum() / n)
 
 
-def check_run_dir(cfg: Config) -> Path:
-    """The run folder, checked before any work: refuse one that holds another run's results."""
-    run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir(cfg)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--output {run_dir}: exists and is not a folder")
-    if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size:  # empty: no epoch ended
-        raise UserError(f"--output {run_dir}: holds an earlier run's metrics.jsonl; choose another folder or remove it")
-    if run_dir.is_dir() and (runs := sorted(d.name for d in run_dir.iterdir() if is_run_folder(d))):
-        raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
-    return run_dir
-
-
-def default_run_dir(cfg: Config) -> Path:
-    """runs/<time>-<data>-<model>: the dataset, or the --data file (its folder for MovieLens' own file names:
-    ml-1m/ratings.dat -> ml-1m; clicks.csv.gz -> clicks)."""
-    data = cfg.data.dataset
-    if cfg.data.data:
-        path = Path(cfg.data.data).resolve()
-        data = (path.parent.name if path.name in RATING_FILES else path.name.split(".")[0]) or "data"
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{cfg.model.model}"
-
-
 def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch.optim.Optimizer, str]:
     o = cfg.optim
     return build_optimizer(
@@ -273,11 +255,16 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
     return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)
 
 
-def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None = None) -> dict:
+def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None = None, adopt: bool = False) -> dict:
     """Train and evaluate every epoch; returns the summary also written to <run>/summary.json. With `resume` (a
-    run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds. Under
-    torchrun with several processes, data-parallel (distributed.py): every process trains its share of each
-    batch and evaluates (the same weights, the same metrics); the first logs and writes the run folder."""
+    run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds. With
+    `adopt` (a sweep run again), or under torchrun --max-restarts (a worker group restarted), an unfinished run of
+    these same options in --output is continued from its checkpoint, or started over where it has none. Under
+    torchrun with several processes, data-parallel (distributed.py): every process trains its share of each batch
+    and evaluates (the same weights, the same metrics); the first logs and writes the run folder."""
+    restarts = distributed.restarts_allowed()
+    if restarts and resume is None and not cfg.train.output:
+        raise OptionError("torchrun --max-restarts: give --output, the folder a restarted worker group continues from")
     group, device = distributed.setup(resolve_device(cfg.train.device))
     try:
         if group is not None:
@@ -287,28 +274,60 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
                 raise UserError("--sparse-embeddings: not with several processes, which sum dense gradients")
             cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, sparse_embeddings=False))
             log = log if group.is_main else lambda s: None
-        return _train(cfg, log, resume, device, group)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if device.type == "cpu":
+            keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
+        held = _on_main(group, lambda: run_folder.claim(cfg, resume, adopt or restarts > 0), Claim.shared)
+        try:
+            return _train(cfg, log, held, device, group, adopt=adopt or restarts > 0)
+        finally:
+            held.release()
     finally:
         distributed.teardown(group)
 
 
-def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device, group) -> dict:
-    main = group is None or group.is_main  # the process that writes the run folder
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cpu":
-        keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
-    run_dir = Path(resume) if resume is not None else check_run_dir(cfg)  # on every process, before any writes
-    if group is not None:
-        group.wait()  # ... so that none finds the folder the first has begun
-    if resume is not None and (read_json(run_dir / "summary.json") or {}).get("state") == "diverged":
+def _on_main(group: distributed.Group | None, work: Callable[[], T], shared: Callable[[T], Any] = lambda r: r) -> T:
+    """work() on the first process; every other process gets shared(its result), or stops with its error."""
+    if group is None:
+        return work()
+    result, error = None, None
+    if group.is_main:
+        try:
+            result = work()
+        except Exception as e:  # said by the first process; the others stop with it
+            error = e
+    sent = (None, str(error)) if error is not None else (shared(result) if group.is_main else None, None)
+    got, message = group.broadcast(sent)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise UserError(message)
+    return result if group.is_main else got
+
+
+def _checkpoint_of(cfg: Config, held: Claim, adopt: bool) -> dict | None:
+    """The checkpoint a resumed run continues from, checked to be this run's (its options, not diverged, epochs
+    left) before anything is written; None for a new run."""
+    if not held.resume:
+        return None
+    run_dir = held.run_dir
+    if (run_folder.read_summary(run_dir / run_folder.SUMMARY) or {}).get("state") == "diverged":
         raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
-    saved = checkpoint.load(run_dir) if resume is not None else None  # a bad checkpoint fails before any work
+    saved = checkpoint.load(run_dir)
+    checkpoint.check_run(saved, cfg, run_dir)
+    if len(saved["history"]) >= cfg.train.epochs and not adopt:
+        done = "its epoch is" if cfg.train.epochs == 1 else f"all {cfg.train.epochs} epochs are"
+        raise UserError(f"{run_dir}: {done} done; nothing to resume")
+    return saved
+
+
+def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, adopt: bool) -> dict:
+    main = group is None or group.is_main  # the process that writes the run folder
+    run_dir, run_cfg = held.run_dir, cfg  # run_cfg: the options as config.json holds them
+    saved = _on_main(group, lambda: _checkpoint_of(cfg, held, adopt))  # every check before any write
     if saved is not None:
-        if len(saved["history"]) >= cfg.train.epochs:
-            done = "its epoch is" if cfg.train.epochs == 1 else f"all {cfg.train.epochs} epochs are"
-            raise UserError(f"{run_dir}: {done} done; nothing to resume")
-        cfg = dataclasses.replace(cfg, data=DataConfig(**saved["data"]))  # its files, from any folder
+        cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
     ds = load_dataset(cfg.data, log)
     if saved is not None:
         checkpoint.check_data(saved, ds, run_dir)
@@ -318,58 +337,22 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
         log(f"Note: {note}")
 
     torch.manual_seed(cfg.train.seed)
-    o, bs = cfg.optim, cfg.train.batch_size
+    o, t = cfg.optim, cfg.train
     model = build_run_model(cfg, ds.n_users, ds.n_items, device)
     if group is not None:
         group.broadcast_weights(model)
-    t = cfg.train
-    keys = ds.positive_keys()
-    sampler = EpochSampler(ds.train_users, ds.train_items, keys, ds.n_items, t.negatives, device, t.seed, t.shuffle)
+    sampler = EpochSampler(
+        ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, t.negatives, device, t.seed, t.shuffle
+    )
     n = sampler.samples_per_epoch
+    bs = t.batch_size
     if bs == "max":
         bs = saved["batch_size"] if saved else largest_batch(cfg, model, ds.n_users, ds.n_items, n, device, log)
     lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
+    if not lr <= FLOAT32_MAX:
+        raise OptionError(f"the lr scaled to batch {bs} is {lr:g}, beyond float32's range: lower --base-lr")
     optimizer, groups = optimizer_for(cfg, model, lr)
-    test_users = torch.tensor(ds.test_users, device=device)
-    test_items = torch.tensor(ds.test_items, device=device)
-    test_negatives = torch.tensor(ds.eval_negatives, device=device)
-    protocols = PROTOCOLS[cfg.eval.eval]
-    candidates = {"sampled": test_negatives.shape[1] + 1, "full": ds.n_items}
-    for protocol in protocols:  # a cut-off at or past every candidate: its HR is 1 whatever the model
-        if trivial := [kk for kk in cfg.eval.topk if kk >= candidates[protocol]]:
-            log(
-                f"Note: {protocol} evaluation ranks each test item among at most {candidates[protocol]} candidates, "
-                f"so HR@K for K = {', '.join(map(str, trivial))} is 1 by construction"
-            )
-    seen = None
-    if "full" in protocols:  # each user's training items, left out of its full ranking
-        train_users = torch.tensor(ds.train_users, device=device)
-        seen = seen_index(train_users, torch.tensor(ds.train_items, device=device), ds.n_users)
-        del train_users
-
-    def evaluation() -> dict[str, float]:
-        """Every protocol's metrics, each name prefixed with its protocol."""
-        out = {}
-        if "sampled" in protocols:
-            found = evaluate(
-                model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk, cfg.eval.eval_batch_size
-            )
-            out.update({f"sampled_{name}": v for name, v in found.items()})
-        if seen is not None:
-            rank = full_ranks(model, test_users, test_items, seen, ds.n_items)
-            out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, cfg.eval.topk, recall=True).items()})
-        return out
-
-    metrics_path = run_dir / "metrics.jsonl"
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    lock = hold_folder(run_dir) if main else None  # released when the run ends
-    if saved is None and main:
-        write_atomic(run_dir / "config.json", cfg.to_json() + "\n")
-    if main:  # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
-        write_atomic(metrics_path, "".join(json.dumps(row) + "\n" for row in saved["history"]) if saved else "")
-    k = cfg.eval.topk[0]
-    hr_key = f"{protocols[-1]}_HR@{k}"  # picks the best epoch
+    evaluation, hr_key = _evaluator(cfg, ds, model, device, log)
     steps = (n + bs - 1) // bs
     warmup_steps = o.warmup_epochs * steps
 
@@ -379,39 +362,20 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     micro = micro_batch_for(cfg, device, bs)
     ctx, scaler = autocast_context(cfg.train.precision, device), grad_scaler(cfg.train.precision, device)
-    rule = (
-        f" ({o.lr_scaling} rule: {o.base_lr or o.lr:g} at batch {o.base_batch or bs})" if o.lr_scaling != "none" else ""
-    )
-    log(
-        f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
-        f"batch {bs}{f' in micro-batches of {micro}' if micro and micro < bs else ''}, "
-        f"{n:,} samples per epoch ({steps} steps); run folder {run_dir}"
-    )
-    log(
-        f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
-        f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
-        f"precision {cfg.train.precision}"
-    )
-    if bs > n:
-        log(f"Note: batch {bs:,} is larger than the epoch's {n:,} samples: each epoch is one step, of the whole epoch")
-    if device.type == "cpu" and cfg.train.precision == "fp16":  # measured: 10k against 123k samples/s (2-core EPYC)
-        log("Note: fp16 has no fast kernels on the CPU: it runs about 10x slower than fp32; bf16 or fp32 are faster")
+    total = cfg.train.epochs * steps
+    points = sorted({round(i * (total - 1) / 199) for i in range(200)})  # the schedule, for plots and notes
+    _log_setup(cfg, log, model, device, bs, micro, n, steps, run_dir, groups, lr, [lr * schedule(s) for s in points])
 
-    best = {"epoch": -1, hr_key: -1.0}
-    history = []
+    best, history = {"epoch": -1, hr_key: -1.0}, []
     if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
-        try:
-            model.load_state_dict(saved["model"])
-        except RuntimeError as e:  # the data it names changed size since the run
-            raise UserError(f"{run_dir}: its checkpoint does not fit the data ({str(e).splitlines()[0]})") from None
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        checkpoint.set_random_state(saved["random"], device, sampler.generator)
+        _restore(saved, run_dir, model, optimizer, scheduler, scaler, sampler, device)
         history, best = saved["history"], saved["best"]
         log(f"Resuming {run_dir} at epoch {len(history)} of {cfg.train.epochs} (best so far: epoch {best['epoch']})")
-    state, diverged = "finished", None
-    stopped = None  # Ctrl-C or SIGTERM, raised again once the run folder says so
+    if main and saved is None:
+        write_atomic(run_dir / run_folder.CONFIG, run_cfg.to_json() + "\n")
+    if main:  # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
+        write_metrics(run_dir, history)
+    state, error, stop = "finished", None, None  # stop: Ctrl-C, SIGTERM or a failure, raised once the summary says so
     try:
         for epoch in range(len(history), cfg.train.epochs):
             model.train()
@@ -442,26 +406,15 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
                     f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
                     f"(lr {lr * schedule(at):g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
                 )
-                state = "diverged"
-                diverged = {"epoch": epoch, "step": step, "lr": lr * schedule(at)}
+                state, error = "diverged", {"epoch": epoch, "step": step, "lr": lr * schedule(at)}
                 break
 
             t1 = time.perf_counter()
             metrics = evaluation()
             val_s = time.perf_counter() - t1
-            shown = ", ".join(
-                f"{p}_{m}@{kk} = {metrics[f'{p}_{m}@{kk}']:.4f}"
-                for p in protocols
-                for kk in cfg.eval.topk
-                for m in ("HR", "NDCG")
-            )
-            log(
-                f"Epoch {epoch}: {shown}, loss = {epoch_loss:.4f}, "
-                f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
-                + (f", skipped_steps = {skipped_steps} (fp16 overflow)" if skipped_steps else "")
-            )
-            if metrics[hr_key] > best[hr_key]:
-                best = {"epoch": epoch, **metrics}
+            _log_epoch(cfg, log, epoch, metrics, epoch_loss, train_s, val_s, n, skipped_steps)
+            new_best = {"epoch": epoch, **metrics} if metrics[hr_key] > best[hr_key] else best
+            if new_best is not best:
                 log(f"New best {hr_key}!")
             row = {
                 "epoch": epoch,
@@ -474,62 +427,159 @@ def _train(cfg: Config, log: Callable[[str], None], resume: Path | None, device,
                 "batch_size": bs,
                 "peak_memory_mb": round(peak_memory_bytes(device) / 2**20),
                 "lr": lr * schedule((epoch + 1) * steps - 1),  # the lr of the epoch's last step
-                "best_epoch": best["epoch"],
+                "best_epoch": new_best["epoch"],
             }
-            history.append(row)
-            if not main:
-                continue
-            if cfg.train.checkpoint:  # first: an interrupt before the metrics line costs no epoch (resume writes it)
-                checkpoint.save(
-                    run_dir,
-                    {
+            with signals_held():  # the checkpoint, the metrics and the history agree, whatever stops the run
+                if main and cfg.train.checkpoint:
+                    state_now = {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(),
                         "random": checkpoint.random_state(device, sampler.generator),
                         "batch_size": bs,
-                        "history": history,
-                        "best": best,
+                        "history": [*history, row],
+                        "best": new_best,
                         "data": checkpoint.absolute(cfg.data),
                         "data_fingerprint": fingerprint,
-                    },
-                )
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
+                        "config": run_cfg.to_dict(),
+                    }
+                    checkpoint.save(run_dir, state_now)
+                history.append(row)
+                best = new_best
+                if main:
+                    write_metrics(run_dir, history)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the epochs so far stay logged, summary.json says it stopped
-        state, stopped = "interrupted", e
+        state, stop = "interrupted", e
         log(f"Interrupted in epoch {len(history)}; {len(history)} epoch(s) logged in {run_dir}")
+    except (WriteError, distributed.PeerLost) as e:  # a full disk, a process of the run lost: said in one line
+        state, error, stop = "failed", str(e), e
 
-    train_s = sum(r["train_s"] for r in history)
-    total = cfg.train.epochs * steps
-    points = sorted({round(i * (total - 1) / 199) for i in range(200)})  # the schedule, for plots
     summary = {
         "run_dir": str(run_dir),
         "dataset": ds.name,
         "state": state,
-        "diverged_at": diverged,
+        "diverged_at": error if state == "diverged" else None,
         "lr": lr,
         "best": best if history else None,
         "epochs": len(history),
-        "train_s": train_s,
+        "train_s": sum(r["train_s"] for r in history),
         "eval_s": sum(r["eval_s"] for r in history),
-        "mean_samples_per_s": n * len(history) / train_s if history else None,
+        "mean_samples_per_s": n * len(history) / sum(r["train_s"] for r in history) if history else None,
         "batch_size": bs,
         "steps_per_epoch": steps,
         "lr_schedule": [[step, lr * schedule(step)] for step in points],
+        **({"error": error} if state == "failed" else {}),
     }
     if main:
-        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if lock is not None:
-        lock.close()
-    if stopped is not None:
-        raise stopped
+        try:
+            write_atomic(run_dir / run_folder.SUMMARY, json.dumps(summary, indent=2) + "\n")
+        except WriteError as e:
+            if stop is None:
+                raise
+            log(f"No summary: {e}")
+    if stop is not None:
+        raise stop
     if history:
-        log(
-            f"Best {hr_key} = {best[hr_key]:.4f}, {protocols[-1]}_NDCG@{k} = {best[f'{protocols[-1]}_NDCG@{k}']:.4f} "
-            f"at epoch {best['epoch']}; "
-            f"results in {run_dir}"
-        )
+        ndcg = hr_key.replace("HR@", "NDCG@")
+        shown = f"{hr_key} = {best[hr_key]:.4f}, {ndcg} = {best[ndcg]:.4f}"
+        log(f"Best {shown} at epoch {best['epoch']}; results in {run_dir}")
     return summary
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl, one line per epoch, written whole (atomically): never a line cut short."""
+    write_atomic(run_dir / run_folder.METRICS, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def _evaluator(cfg: Config, ds, model: torch.nn.Module, device, log) -> tuple[Callable[[], dict[str, float]], str]:
+    """(a function computing every protocol's metrics, each name prefixed with its protocol; the metric that picks
+    the best epoch)."""
+    test_users = torch.tensor(ds.test_users, device=device)
+    test_items = torch.tensor(ds.test_items, device=device)
+    test_negatives = torch.tensor(ds.eval_negatives, device=device)
+    protocols = PROTOCOLS[cfg.eval.eval]
+    candidates = {"sampled": test_negatives.shape[1] + 1, "full": ds.n_items}
+    for protocol in protocols:  # a cut-off at or past every candidate: its HR is 1 whatever the model
+        if trivial := [kk for kk in cfg.eval.topk if kk >= candidates[protocol]]:
+            log(
+                f"Note: {protocol} evaluation ranks each test item among at most {candidates[protocol]} candidates, "
+                f"so HR@K for K = {', '.join(map(str, trivial))} is 1 by construction"
+            )
+    seen = None
+    if "full" in protocols:  # each user's training items, left out of its full ranking
+        train_users = torch.tensor(ds.train_users, device=device)
+        seen = seen_index(train_users, torch.tensor(ds.train_items, device=device), ds.n_users)
+        del train_users
+
+    def evaluation() -> dict[str, float]:
+        out = {}
+        if "sampled" in protocols:
+            found = evaluate(
+                model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk, cfg.eval.eval_batch_size
+            )
+            out.update({f"sampled_{name}": v for name, v in found.items()})
+        if seen is not None:
+            rank = full_ranks(model, test_users, test_items, seen, ds.n_items)
+            out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, cfg.eval.topk, recall=True).items()})
+        return out
+
+    return evaluation, f"{protocols[-1]}_HR@{cfg.eval.topk[0]}"
+
+
+def _log_setup(cfg: Config, log, model, device, bs, micro, n, steps, run_dir, groups, lr, lrs: list[float]) -> None:
+    """The run's model, batch, optimizer and schedule, and notes on what would surprise."""
+    o = cfg.optim
+    rule = (
+        f" ({o.lr_scaling} rule: {o.base_lr or o.lr:g} at batch {o.base_batch or bs})" if o.lr_scaling != "none" else ""
+    )
+    log(
+        f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
+        f"batch {bs}{f' in micro-batches of {micro}' if micro and micro < bs else ''}, "
+        f"{n:,} samples per epoch ({steps} steps); run folder {run_dir}"
+    )
+    log(
+        f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
+        f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
+        f"precision {cfg.train.precision}"
+    )
+    if bs > n:
+        log(f"Note: batch {bs:,} is larger than the epoch's {n:,} samples: each epoch is one step, of the whole epoch")
+    if device.type == "cpu" and cfg.train.precision == "fp16":  # measured: 10k against 123k samples/s (2-core EPYC)
+        log("Note: fp16 has no fast kernels on the CPU: it runs about 10x slower than fp32; bf16 or fp32 are faster")
+    if float(np.float32(max(lrs))) == 0.0:
+        log(f"Warning: the lr stays below {max(lrs):.3g} for the whole run, 0 in float32: the weights will not move")
+    elif o.warmup != "none" and o.warmup_epochs > cfg.train.epochs:
+        log(
+            f"Note: the warmup ({o.warmup_epochs:g} epochs) is longer than the run ({cfg.train.epochs}): the lr "
+            f"reaches {max(lrs):.3g} at most, not {lr:g}"
+        )
+
+
+def _log_epoch(cfg: Config, log, epoch: int, metrics: dict, loss: float, train_s, val_s, n, skipped: int) -> None:
+    shown = ", ".join(
+        f"{p}_{m}@{kk} = {metrics[f'{p}_{m}@{kk}']:.4f}"
+        for p in PROTOCOLS[cfg.eval.eval]
+        for kk in cfg.eval.topk
+        for m in ("HR", "NDCG")
+    )
+    log(
+        f"Epoch {epoch}: {shown}, loss = {loss:.4f}, "
+        f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
+        + (f", skipped_steps = {skipped} (fp16 overflow)" if skipped else "")
+    )
+
+
+def _restore(saved: dict, run_dir: Path, model, optimizer, scheduler, scaler, sampler, device) -> None:
+    """The checkpoint's weights, optimizer, schedule, loss scale and random streams, each checked to fit."""
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        checkpoint.set_random_state(saved["random"], device, sampler.generator)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # a damaged or hand-made checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"{run_dir / checkpoint.FILE}: its state does not fit this run's model and optimizer ({first})"
+        ) from None

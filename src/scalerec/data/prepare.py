@@ -23,7 +23,7 @@ import pandas as pd
 
 from scalerec import __version__
 from scalerec.errors import UserError
-from scalerec.files import write_with
+from scalerec.files import TMP, WriteError, remove_orphans, write_with, writing_in
 
 CACHE_VERSION = 3  # bump when the processing changes, so old caches are rebuilt
 
@@ -329,6 +329,7 @@ def cached(cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: C
     stamp = {**identity, "version": CACHE_VERSION, "scalerec": __version__}
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"{identity.get('name', 'data')}-{key[:16]}.npz"
+    remove_orphans(cache_dir, f"*{TMP}.npz")  # what killed processes left half-written
     if path.is_file():
         try:
             return Dataset.load(path)
@@ -336,9 +337,13 @@ def cached(cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: C
             log(f"Cache {path} unreadable ({e}); rebuilding")
     ds = build()
     try:
-        ds.save(path)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with writing_in(cache_dir):
+            ds.save(path)
+    except WriteError as e:  # names the file
+        log(f"Could not write the cache: {e}; continuing without it")
     except OSError as e:
-        log(f"Could not write the cache {path} ({e}); continuing without it")
+        log(f"Could not write the cache {path} ({e.strerror or e}); continuing without it")
     return ds
 
 

@@ -382,6 +382,10 @@ def _ids(values: pd.Series, col: str, name: str, where) -> tuple[np.ndarray, np.
     if empty.any():
         raise UserError(f"{name}, {where(_first_bad(empty))}: no value in column {col!r}")
     codes, uniques = pd.factorize(text)  # per chunk: a chunk of strings, never the whole file's
+    if (nul := np.asarray(pd.Index(uniques).str.contains("\0", regex=False), bool)).any():  # never an id
+        raise UserError(
+            f"{name}, {where(_first_bad(nul[codes]))}: a NUL byte in column {col!r} (a binary or damaged file?)"
+        )
     return codes.astype(np.int32), np.asarray(uniques).astype(str)
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 from subprocess import PIPE
 
 import pytest
 import torch
 
 from scalerec.distributed import Group
+from tests.test_checkpoint import rows
 from tests.test_cli import SYNTHETIC, tiny
 
 
@@ -64,3 +68,144 @@ def test_two_processes_train_as_one_does(tmp_path):
     again = run(["train", *data, *tiny(tmp_path / "two", epochs=1)], tmp_path, 2)  # every process refuses it
     assert again.returncode != 0 and again.stderr.count("holds an earlier run's results") == 1
     assert "RuntimeError" not in again.stderr  # no process left to fail in a collective (torchrun adds its own report)
+
+
+# Epochs of a second or so with two processes: long enough to kill a worker in the middle of a run
+LONGER = ["--dataset", "synthetic", "--synthetic-users", "1500", "--synthetic-items", "300", "--eval-negatives", "20"]
+
+
+def launcher(args: list[str], cwd: Path, *options: str) -> subprocess.Popen:
+    """torchrun with `options` (--standalone --nproc-per-node 2, or one node of several) running scalerec ARGS."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SCALEREC_DATA_DIR": str(cwd / "data")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", *options, "-m", "scalerec", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=PIPE, stderr=PIPE, start_new_session=True)
+
+
+def ended(p: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_all(p)
+        raise
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def stop_all(p: subprocess.Popen) -> None:
+    """SIGKILL a launcher and its workers (torchrun gives them sessions of their own), and reap it."""
+    for pid in workers(p.pid).values():
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.communicate()
+
+
+def workers(launcher_pid: int) -> dict[int, int]:
+    """{global rank: pid} of a launcher's worker processes (its children), from their environment."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher_pid:
+                env = dict(v.split("=", 1) for v in (proc / "environ").read_text().split("\0") if "=" in v)
+                found[int(env["RANK"])] = int(proc.name)
+        except (OSError, ValueError, KeyError):
+            continue  # gone meanwhile, or not a worker
+    return found
+
+
+def kill_a_worker_after_the_first_epoch(
+    p: subprocess.Popen, run: Path, rank: int | None = 1, sig: int = signal.SIGKILL
+) -> float:
+    """Send `sig` to the worker of `rank` (or the launcher's only worker) once the run has logged an epoch; the
+    time it was sent."""
+    end = time.monotonic() + 120
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
+        assert time.monotonic() < end and p.poll() is None, "the run ended before its first epoch was logged"
+        time.sleep(0.05)
+    pids = workers(p.pid)
+    os.kill(pids[rank] if rank is not None else next(iter(pids.values())), sig)
+    return time.monotonic()
+
+
+def timings_aside(run: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "peak_memory_mb"} for row in rows(run)]
+
+
+@pytest.mark.parametrize("rank", [1, 0], ids=["a-worker", "the-first"])
+def test_a_dead_worker_ends_the_job_in_seconds_with_one_line_and_a_failed_summary(tmp_path, rank):
+    args = ["train", *LONGER, *tiny(tmp_path / "run", epochs=30)]
+    p = launcher(args, tmp_path, "--standalone", "--nproc-per-node=2")
+    killed = kill_a_worker_after_the_first_epoch(p, tmp_path / "run", rank)
+    done = ended(p)
+    assert time.monotonic() - killed < 30 and done.returncode != 0
+    assert done.stderr.count("scalerec: error:") == 1 and "[rank" not in done.stderr  # no worker's traceback
+    survivor = 1 - rank  # the first process dead, the other writes the summary in its place
+    assert f"scalerec: error: process {survivor}: another process of the run stopped or cannot be" in done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["state"] == "failed" and "another process of the run stopped" in summary["error"]
+    assert summary["epochs"] == len(rows(tmp_path / "run")) >= 1
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_an_unbroken_one(tmp_path):
+    args = [*LONGER, *tiny(tmp_path / "whole", epochs=5)]
+    whole = ended(launcher(["train", *args], tmp_path, "--standalone", "--nproc-per-node=2"))
+    assert whole.returncode == 0, whole.stderr
+    args[args.index("--output") + 1] = str(tmp_path / "restarted")
+    p = launcher(["train", *args], tmp_path, "--standalone", "--nproc-per-node=2", "--max-restarts=1")
+    kill_a_worker_after_the_first_epoch(p, tmp_path / "restarted")
+    done = ended(p)
+    assert done.returncode == 0, done.stderr
+    assert "Resuming" in done.stdout and done.stdout.count("Epoch 0:") == 1  # epoch 0 came from the checkpoint
+    assert timings_aside(tmp_path / "restarted") == timings_aside(tmp_path / "whole")
+    assert json.loads((tmp_path / "restarted" / "summary.json").read_text())["state"] == "finished"
+    refused = ended(launcher(["train", *args[:-2]], tmp_path, "--standalone", "--nproc-per-node=2", "--max-restarts=1"))
+    assert refused.returncode != 0 and "give --output" in refused.stderr  # the folder is the run's state
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(args: list[str], cwd: Path, *options: str) -> list[subprocess.Popen]:
+    """Two launchers on this machine acting as two machines of one process each (a c10d rendezvous)."""
+    port = free_port()
+    node = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", *options]
+    return [launcher(args, cwd, *node, f"--node-rank={rank}") for rank in (0, 1)]
+
+
+def test_two_machines_train_as_one_process_does_and_recover_from_a_lost_worker(tmp_path):
+    args = [*LONGER, *tiny(tmp_path / "one", epochs=3)]
+    one = ended(launcher(["train", *args], tmp_path, "--standalone", "--nproc-per-node=1"))
+    assert one.returncode == 0, one.stderr
+    args[args.index("--output") + 1] = str(tmp_path / "two")
+    nodes = [ended(p) for p in two_nodes(["train", *args], tmp_path)]
+    assert all(n.returncode == 0 for n in nodes), [n.stderr for n in nodes]
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+    for x, y in zip(a, b, strict=True):  # each global rank on its own half of every batch: one process's steps
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)
+        assert abs(y["sampled_HR@10"] - x["sampled_HR@10"]) <= 0.01
+    args[args.index("--output") + 1] = str(tmp_path / "recovered")
+    launchers = two_nodes(["train", *args], tmp_path, "--max-restarts=1")
+    kill_a_worker_after_the_first_epoch(launchers[1], tmp_path / "recovered", rank=None)  # the second machine's
+    nodes = [ended(p) for p in launchers]
+    assert all(n.returncode == 0 for n in nodes), [n.stderr for n in nodes]
+    assert timings_aside(tmp_path / "recovered") == timings_aside(tmp_path / "two")
+
+
+def test_sigterm_stops_a_process_waiting_on_a_hung_one_within_seconds(tmp_path):
+    """A process waiting in a collective runs no Python signal handler: without its watcher, torchrun's SIGTERM
+    would wait for the process group's timeout (minutes)."""
+    from scalerec.distributed import TERM_GRACE_S
+
+    p = launcher(["train", *LONGER, *tiny(tmp_path / "run", epochs=30)], tmp_path, "--standalone", "--nproc-per-node=2")
+    try:
+        kill_a_worker_after_the_first_epoch(p, tmp_path / "run", rank=1, sig=signal.SIGSTOP)  # hung, not gone
+        first = workers(p.pid)[0]
+        time.sleep(1)  # the first process now waits for it in a collective
+        os.kill(first, signal.SIGTERM)
+        sent = time.monotonic()
+        while Path(f"/proc/{first}").exists() and (Path(f"/proc/{first}/stat").read_text().split()[2] != "Z"):
+            assert time.monotonic() - sent < TERM_GRACE_S + 15, "SIGTERM not honoured"
+            time.sleep(0.1)
+    finally:
+        stop_all(p)

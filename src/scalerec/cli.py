@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
     except UserError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, said once (every process finds the same)
+        # under torchrun, said once: by the first process (every process finds the same), or by another that lost it
+        if os.environ.get("RANK", "0") == "0" or getattr(e, "said_here", False):
             print(f"scalerec: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, OptionError) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected

@@ -40,7 +40,10 @@ T = TypeVar("T")
 
 
 class PeerLost(UserError):
-    """Another process of the group stopped or cannot be reached: a collective failed."""
+    """Another process of the group stopped or cannot be reached: a collective failed. `said_here`: this process
+    says so (the first one, or another where the first is the one lost)."""
+
+    said_here = True
 
 
 def _collective(call: Callable[[], T]) -> T:
@@ -51,6 +54,10 @@ def _collective(call: Callable[[], T]) -> T:
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
         text = text.split("] ", 1)[-1].split(". ", 1)[0]  # gloo: "[path/pair.cc:537] Read error ...: reset by peer."
         rank = f"process {dist.get_rank()}: " if dist.is_initialized() else ""
+        if threading.current_thread() is threading.main_thread():
+            # torchrun sends SIGTERM to the other processes when one fails: this one is stopping already, and
+            # first writes its summary and says why
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise PeerLost(f"{rank}another process of the run stopped or cannot be reached ({text})") from None
 
 
@@ -109,10 +116,24 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        _collective(lambda: dist.init_process_group(backend, timeout=TIMEOUT))
+        _collective(lambda: _join("nccl" if device.type == "cuda" else "gloo"))
     _watch_for_term()
     return Group(dist.get_rank(), dist.get_world_size()), device
+
+
+def _join(backend: str) -> None:
+    """init_process_group from torchrun's environment (env://). torchrun keeps its store when it restarts a worker
+    group, so the keys of each attempt go under a prefix of their own: without it the restarted processes would
+    read the dead group's addresses and fail to connect."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:  # not torchrun: MASTER_ADDR and the rest set by hand
+        dist.init_process_group(backend, timeout=TIMEOUT)
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    host = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0  # else torchrun's agent hosts it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, host, timeout=TIMEOUT)
+    prefixed = dist.PrefixStore(f"scalerec/attempt-{attempt}/", store)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=TIMEOUT)
 
 
 def teardown(group: Group | None) -> None:

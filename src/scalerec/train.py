@@ -30,7 +30,7 @@ from scalerec.config import FLOAT32_MAX, PROTOCOLS, Config
 from scalerec.data import load_dataset
 from scalerec.errors import OptionError, UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
-from scalerec.files import WriteError, signals_held, write_atomic
+from scalerec.files import FolderLock, WriteError, hold_folder, signals_held, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
 from scalerec.model import build_model, encode_rows, interact_rows, set_cpu_matmul, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
@@ -325,6 +325,7 @@ def _checkpoint_of(cfg: Config, held: Claim, adopt: bool) -> dict | None:
 def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, adopt: bool) -> dict:
     main = group is None or group.is_main  # the process that writes the run folder
     run_dir, run_cfg = held.run_dir, cfg  # run_cfg: the options as config.json holds them
+    started = time.time()
     saved = _on_main(group, lambda: _checkpoint_of(cfg, held, adopt))  # every check before any write
     if saved is not None:
         cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
@@ -455,6 +456,15 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     except (WriteError, distributed.PeerLost) as e:  # a full disk, a process of the run lost: said in one line
         state, error, stop = "failed", str(e), e
 
+    lost_first = not main and isinstance(stop, distributed.PeerLost)
+    takeover = _left_by_first(run_dir, started) if lost_first else None
+    if lost_first and takeover is None and _summary_since(run_dir, started):
+        stop.said_here = False  # the first process stopped on its own and said why
+    if takeover is not None:  # the summary of what the first process committed
+        history, best = run_folder.read_metrics(run_dir / run_folder.METRICS), {}
+        if history:
+            row = next((r for r in history if r["epoch"] == history[-1].get("best_epoch")), history[-1])
+            best = {"epoch": row["epoch"], **{k: v for k, v in row.items() if "@" in k}}
     summary = {
         "run_dir": str(run_dir),
         "dataset": ds.name,
@@ -471,13 +481,15 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         "lr_schedule": [[step, lr * schedule(step)] for step in points],
         **({"error": error} if state == "failed" else {}),
     }
-    if main:
+    if main or takeover is not None:
         try:
             write_atomic(run_dir / run_folder.SUMMARY, json.dumps(summary, indent=2) + "\n")
         except WriteError as e:
             if stop is None:
                 raise
             log(f"No summary: {e}")
+    if takeover is not None:
+        takeover.close()
     if stop is not None:
         raise stop
     if history:
@@ -485,6 +497,27 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         shown = f"{hr_key} = {best[hr_key]:.4f}, {ndcg} = {best[ndcg]:.4f}"
         log(f"Best {shown} at epoch {best['epoch']}; results in {run_dir}")
     return summary
+
+
+def _left_by_first(run_dir: Path, started: float) -> FolderLock | None:
+    """The run folder's lock, where the first process of a data-parallel run died without a word: its lock is
+    free, and the folder (this machine sees it) holds no summary written since this run started. The process
+    that takes it writes the summary in its place."""
+    if not (run_dir / run_folder.CONFIG).is_file():  # another machine's folder
+        return None
+    try:
+        lock = hold_folder(run_dir)
+    except (UserError, OSError):  # held: the first process is alive, and writes its own summary
+        return None
+    if _summary_since(run_dir, started):
+        lock.close()
+        return None
+    return lock
+
+
+def _summary_since(run_dir: Path, started: float) -> bool:
+    summary = run_dir / run_folder.SUMMARY
+    return summary.is_file() and summary.stat().st_mtime >= started
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 5's GPU checks in one go, for a session lent a GPU (the `device` tool runs it in the repository root):
-# about 5 minutes on an H100/H200, with the image's python3 and its torch (no install). Writes the JSON lines to
+# The GPU measurements in one go, run from the repository root on a machine with a GPU: about 5 minutes on an
+# H100/H200, with the machine's python3 and its torch (no install). Writes the JSON lines to
 # $OUT/gpu_check.jsonl and all output to $OUT/gpu_check.log where $OUT is set (the device tool's), else to /tmp.
 # PYTHON (default python3) is found from the repository root.
 #   1. correctness: scalerec train on the GPU in bf16 and fp16 (and, last, the tests that touch precision and devices);

@@ -64,7 +64,7 @@ def test_step_speed_draws_batches_in_the_epoch_order_scalerec_trains_on(shuffle,
 
 
 def test_gpu_check_script_runs_its_steps(tmp_path):
-    """benchmarks/gpu_check.sh, for the session that is lent a GPU: on the CPU, on tiny data (SMOKE=1)."""
+    """benchmarks/gpu_check.sh, the GPU measurements: on the CPU, on tiny data (SMOKE=1)."""
     env = {**os.environ, "SMOKE": "1", "TMPDIR": str(tmp_path), "OUT": str(tmp_path), "PYTHON": sys.executable}
     out = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600
@@ -179,3 +179,16 @@ def test_step_speed_on_batches_of_a_real_datasets_epoch(tmp_path):
     steps = {line["step"]: line for line in lines}
     assert steps["plain"]["shape"] == str(prefix) and (steps["plain"]["users"], steps["plain"]["items"]) == (30, 200)
     assert steps["scalerec"]["samples_per_s"] > 0 and steps["ratio"]["scalerec_over_plain"] > 0
+
+
+def test_contention(tmp_path):
+    lines = run(
+        "contention.py", "--epochs", "1", "--repeats", "1", "--", "--dataset", "synthetic", "--synthetic-users",
+        "200", "--synthetic-items", "100", "--eval-negatives", "20", "--layers", "16", "16", "8", "--factors", "8",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    runs = [line for line in lines if "setting" in line]
+    assert {(r["load"], r["setting"]) for r in runs} >= {("alone", "default"), ("busy", "threads_1")}
+    assert all(len(r["samples_per_s"]) == 1 and r["samples_per_s"][0] > 0 and r["threads_used"] for r in runs)
+    ratios = {line["load"]: line for line in lines if "setting" not in line}
+    assert ratios["busy"]["default_over_threads_1"] > 0 and len(ratios) == 2

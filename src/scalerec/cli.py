@@ -141,7 +141,7 @@ def make_parser() -> argparse.ArgumentParser:
     rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
     rec.add_argument("--output", metavar="FILE", help="write the CSV to FILE (atomically) instead of printing it")
-    rec.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    rec.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: the CPUs the process may use)")
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -310,11 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
         elif args.command == "recommend":
             from scalerec.recommend import recommend_run
+            from scalerec.threads import Threads
 
-            if args.threads:
-                import torch
-
-                torch.set_num_threads(args.threads)
+            Threads(args.threads, watch=False)
             output = Path(args.output) if args.output else None
             text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output)
             if output is None:

@@ -224,7 +224,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device: auto picks cuda when available."""
     threads: int | None = None
-    """CPU threads for PyTorch (default: PyTorch's choice, one per core)."""
+    """CPU threads for PyTorch (default: the CPUs the process may use, by its affinity mask and cgroup CPU quota,
+    less those other processes keep busy: measured before the first epoch and after each). Fixed, a seed gives the
+    same metrics bit for bit."""
     cpu_matmul: Literal["auto", "onednn", "blas"] = "auto"
     """The CPU step's and scoring's fp32 matrix products (NeuMF's): by oneDNN's inner product or by BLAS (MKL).
     auto: oneDNN on CPUs with AVX-512 (MKL runs AVX2 code on AMD CPUs; a 2-core Zen 5 EPYC's step ran 1.2-1.4x

@@ -123,16 +123,19 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
 
 def _join(backend: str) -> None:
     """init_process_group from torchrun's environment (env://). torchrun keeps its store when it restarts a worker
-    group, so the keys of each attempt go under a prefix of their own: without it the restarted processes would
-    read the dead group's addresses and fail to connect."""
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:  # not torchrun: MASTER_ADDR and the rest set by hand
+    group, so each group's keys go under a prefix of their own: without it the restarted processes would read the
+    dead group's addresses and fail to connect. The prefix is the group's generation, counted in the store: every
+    process of every group adds 1 on joining, so the n-th group's processes count (n-1)*world+1 .. n*world. (The
+    restart count in the environment would not do: on several machines, a launcher whose own workers did not
+    fail restarts them without counting a restart.)"""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # not torchrun: MASTER_ADDR and the rest set by hand
         dist.init_process_group(backend, timeout=TIMEOUT)
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     host = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0  # else torchrun's agent hosts it
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, host, timeout=TIMEOUT)
-    prefixed = dist.PrefixStore(f"scalerec/attempt-{attempt}/", store)
+    generation = (store.add("scalerec/joined", 1) - 1) // world
+    prefixed = dist.PrefixStore(f"scalerec/group-{generation}/", store)
     dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=TIMEOUT)
 
 

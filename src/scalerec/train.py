@@ -37,6 +37,7 @@ from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.run_folder import Claim
 from scalerec.sampling import EpochSampler
+from scalerec.threads import Threads
 
 T = TypeVar("T")
 
@@ -242,8 +243,7 @@ def largest_batch(
 
 def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
     """`scalerec find-batch`: load the data, build the model, search."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    log(Threads(cfg.train.threads).said)
     device = resolve_device(cfg.train.device)
     if device.type == "cpu":
         keep_large_blocks_in_heap()
@@ -274,13 +274,12 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
                 raise UserError("--sparse-embeddings: not with several processes, which sum dense gradients")
             cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, sparse_embeddings=False))
             log = log if group.is_main else lambda s: None
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        threads = Threads(cfg.train.threads, watch=device.type == "cpu")
         if device.type == "cpu":
             keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
         held = _on_main(group, lambda: run_folder.claim(cfg, resume, adopt or restarts > 0), Claim.shared)
         try:
-            return _train(cfg, log, held, device, group, adopt=adopt or restarts > 0)
+            return _train(cfg, log, held, device, group, threads, adopt=adopt or restarts > 0)
         finally:
             held.release()
     finally:
@@ -322,7 +321,7 @@ def _checkpoint_of(cfg: Config, held: Claim, adopt: bool) -> dict | None:
     return saved
 
 
-def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, adopt: bool) -> dict:
+def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, threads: Threads, adopt: bool) -> dict:
     main = group is None or group.is_main  # the process that writes the run folder
     run_dir, run_cfg = held.run_dir, cfg  # run_cfg: the options as config.json holds them
     started = time.time()
@@ -336,6 +335,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     log(ds.summary())
     for note in ds.notes:
         log(f"Note: {note}")
+    log(threads.said)
 
     torch.manual_seed(cfg.train.seed)
     o, t = cfg.optim, cfg.train
@@ -450,6 +450,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
                 best = new_best
                 if main:
                     write_metrics(run_dir, history)
+            if changed := threads.adjust(epoch):
+                log(changed)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the epochs so far stay logged, summary.json says it stopped
         state, stop = "interrupted", e
         log(f"Interrupted in epoch {len(history)}; {len(history)} epoch(s) logged in {run_dir}")

@@ -1,6 +1,6 @@
 """The Quickstart's epochs alone and beside busy processes: `scalerec train` with its default threads, with
---threads 1, and with --threads N (every usable CPU: PyTorch's own default, which scalerec used before it sized
-its threads to the free cores), alone and beside --busy processes that each spin on a core, in one run of this
+--threads 1, and with --threads N (every usable CPU, PyTorch's own default), alone and beside --busy processes
+that each spin on a core, in one run of this
 script, the order alternated over --repeats. Prints one JSON line per run (samples/s of each epoch from its
 metrics.jsonl, the thread counts it logged) and ratio lines of the medians: beside the busy processes, the
 default over --threads 1 (and --threads N over --threads 1); alone, the default over --threads N. Run:

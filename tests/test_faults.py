@@ -122,11 +122,13 @@ def test_another_runs_checkpoint_is_refused_before_anything_is_written(capsys, t
     interrupted_run(capsys, monkeypatch, tmp_path / "a", "--data-seed", "1")  # other data of the same shape
     interrupted_run(capsys, monkeypatch, tmp_path / "b")
     shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "b" / "checkpoint.pt")
+    (tmp_path / "b" / "failed.json").write_text('{"state": "failed", "error": "an earlier attempt"}')
+    (tmp_path / "b" / "checkpoint.ptq1w2e3r4.tmp.pt").write_bytes(b"half")  # a killed write's
     before = contents(tmp_path / "b")
     for command in (["train", "--resume", tmp_path / "b"], ["recommend", tmp_path / "b"]):
         rc, _, err = run_main(capsys, command)
         assert_one_line_error(rc, err, f"{tmp_path / 'b' / 'checkpoint.pt'}: another run's checkpoint", "data_seed")
-    assert contents(tmp_path / "b") == before  # metrics.jsonl, summary.json and config.json as they were
+    assert contents(tmp_path / "b") == before  # every file as it was, the failure record and the temporary too
     shutil.copytree(tmp_path / "a", tmp_path / "a-copy")  # a whole run moved elsewhere is still itself
     assert run_main(capsys, ["train", "--resume", tmp_path / "a-copy"])[0] == 0
 
@@ -143,16 +145,75 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_one_line(capsys, tmp_path, 
     assert_one_line_error(rc, err, f"{path}: its weights do not fit the model of")
 
 
-@pytest.mark.parametrize("missing", ["optimizer", "history", "data"])
-def test_a_checkpoint_without_its_fields_is_one_line(capsys, tmp_path, monkeypatch, missing):
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda s: s.pop("optimizer"), "'optimizer' is missing"),
+        (lambda s: s.pop("history"), "'history' is missing"),
+        (lambda s: s.pop("data"), "'data' is missing"),
+        (lambda s: s.update(best={}), "'best' names no epoch"),
+        (lambda s: s["history"][0].pop("train_s"), "'history' row 0: no 'train_s' in epoch 0's row"),
+        (lambda s: s["history"][0].update(epoch="0"), "'history' row 0: 'epoch' is '0', expected an epoch number"),
+        (lambda s: s.update(config=[1]), "'config' is not a run's options"),
+    ],
+)
+def test_a_checkpoint_without_its_fields_is_one_line(capsys, tmp_path, monkeypatch, edit, fragment):
     interrupted_run(capsys, monkeypatch, tmp_path / "run")
     path = tmp_path / "run" / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
-    del state[missing]
+    edit(state)
     torch.save(state, path)
     for command in (["train", "--resume", tmp_path / "run"], ["recommend", tmp_path / "run"]):
         rc, _, err = run_main(capsys, command)
-        assert_one_line_error(rc, err, f"{path}: '{missing}' is missing")
+        assert_one_line_error(rc, err, f"{path}", fragment)
+
+
+def test_a_checkpoint_made_before_an_option_existed_is_still_its_runs(capsys, tmp_path, monkeypatch):
+    interrupted_run(capsys, monkeypatch, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["eval"]["eval_batch_size"]  # an option scalerec gained since: it counts at its default
+    torch.save(state, path)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["eval"]["eval_batch_size"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "run", "--threads", "1"])
+    assert rc == 0 and "at epoch 1 of 2" in out, err
+
+
+def test_a_folder_held_by_a_sweep_says_so(capsys, tmp_path):
+    (tmp_path / "s").mkdir()
+    held = files.hold_folder(tmp_path / "s", "running a sweep")
+    try:
+        rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "s", epochs=1)])
+    finally:
+        held.close()
+    assert_one_line_error(rc, err, f"{tmp_path / 's'}: another scalerec process (pid ", "is running a sweep in this")
+
+
+def test_a_signal_held_during_a_failed_write_does_not_hide_the_failure():
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with pytest.raises(files.WriteError), files.signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise files.WriteError("x: cannot write it (No space left on device)")
+        assert got == []  # the failure is what stops the run
+        with files.signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []  # held while the block writes
+        assert got == [signal.SIGTERM]  # then acted on
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_recommend_refuses_more_recommendations_than_memory_holds(capsys, tmp_path, monkeypatch):
+    import scalerec.recommend
+
+    assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
+    monkeypatch.setattr(scalerec.recommend, "available_bytes", lambda: 100_000)
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "run", "--k", "50"])
+    assert_one_line_error(rc, err, "--k 50 for 200 users: 10,000 recommendations take about", "ask for fewer users")
 
 
 def test_a_checkpoint_holding_python_objects_is_refused_in_a_whole_sentence(capsys, tmp_path, monkeypatch):
@@ -294,6 +355,7 @@ def test_writes_are_flushed_to_disk_before_the_rename_and_the_folder_after(tmp_p
         (lambda c: c.update(train=None), ["section 'train' is None, expected a table of options"]),
         (lambda c: c["train"].update(colour="red"), ["unknown option 'colour' in section [train]"]),
         (lambda c: c["optim"].update(lr=float("inf")), ["lr must be a finite number"]),
+        (lambda c: c["optim"].update(lr=10**400), ["option 'lr' is 1000", "expected a number"]),
         (lambda c: c.clear() or c.update(x=[]), ["unknown option 'x'"]),
     ],
 )
@@ -342,7 +404,7 @@ def test_a_damaged_metrics_line_is_one_line_naming_the_line(capsys, tmp_path, li
     path.write_bytes(first + b"\n" + line + b"\n")
     rc, _, err = run_main(capsys, ["report", tmp_path / "run"])
     assert_one_line_error(rc, err, f"{path}, {fragment}")
-    path.write_bytes(first + b'\n{"epoch": 1, "sampl')  # a last line cut short, as an old version's crash left it
+    path.write_bytes(first + b'\n{"epoch": 1, "sampl')  # a last line cut short by a crash in an append
     assert run_main(capsys, ["report", tmp_path / "run"])[0] == 0
 
 

@@ -15,7 +15,10 @@ from scalerec.threads import Threads, cgroup_cpu_quota
 
 
 @pytest.fixture(autouse=True)
-def torch_threads_kept():
+def torch_threads_kept(monkeypatch):
+    """Not under torchrun or a set OMP_NUM_THREADS, whatever runs the tests; torch's count restored after."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -54,6 +57,7 @@ def test_usable_cpus_is_the_affinity_bounded_by_the_quota(monkeypatch, quota, us
 def test_other_processes_load_takes_threads_away_and_gives_them_back(monkeypatch):
     """Four usable CPUs, one of them kept busy by others while the run starts, none after its first epoch."""
     monkeypatch.setattr(threads, "usable_cpus", lambda: (4, "test"))
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     busy = {"cpus": 1.0, "base": 0.0, "since": time.monotonic()}
 
     def busy_seconds(cpus):  # others' busy time, growing at `cpus` per second, plus this process's own
@@ -69,9 +73,12 @@ def test_other_processes_load_takes_threads_away_and_gives_them_back(monkeypatch
     assert t.adjust(1) is None  # no change, no line
 
 
-def test_a_given_thread_count_is_kept_and_said():
+def test_a_given_thread_count_is_kept_and_said(monkeypatch):
     t = Threads(1)
     assert t.adjust(0) is None and torch.get_num_threads() == 1 and t.said.startswith("Threads: 1 (--threads;")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it for each of several processes
+    t = Threads(None)
+    assert t.adjust(0) is None and torch.get_num_threads() == 1 and t.said.startswith("Threads: 1 (OMP_NUM_THREADS;")
 
 
 def test_a_busy_process_beside_the_run_takes_its_core():

@@ -36,8 +36,6 @@ FIELDS = {
     "best": dict,
     "data": dict,
 }
-# Options that --resume may change: the speed (and rounding) of a run, not the run
-RESUME_MAY_CHANGE = ("threads", "cpu_matmul")
 
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:
@@ -85,33 +83,35 @@ def load(run_dir: Path) -> dict[str, Any]:
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             what = "missing" if key not in state else f"a {type(state[key]).__name__}"
             raise UserError(f"{path}: '{key}' is {what}, expected a {kind.__name__} (a damaged or foreign checkpoint)")
-    if not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in state["history"]):
-        raise UserError(f"{path}: 'history' holds a row that is not an epoch's (a damaged or foreign checkpoint)")
+    from scalerec.run_folder import checked_row
+
+    for i, row in enumerate(state["history"]):
+        checked_row(row, f"{path}: 'history' row {i}")
+    if state["history"] and not isinstance(state["best"].get("epoch"), int):
+        raise UserError(f"{path}: 'best' names no epoch (a damaged or foreign checkpoint)")
     return state
 
 
 def check_run(saved: dict[str, Any], cfg, run_dir: Path) -> None:
     """UserError where the checkpoint is not this run's: made with other options than its config.json's (a
     checkpoint copied from another run), --resume's speed options aside."""
-    if "config" not in saved:  # made before checkpoints held their options: the data check stands alone
+    from scalerec.config import build_config, overrides_from_mapping
+    from scalerec.run_folder import run_options
+
+    if "config" not in saved:  # written without its options: the data check stands alone
         return
-    if not isinstance(saved["config"], dict) or not isinstance(saved["config"].get("train"), dict):
-        raise UserError(f"{run_dir / FILE}: 'config' is not a run's options (a damaged or foreign checkpoint)")
-    ours, theirs = _run_options(cfg.to_dict()), _run_options(saved["config"])
+    path = Path(run_dir) / FILE
+    try:
+        theirs = run_options(build_config(overrides_from_mapping(saved["config"], path, sections_only=True)).to_dict())
+    except (UserError, AttributeError, TypeError):
+        raise UserError(f"{path}: 'config' is not a run's options (a damaged or foreign checkpoint)") from None
+    ours = run_options(cfg.to_dict())
     if ours != theirs:
         differ = sorted(k for s in ours for k in ours[s] if (theirs.get(s) or {}).get(k, ...) != ours[s][k])
         raise UserError(
             f"{run_dir / FILE}: another run's checkpoint (its options differ from {run_dir / 'config.json'}'s: "
             f"{few(differ) or 'its sections'}); resume the run it came from, or train anew"
         )
-
-
-def _run_options(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's sections without the options --resume may change."""
-    return {
-        name: {k: v for k, v in section.items() if k not in RESUME_MAY_CHANGE} if isinstance(section, dict) else section
-        for name, section in config.items()
-    }
 
 
 def random_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -215,19 +215,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def resumed_config(args: argparse.Namespace) -> Any:
     """`train --resume RUN`: the run's own options (its config.json), with --threads and --cpu-matmul if given: they
     change the speed (and the rounding), not the run."""
+    from scalerec.run_folder import CONFIG, SPEED_OPTIONS, read_config
+
     given = ["config"] if args.config else []
     given += [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.name in vars(args)]
-    if given := [name for name in given if name not in ("threads", "cpu_matmul")]:
+    if given := [name for name in given if name not in SPEED_OPTIONS]:
         shown = ", ".join("--" + name.replace("_", "-") for name in given)
         raise OptionError(f"--resume continues a run with its own options (its config.json); not with {shown}")
-    from scalerec.run_folder import CONFIG, read_config
-
     if not Path(args.resume).is_dir():
         raise UserError(f"--resume {args.resume!r}: not a folder (expected a run folder)")
     if not (Path(args.resume) / CONFIG).is_file():
         raise UserError(f"{args.resume}: not a run folder (no {CONFIG})")
     cfg = read_config(Path(args.resume) / CONFIG)
-    given = {name: getattr(args, name) for name in ("threads", "cpu_matmul") if name in vars(args)}
+    given = {name: getattr(args, name) for name in SPEED_OPTIONS if name in vars(args)}
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **given)) if given else cfg
 
 
@@ -285,6 +285,16 @@ def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list
             except UserError as e:
                 raise OptionError(f"{path}: {e}") from None
     return grid
+
+
+def said_here(error: UserError) -> bool:
+    """Under torchrun, whether this process prints the error: the first process does; another one where the error
+    is its own (`said_here`, else one process per machine: its processes find the same), never where the first
+    has said it."""
+    said = getattr(error, "said_here", None)
+    if os.environ.get("RANK", "0") == "0" or said:
+        return True
+    return said is None and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def _terminate(signum, frame) -> None:
@@ -359,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
     except UserError as e:
-        # under torchrun, said once: by the first process (every process finds the same), or by another that lost it
-        if os.environ.get("RANK", "0") == "0" or getattr(e, "said_here", False):
-            print(f"scalerec: error: {e}", file=sys.stderr)
+        if said_here(e):
+            rank = os.environ.get("RANK", "0")
+            which = f"process {rank}: " if rank != "0" and not str(e).startswith("process ") else ""
+            print(f"scalerec: error: {which}{e}", file=sys.stderr)
         return 2 if isinstance(e, OptionError) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
         where = f"{e.filename}: " if e.filename else ""

@@ -432,7 +432,7 @@ def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:
                 raise TypeError
             return tuple(_scalar(args[0], v) for v in value)
         return _scalar(args[0] if args else hint, value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits for a float
         expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
         what = (
             f"a list of {expected[args[0]].removeprefix('an ').removeprefix('a ')}s"

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from scalerec.errors import UserError
+from scalerec.errors import Terminated, UserError
 
 # How long a collective waits for a process that neither answers nor closes its connection (a hung or stopped
 # one). Every process evaluates and the first writes the checkpoint between steps: seconds to a minute or two on
@@ -48,17 +48,24 @@ class PeerLost(UserError):
 
 def _collective(call: Callable[[], T]) -> T:
     """call(), a collective whose failure (a peer gone: gloo's or NCCL's error and traceback) is one PeerLost line."""
+    _waiting.set()
     try:
         return call()
     except RuntimeError as e:  # DistBackendError, DistNetworkError, gloo's own "Connection reset by peer"
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
         text = text.split("] ", 1)[-1].split(". ", 1)[0]  # gloo: "[path/pair.cc:537] Read error ...: reset by peer."
         rank = f"process {dist.get_rank()}: " if dist.is_initialized() else ""
-        if threading.current_thread() is threading.main_thread():
-            # torchrun sends SIGTERM to the other processes when one fails: this one is stopping already, and
-            # first writes its summary and says why
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_term()
         raise PeerLost(f"{rank}another process of the run stopped or cannot be reached ({text})") from None
+    finally:
+        _waiting.clear()
+
+
+def _ignore_term() -> None:
+    """torchrun sends SIGTERM to the other processes when one fails: a process that is stopping already first
+    writes its summary and says why."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -100,6 +107,22 @@ class Group:
         for t in model.state_dict().values():
             _collective(lambda t=t: dist.broadcast(t, 0))
 
+    def lost(self, after: BaseException, wait_s: float = 5.0) -> PeerLost | None:
+        """After a SIGTERM (`after`): PeerLost where another process no longer answers, else None. torchrun stops
+        every process when one dies, and when the job is stopped: a barrier tells the two apart, failing at once
+        where a process is gone."""
+        if not isinstance(after, Terminated):
+            return None
+        _ignore_term()
+        try:
+            if dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=wait_s)):
+                return None
+        except RuntimeError as e:
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0].split("] ", 1)[-1].split(". ", 1)[0]
+        else:
+            text = f"no answer within {wait_s:g} s"
+        return PeerLost(f"process {self.rank}: stopped by torchrun; another process of the run is gone ({text})")
+
     def broadcast(self, value: T) -> T:
         """Rank 0's `value` (any picklable object) on every process."""
         box = [value if self.is_main else None]
@@ -137,6 +160,10 @@ def _join(backend: str) -> None:
     generation = (store.add("scalerec/joined", 1) - 1) // world
     prefixed = dist.PrefixStore(f"scalerec/group-{generation}/", store)
     dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=TIMEOUT)
+    # Every process has counted itself by now: set the count exact for the next group, so that one whose process
+    # died before counting (it never joined, and this group never formed with it) does not shift the next ones.
+    if rank == 0:
+        store.set("scalerec/joined", str((generation + 1) * world))
 
 
 def teardown(group: Group | None) -> None:
@@ -151,12 +178,14 @@ def restarts_allowed() -> int:
 
 
 _watch: dict[str, Any] = {}
+_waiting = threading.Event()  # set while the main thread waits in a collective
 
 
 def _watch_for_term() -> None:
     """Python runs a signal's handler only between bytecodes, so a process waiting in a collective on a peer that
     hangs would hold torchrun's SIGTERM until TIMEOUT. The signal also lands on a wakeup pipe; a thread that reads
-    it gives the process TERM_GRACE_S to stop as usual (summary written), then ends it where it waits."""
+    it gives the process TERM_GRACE_S to stop as usual (summary written), then ends it if it is still waiting in a
+    collective (never in the middle of writing a checkpoint)."""
     if threading.current_thread() is not threading.main_thread() or _watch:
         return
     read, write = os.pipe()
@@ -172,9 +201,12 @@ def _watch_for_term() -> None:
     def watch() -> None:
         while not stop.is_set():
             got = os.read(read, 64)
-            if signal.SIGTERM in got and not stop.wait(TERM_GRACE_S):
-                print("scalerec: terminated (SIGTERM) while waiting for the other processes", file=sys.stderr)
-                os._exit(143)
+            if signal.SIGTERM not in got or stop.wait(TERM_GRACE_S):
+                continue
+            while not stop.wait(0.5):
+                if _waiting.is_set():
+                    print("scalerec: terminated (SIGTERM) while waiting for the other processes", file=sys.stderr)
+                    os._exit(143)
         os.close(read)
 
     _watch.update(read=read, write=write, previous=previous, stop=stop)

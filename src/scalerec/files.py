@@ -5,6 +5,7 @@ run folder holds."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -173,13 +174,18 @@ class FolderLock:
         fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip()
+        except OSError as e:
+            holder = os.read(fd, 200).decode(errors="replace").splitlines()  # its pid and host, what it does
             os.close(fd)
-            by = f" (pid {holder})" if holder else ""
-            raise FolderBusy(f"{self.folder}: another scalerec process{by} is {what} in this folder") from None
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise UserError(
+                    f"{self.folder}: cannot be locked ({e.strerror}): a file system without locks?"
+                ) from None
+            by = f" (pid {holder[0]})" if holder else ""
+            doing = holder[1] if len(holder) > 1 else what
+            raise FolderBusy(f"{self.folder}: another scalerec process{by} is {doing} in this folder") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n{what}\n".encode())
         self.file = os.fdopen(fd, "w")
 
     def close(self) -> None:
@@ -206,10 +212,14 @@ def signals_held() -> Iterator[None]:
     caught: list[int] = []
     wanted = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in wanted}
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True  # the block's own error says why the run stops; the signal would hide it
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: a handler set outside Python
-        if caught:
+        if caught and not failed:
             signal.raise_signal(caught[0])  # the handler in place acts on it now

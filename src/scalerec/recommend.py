@@ -21,8 +21,12 @@ from scalerec.data import load_dataset
 from scalerec.errors import UserError
 from scalerec.evaluate import FULL_SCORES_PER_BATCH, seen_index, seen_pairs
 from scalerec.files import write_atomic
+from scalerec.find_batch import available_bytes
 from scalerec.model import build_model, onednn_available, set_cpu_matmul
 from scalerec.run_folder import CONFIG, read_config
+
+# What one recommendation holds while the CSV is made: its item and score (12 bytes) and its CSV line
+RECOMMENDATION_BYTES = 64
 
 
 @torch.no_grad()
@@ -102,6 +106,12 @@ def recommend_run(
                 f"{ds.source}, or dropped in preparation: fewer than {cfg.data.min_user_interactions} interactions)"
             )
         chosen = [index[u] for u in users]
+    needed = len(chosen) * k * RECOMMENDATION_BYTES
+    if needed > available_bytes():
+        raise UserError(
+            f"--k {k} for {len(chosen):,} users: {len(chosen) * k:,} recommendations take about {needed / 2**30:.1f} "
+            f"GB, more than the {available_bytes() / 2**30:.1f} GB available; ask for fewer users or a smaller --k"
+        )
     seen = None
     if not include_seen:
         pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)])

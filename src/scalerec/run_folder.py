@@ -41,6 +41,13 @@ class Claim:
         self.lock.close()
         self.lock = None
 
+    def clean(self) -> None:
+        """Once the run's checks have passed and it is about to write: remove what killed writes left, a sweep's
+        record of an earlier failed attempt, and, for a run that starts anew, an earlier attempt's logs."""
+        remove_temporaries(self.run_dir, WRITTEN)
+        for name in (FAILED,) if self.resume else (METRICS, SUMMARY, CHECKPOINT, FAILED):
+            (self.run_dir / name).unlink(missing_ok=True)
+
     def shared(self) -> Claim:
         """What the other processes of a data-parallel run know of it: the folder, not the lock."""
         return Claim(self.run_dir, None, self.resume)
@@ -62,8 +69,8 @@ def claim(cfg: Config, resume: Path | None = None, adopt: bool = False) -> Claim
     """Lock the run folder, then check it: `resume` (train --resume) names a run to continue; otherwise the
     folder is --output's, or a new runs/<time>-... Refused: a folder that holds another run's results, or a sweep.
     With `adopt` (a sweep run again, a worker group restarted by torchrun), a folder holding an unfinished run of
-    this same config is taken over: continued from its checkpoint, or started over where it has none. Leftover
-    temporaries of killed writes are removed once the lock is held."""
+    this same config is taken over: continued from its checkpoint, or started over where it has none. Nothing in
+    the folder is changed here (clean() does, once the run's own checks have passed)."""
     if resume is not None:
         run_dir = Path(resume)
         held = Claim(run_dir, hold_folder(run_dir), resume=True)
@@ -84,8 +91,6 @@ def claim(cfg: Config, resume: Path | None = None, adopt: bool = False) -> Claim
             except FileExistsError:
                 run_dir = run_dir.with_name(f"{default_run_dir(cfg).name}-{n}")
         held = _held(run_dir, True, lambda: _check_free(run_dir, cfg, adopt))
-    remove_temporaries(run_dir, WRITTEN)
-    (run_dir / FAILED).unlink(missing_ok=True)  # a sweep's record of an earlier attempt: this one decides now
     return held
 
 
@@ -118,11 +123,7 @@ def _check_free(run_dir: Path, cfg: Config, adopt: bool) -> bool:
             f"--output {run_dir}: holds an earlier run's results; continue it with scalerec train --resume "
             f"{run_dir}, or choose another folder"
         )
-    if earlier and (run_dir / CHECKPOINT).is_file():
-        return True
-    for name in (METRICS, SUMMARY, CHECKPOINT, FAILED):  # a run started over, or a failed attempt's record
-        (run_dir / name).unlink(missing_ok=True)
-    return False
+    return earlier and (run_dir / CHECKPOINT).is_file()
 
 
 def finished(run_dir: Path) -> bool:
@@ -133,11 +134,20 @@ def finished(run_dir: Path) -> bool:
         return False
 
 
+# Options that change the speed (and the rounding) of a run, not the run: --resume takes them
+SPEED_OPTIONS = ("threads", "cpu_matmul")
+
+
+def run_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's options (a Config's dict, or one as a file holds it: options added to scalerec since count at
+    their defaults) less the speed options: what makes two runs the same run."""
+    return {name: {k: v for k, v in section.items() if k not in SPEED_OPTIONS} for name, section in config.items()}
+
+
 def same_config(run_dir: Path, cfg: Config, name: str = CONFIG) -> bool:
-    """Whether the run in `run_dir` was made with these options (its config.json; options added to scalerec since
-    count at their defaults)."""
+    """Whether the run in `run_dir` was made with these options (its config.json), speed options aside."""
     try:
-        return read_config(run_dir / name).to_dict() == cfg.to_dict()
+        return run_options(read_config(run_dir / name).to_dict()) == run_options(cfg.to_dict())
     except (OSError, UserError):
         return False
 
@@ -155,8 +165,8 @@ def read_config(path: Path) -> Config:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's rows, each checked; a last line cut short (no newline: a crash in an old version's append)
-    is left out. UserError naming the file, the line and the field."""
+    """metrics.jsonl's rows, each checked; a last line cut short (no newline at its end: an append that a crash
+    stopped) is left out. UserError naming the file, the line and the field."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -174,15 +184,15 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if last:
                 continue
             raise UserError(f"{path}, line {number}: not a JSON line (expected one object per epoch)") from None
-        rows.append(_checked_row(row, path, number))
+        rows.append(checked_row(row, f"{path}, line {number}"))
     return rows
 
 
 ROW_NUMBERS = ("loss", "train_s", "eval_s", "samples_per_s", "lr")
 
 
-def _checked_row(row: Any, path: Path, number: int) -> dict[str, Any]:
-    where = f"{path}, line {number}"
+def checked_row(row: Any, where: str) -> dict[str, Any]:
+    """An epoch's metrics row (a line of metrics.jsonl, or of a checkpoint's history); UserError saying `where`."""
     if not isinstance(row, dict):
         raise UserError(f"{where}: holds {_kind(row)}, expected a JSON object (one epoch's metrics)")
     if not _is_int(row.get("epoch")) or row["epoch"] < 0:
@@ -193,7 +203,7 @@ def _checked_row(row: Any, path: Path, number: int) -> dict[str, Any]:
     for key in (*metrics, *ROW_NUMBERS):
         if key in row and not _is_number(row[key]):
             raise UserError(f"{where}: '{key}' is {row[key]!r}, expected a number")
-    for key in ("train_s", "samples_per_s"):
+    for key in ("train_s", "eval_s", "samples_per_s"):
         if key not in row:
             raise UserError(f"{where}: no '{key}' in epoch {row['epoch']}'s row")
     return row

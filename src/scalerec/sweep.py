@@ -20,7 +20,7 @@ from typing import Any
 
 from scalerec.config import build_config, field_owner
 from scalerec.errors import UserError
-from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, write_atomic
+from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
 from scalerec.run_folder import FAILED, SUMMARY, read_summary, same_config
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
@@ -152,10 +152,10 @@ def sweep(
             check_sweep_dir(sweep_dir, base, names)
         except UserError:
             if created:
-                lock.close()
                 (sweep_dir / LOCK).unlink(missing_ok=True)
                 sweep_dir.rmdir()
             raise
+        remove_temporaries(sweep_dir, (SWEEP_FILE, *SWEEP_OUTPUTS))
         write_atomic(sweep_dir / SWEEP_FILE, build_config(base).to_json() + "\n")
         try:
             results = {name: run_one(name, merge(base, extra), sweep_dir, log) for name, extra in runs}
@@ -179,6 +179,14 @@ def sweep(
 
 
 SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds
+SWEEP_OUTPUTS = (
+    "results.csv",
+    "results.md",
+    "report.md",
+    "hr_per_epoch.png",
+    "best_hr_vs_batch.png",
+    "lr_schedule.png",
+)
 
 
 def check_sweep_dir(sweep_dir: Path, base: Overrides, names: set[str]) -> None:

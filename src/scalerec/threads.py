@@ -87,16 +87,21 @@ def busy_seconds(cpus: set[int]) -> float | None:
 
 
 class Threads:
-    """The run's thread count: `fixed` where given (--threads), else the usable CPUs less those other processes
-    keep busy, measured at start and after each epoch (adjust). `said`: the line that tells the count and why."""
+    """The run's thread count: `fixed` where given (--threads), else OMP_NUM_THREADS where set (torchrun sets 1 per
+    process), else the usable CPUs less those other processes keep busy, measured at start and after each epoch
+    (adjust; not under torchrun, whose processes keep one count so that they round alike). `said`: the line that
+    tells the count and why."""
 
     def __init__(self, fixed: int | None, watch: bool = True) -> None:
-        self.fixed = fixed
         self.usable, why = usable_cpus()
-        if fixed:
-            torch.set_num_threads(fixed)
-            self.said = f"Threads: {fixed} (--threads; {self.usable} usable CPUs: {why})"
+        given = os.environ.get("OMP_NUM_THREADS", "")
+        self.fixed = fixed or (int(given) if given.isdigit() and int(given) > 0 else None)
+        if self.fixed:
+            torch.set_num_threads(self.fixed)
+            source = "--threads" if fixed else "OMP_NUM_THREADS"
+            self.said = f"Threads: {self.fixed} ({source}; {self.usable} usable CPUs: {why})"
             return
+        watch = watch and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
         # another tenant's load on a machine whose cores a cgroup quota shares out is not this process's to avoid
         self.watching = watch and len(self.cpus) <= self.usable and busy_seconds(self.cpus) is not None

@@ -300,8 +300,10 @@ def _on_main(group: distributed.Group | None, work: Callable[[], T], shared: Cal
     got, message = group.broadcast(sent)
     if error is not None:
         raise error
-    if message is not None:
-        raise UserError(message)
+    if message is not None:  # the first process's, said by it
+        echoed = UserError(message)
+        echoed.said_here = False
+        raise echoed
     return result if group.is_main else got
 
 
@@ -368,10 +370,14 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     _log_setup(cfg, log, model, device, bs, micro, n, steps, run_dir, groups, lr, [lr * schedule(s) for s in points])
 
     best, history = {"epoch": -1, hr_key: -1.0}, []
+    if saved is not None and saved["history"] and hr_key not in saved["best"]:
+        raise UserError(f"{run_dir / checkpoint.FILE}: 'best' has no {hr_key} (a damaged or foreign checkpoint)")
     if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
         _restore(saved, run_dir, model, optimizer, scheduler, scaler, sampler, device)
         history, best = saved["history"], saved["best"]
         log(f"Resuming {run_dir} at epoch {len(history)} of {cfg.train.epochs} (best so far: epoch {best['epoch']})")
+    if main:
+        held.clean()
     if main and saved is None:
         write_atomic(run_dir / run_folder.CONFIG, run_cfg.to_json() + "\n")
     if main:  # on resume: the checkpoint's epochs, without any line of an epoch that ran after it
@@ -454,19 +460,19 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
                 log(changed)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the epochs so far stay logged, summary.json says it stopped
         state, stop = "interrupted", e
-        log(f"Interrupted in epoch {len(history)}; {len(history)} epoch(s) logged in {run_dir}")
+        if group is not None and (lost := group.lost(e)) is not None:  # torchrun's SIGTERM after a process died
+            state, error, stop = "failed", str(lost), lost
+        else:
+            log(f"Interrupted in epoch {len(history)}; {len(history)} epoch(s) logged in {run_dir}")
     except (WriteError, distributed.PeerLost) as e:  # a full disk, a process of the run lost: said in one line
         state, error, stop = "failed", str(e), e
 
     lost_first = not main and isinstance(stop, distributed.PeerLost)
     takeover = _left_by_first(run_dir, started) if lost_first else None
-    if lost_first and takeover is None and _summary_since(run_dir, started):
-        stop.said_here = False  # the first process stopped on its own and said why
+    if lost_first and takeover is None:  # where the folder is seen, its holder says it (the first, or a taker)
+        stop.said_here = not (run_dir / run_folder.CONFIG).is_file()
     if takeover is not None:  # the summary of what the first process committed
-        history, best = run_folder.read_metrics(run_dir / run_folder.METRICS), {}
-        if history:
-            row = next((r for r in history if r["epoch"] == history[-1].get("best_epoch")), history[-1])
-            best = {"epoch": row["epoch"], **{k: v for k, v in row.items() if "@" in k}}
+        history, best = _committed(run_dir)
     summary = {
         "run_dir": str(run_dir),
         "dataset": ds.name,
@@ -474,10 +480,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         "diverged_at": error if state == "diverged" else None,
         "lr": lr,
         "best": best if history else None,
-        "epochs": len(history),
-        "train_s": sum(r["train_s"] for r in history),
-        "eval_s": sum(r["eval_s"] for r in history),
-        "mean_samples_per_s": n * len(history) / sum(r["train_s"] for r in history) if history else None,
+        **_totals(history, n),
         "batch_size": bs,
         "steps_per_epoch": steps,
         "lr_schedule": [[step, lr * schedule(step)] for step in points],
@@ -499,6 +502,26 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         shown = f"{hr_key} = {best[hr_key]:.4f}, {ndcg} = {best[ndcg]:.4f}"
         log(f"Best {shown} at epoch {best['epoch']}; results in {run_dir}")
     return summary
+
+
+def _totals(history: list[dict], n: int) -> dict[str, Any]:
+    """The summary's epochs, seconds and mean rate over the epochs logged."""
+    train_s = sum(r["train_s"] for r in history)
+    return {
+        "epochs": len(history),
+        "train_s": train_s,
+        "eval_s": sum(r["eval_s"] for r in history),
+        "mean_samples_per_s": n * len(history) / train_s if history else None,
+    }
+
+
+def _committed(run_dir: Path) -> tuple[list[dict], dict]:
+    """(the epochs, the best epoch) that a run folder's metrics.jsonl holds."""
+    history = run_folder.read_metrics(run_dir / run_folder.METRICS)
+    if not history:
+        return history, {}
+    row = next((r for r in history if r["epoch"] == history[-1].get("best_epoch")), history[-1])
+    return history, {"epoch": row["epoch"], **{k: v for k, v in row.items() if "@" in k}}
 
 
 def _left_by_first(run_dir: Path, started: float) -> FolderLock | None:

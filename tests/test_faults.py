@@ -261,6 +261,10 @@ def test_a_write_that_fails_is_one_line_the_summary_says_so_and_the_last_checkpo
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == good and not list((tmp_path / "run").glob("*.tmp*"))
     rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])  # the disk has room again
     assert rc == 0 and "at epoch 1 of 2" in out, err
+    command = ["recommend", tmp_path / "run", "--output", tmp_path / "all.csv"]
+    rc, _, err = finish(start(command, tmp_path, limit_file_size=100))
+    assert_one_line_error(rc, err, f"{tmp_path / 'all.csv'}: cannot write it (File too large)")
+    assert not (tmp_path / "all.csv").exists() and not list(tmp_path.glob("all.csv*"))
 
 
 def mount_tmpfs(path: Path, size: str) -> bool:

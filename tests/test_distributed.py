@@ -209,3 +209,19 @@ def test_sigterm_stops_a_process_waiting_on_a_hung_one_within_seconds(tmp_path):
             time.sleep(0.1)
     finally:
         stop_all(p)
+
+
+def test_a_job_stopped_as_a_whole_is_interrupted_not_failed(tmp_path):
+    """SIGTERM to torchrun (as a scheduler stops a job) reaches every process: the run is interrupted, and can go
+    on with --resume; a lost process is what makes it failed."""
+    p = launcher(["train", *LONGER, *tiny(tmp_path / "run", epochs=30)], tmp_path, "--standalone", "--nproc-per-node=2")
+    try:
+        kill_a_worker_after_the_first_epoch(p, tmp_path / "run", rank=None, sig=0)  # waits for the epoch only
+        os.kill(p.pid, signal.SIGTERM)
+        done = ended(p, timeout=60)
+    finally:
+        if p.poll() is None:
+            stop_all(p)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["state"] == "interrupted", (summary, done.stderr[-2000:])
+    assert summary["epochs"] == len(rows(tmp_path / "run")) >= 1 and "scalerec: error" not in done.stderr

@@ -47,6 +47,17 @@ def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: An
     group.add_argument(flag, **kwargs)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+positive_int.__name__ = "positive integer"  # argparse names it in its error message
+
+
 def _number_or(kind: type, names: list[str]) -> Any:
     """An argparse type for options such as --batch-size that take a number or a name ("max")."""
 
@@ -141,7 +152,9 @@ def make_parser() -> argparse.ArgumentParser:
     rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
     rec.add_argument("--output", metavar="FILE", help="write the CSV to FILE (atomically) instead of printing it")
-    rec.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: the CPUs the process may use)")
+    rec.add_argument(
+        "--threads", type=positive_int, help="CPU threads for PyTorch (default: the CPUs the process may use)"
+    )
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -287,7 +300,7 @@ def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list
     return grid
 
 
-def said_here(error: UserError) -> bool:
+def said_here(error: BaseException) -> bool:
     """Under torchrun, whether this process prints the error: the first process does; another one where the error
     is its own (`said_here`, else one process per machine: its processes find the same), never where the first
     has said it."""
@@ -376,11 +389,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(e, OptionError) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
         where = f"{e.filename}: " if e.filename else ""
-        print(f"scalerec: error: {where}{e.strerror or e}", file=sys.stderr)
+        if said_here(e):
+            print(f"scalerec: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        print(f"scalerec: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        if said_here(e):
+            print(f"scalerec: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as e:
         if type(e).__name__ != "OutOfMemoryError":  # torch's; torch itself is imported only by the commands

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from scalerec.errors import Terminated, UserError
+from scalerec.errors import UserError
 
 # How long a collective waits for a process that neither answers nor closes its connection (a hung or stopped
 # one). Every process evaluates and the first writes the checkpoint between steps: seconds to a minute or two on
@@ -40,10 +41,10 @@ T = TypeVar("T")
 
 
 class PeerLost(UserError):
-    """Another process of the group stopped or cannot be reached: a collective failed. `said_here`: this process
-    says so (the first one, or another where the first is the one lost)."""
+    """Another process of the group stopped or cannot be reached: a collective failed. `said_here`: whether this
+    process says so (None: as the CLI decides, one process per machine)."""
 
-    said_here = True
+    said_here: bool | None = None
 
 
 def _collective(call: Callable[[], T]) -> T:
@@ -107,21 +108,23 @@ class Group:
         for t in model.state_dict().values():
             _collective(lambda t=t: dist.broadcast(t, 0))
 
-    def lost(self, after: BaseException, wait_s: float = 5.0) -> PeerLost | None:
-        """After a SIGTERM (`after`): PeerLost where another process no longer answers, else None. torchrun stops
-        every process when one dies, and when the job is stopped: a barrier tells the two apart, failing at once
-        where a process is gone."""
-        if not isinstance(after, Terminated):
+    def stopped(self, wait_s: float = 5.0) -> bool | None:
+        """Whether the whole job was stopped (every process got a SIGTERM: a scheduler's stop, Ctrl-C on torchrun)
+        rather than one process lost (torchrun then stops the others too): each process counts its SIGTERM in the
+        group's store, and this waits up to wait_s for all of them. None where there is no store to ask."""
+        store = _group_store.get("store")
+        if store is None:
             return None
         _ignore_term()
+        end = time.monotonic() + wait_s
         try:
-            if dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=wait_s)):
-                return None
-        except RuntimeError as e:
-            text = (str(e).strip().splitlines() or [type(e).__name__])[0].split("] ", 1)[-1].split(". ", 1)[0]
-        else:
-            text = f"no answer within {wait_s:g} s"
-        return PeerLost(f"process {self.rank}: stopped by torchrun; another process of the run is gone ({text})")
+            while store.add("terminated", 0) < self.world:
+                if time.monotonic() > end:
+                    return False
+                time.sleep(0.05)
+        except RuntimeError:  # the store's host is gone with its process
+            return None
+        return True
 
     def broadcast(self, value: T) -> T:
         """Rank 0's `value` (any picklable object) on every process."""
@@ -150,7 +153,8 @@ def _join(backend: str) -> None:
     dead group's addresses and fail to connect. The prefix is the group's generation, counted in the store: every
     process of every group adds 1 on joining, so the n-th group's processes count (n-1)*world+1 .. n*world. (The
     restart count in the environment would not do: on several machines, a launcher whose own workers did not
-    fail restarts them without counting a restart.)"""
+    fail restarts them without counting a restart.) A process that dies before it counts itself (in its first
+    seconds) leaves the later groups' counts apart: they wait TIMEOUT and fail."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not torchrun: MASTER_ADDR and the rest set by hand
         dist.init_process_group(backend, timeout=TIMEOUT)
         return
@@ -160,14 +164,12 @@ def _join(backend: str) -> None:
     generation = (store.add("scalerec/joined", 1) - 1) // world
     prefixed = dist.PrefixStore(f"scalerec/group-{generation}/", store)
     dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=TIMEOUT)
-    # Every process has counted itself by now: set the count exact for the next group, so that one whose process
-    # died before counting (it never joined, and this group never formed with it) does not shift the next ones.
-    if rank == 0:
-        store.set("scalerec/joined", str((generation + 1) * world))
+    _group_store["store"] = dist.PrefixStore("scalerec/", prefixed)
 
 
 def teardown(group: Group | None) -> None:
     _stop_watching()
+    _group_store.clear()
     if group is not None and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -179,6 +181,19 @@ def restarts_allowed() -> int:
 
 _watch: dict[str, Any] = {}
 _waiting = threading.Event()  # set while the main thread waits in a collective
+_group_store: dict[str, Any] = {}  # the process group's own keys in torchrun's store
+
+
+def count_term() -> None:
+    """Count this process's SIGTERM in the group's store, once (see Group.stopped)."""
+    store = _group_store.get("store")
+    if store is None or _group_store.get("counted"):
+        return
+    _group_store["counted"] = True
+    try:
+        store.add("terminated", 1)
+    except RuntimeError:  # the store's host is gone
+        pass
 
 
 def _watch_for_term() -> None:
@@ -201,7 +216,10 @@ def _watch_for_term() -> None:
     def watch() -> None:
         while not stop.is_set():
             got = os.read(read, 64)
-            if signal.SIGTERM not in got or stop.wait(TERM_GRACE_S):
+            if signal.SIGTERM not in got:
+                continue
+            count_term()  # at once, even while the main thread waits in a collective
+            if stop.wait(TERM_GRACE_S):
                 continue
             while not stop.wait(0.5):
                 if _waiting.is_set():

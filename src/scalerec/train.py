@@ -28,7 +28,7 @@ from scalerec import checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import FLOAT32_MAX, PROTOCOLS, Config
 from scalerec.data import load_dataset
-from scalerec.errors import OptionError, UserError
+from scalerec.errors import OptionError, Terminated, UserError
 from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
 from scalerec.files import FolderLock, WriteError, hold_folder, signals_held, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
@@ -262,6 +262,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
     these same options in --output is continued from its checkpoint, or started over where it has none. Under
     torchrun with several processes, data-parallel (distributed.py): every process trains its share of each batch
     and evaluates (the same weights, the same metrics); the first logs and writes the run folder."""
+    log = _quiet_on_broken_pipe(log)
     restarts = distributed.restarts_allowed()
     if restarts and resume is None and not cfg.train.output:
         raise OptionError("torchrun --max-restarts: give --output, the folder a restarted worker group continues from")
@@ -277,13 +278,27 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
         threads = Threads(cfg.train.threads, watch=device.type == "cpu")
         if device.type == "cpu":
             keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
-        held = _on_main(group, lambda: run_folder.claim(cfg, resume, adopt or restarts > 0), Claim.shared)
+        adopt = (adopt or restarts > 0) and resume is None  # --resume names a run to continue, never a finished one
+        held = _on_main(group, lambda: run_folder.claim(cfg, resume, adopt), Claim.shared)
         try:
-            return _train(cfg, log, held, device, group, threads, adopt=adopt or restarts > 0)
+            return _train(cfg, log, held, device, group, threads, adopt=adopt)
         finally:
             held.release()
     finally:
         distributed.teardown(group)
+
+
+def _quiet_on_broken_pipe(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log`, silent where its output is gone (a closed pipe, torchrun stopped before its processes): the run's
+    files and summary matter more than its console."""
+
+    def say(text: str) -> None:
+        try:
+            log(text)
+        except BrokenPipeError:
+            pass
+
+    return say
 
 
 def _on_main(group: distributed.Group | None, work: Callable[[], T], shared: Callable[[T], Any] = lambda r: r) -> T:
@@ -297,7 +312,12 @@ def _on_main(group: distributed.Group | None, work: Callable[[], T], shared: Cal
         except Exception as e:  # said by the first process; the others stop with it
             error = e
     sent = (None, str(error)) if error is not None else (shared(result) if group.is_main else None, None)
-    got, message = group.broadcast(sent)
+    try:
+        got, message = group.broadcast(sent)
+    except distributed.PeerLost:
+        if isinstance(result, Claim):  # a folder claimed for a run that will not start
+            result.release()
+        raise
     if error is not None:
         raise error
     if message is not None:  # the first process's, said by it
@@ -460,17 +480,26 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
                 log(changed)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the epochs so far stay logged, summary.json says it stopped
         state, stop = "interrupted", e
-        if group is not None and (lost := group.lost(e)) is not None:  # torchrun's SIGTERM after a process died
-            state, error, stop = "failed", str(lost), lost
-        else:
+        if group is not None and isinstance(e, Terminated):
+            distributed.count_term()
+            if group.stopped() is False:  # torchrun stopped this process because another one ended
+                stop = distributed.PeerLost(
+                    f"process {group.rank}: stopped by torchrun: another process of the run ended"
+                )
+                state, error = "failed", str(stop)
+        if state == "interrupted":
             log(f"Interrupted in epoch {len(history)}; {len(history)} epoch(s) logged in {run_dir}")
-    except (WriteError, distributed.PeerLost) as e:  # a full disk, a process of the run lost: said in one line
+    except distributed.PeerLost as e:  # a process of the run lost; or the job stopped, one process ending first
         state, error, stop = "failed", str(e), e
+        if group.stopped():
+            state, error, stop = "interrupted", None, Terminated()
+    except Exception as e:  # a full disk (WriteError), out of memory, ...: the summary says so, then it is raised
+        state, error, stop = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0], e
 
     lost_first = not main and isinstance(stop, distributed.PeerLost)
     takeover = _left_by_first(run_dir, started) if lost_first else None
-    if lost_first and takeover is None:  # where the folder is seen, its holder says it (the first, or a taker)
-        stop.said_here = not (run_dir / run_folder.CONFIG).is_file()
+    if lost_first:  # the process that writes the summary says it; where none can, one process per machine
+        stop.said_here = True if takeover is not None else (False if (run_dir / run_folder.CONFIG).is_file() else None)
     if takeover is not None:  # the summary of what the first process committed
         history, best = _committed(run_dir)
     summary = {

@@ -28,7 +28,7 @@ from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.optim import build_optimizer
-from scalerec.train import build_run_model, micro_batch_for, train_step
+from scalerec.training import build_run_model, micro_batch_for, train_step
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.sampling import EpochSampler
-from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
+from scalerec.training import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ from scalerec.model import build_model, linear, onednn_pays, unique_rows
 from scalerec.optim import build_optimizer
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.sampling import SHUFFLES, EpochSampler
-from scalerec.train import build_run_model, micro_batch_for, train_step
+from scalerec.training import build_run_model, micro_batch_for, train_step
 
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
 

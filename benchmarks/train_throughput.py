@@ -36,7 +36,7 @@ from scalerec.data import load_dataset
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
-from scalerec.train import build_run_model, micro_batch_for, optimizer_for, train_epoch
+from scalerec.training import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
 def timed_epoch(model, opt, draw, bs: int, micro: int | None, amp, device) -> tuple[float, int, int]:

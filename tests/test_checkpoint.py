@@ -7,36 +7,16 @@ import json
 import pytest
 import torch
 
-import scalerec.train as train_module
-from scalerec.evaluate import seen_index
+import scalerec.training as train_module
+from scalerec.metrics import seen_index
 from scalerec.model import NeuMF
 from scalerec.recommend import top_k
-from tests.test_cli import SYNTHETIC, isolated, run_main, tiny, write_udata  # noqa: F401 (isolated: a fixture)
+from tests.helpers import SYNTHETIC, interrupt_in_epoch, rows, run_main, tiny, write_udata
 
-
-def rows(run) -> list[dict]:
-    """metrics.jsonl less its timings, which differ from run to run."""
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        out.append({k: v for k, v in row.items() if k not in ("train_s", "eval_s", "samples_per_s", "peak_memory_mb")})
-    return out
+pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
 
 
 TRAIN_EPOCH = train_module.train_epoch
-
-
-def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
-    calls = []
-    real = train_module.train_epoch
-
-    def stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == epoch + 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", stop)
 
 
 @pytest.mark.parametrize(

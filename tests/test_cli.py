@@ -19,74 +19,11 @@ import torch
 
 import scalerec
 from scalerec.cli import main
+from tests.helpers import SYNTHETIC, assert_one_line_error, run_main, tiny, write_udata
+
+pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
 
 METRIC_KEYS = {"epoch", "loss", "sampled_HR@10", "sampled_NDCG@10", "samples_per_s", "train_s", "eval_s", "best_epoch"}
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Cache and default run folder in tmp_path; torch's thread count restored after --threads 1."""
-    monkeypatch.setenv("SCALEREC_DATA_DIR", str(tmp_path / "data_dir"))
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(out: Path, epochs: int = 2) -> list[str]:
-    """Options for a run of a second or so: small model, small batches, one thread, CPU."""
-    return [
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "256",
-        "--layers",
-        "16",
-        "16",
-        "8",
-        "--factors",
-        "8",
-        "--eval-negatives",
-        "20",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--output",
-        str(out),
-    ]
-
-
-SYNTHETIC = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-users",
-    "200",
-    "--synthetic-items",
-    "100",
-    "--synthetic-interactions",
-    "10",
-]
-
-
-def run_main(capsys, argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) as the console script runs it: (exit code, stdout, stderr)."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse: --help, --version, bad option syntax
-        rc = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def write_udata(path: Path, n_users: int = 60, n_items: int = 80, per_user: int = 8, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    lines = []
-    for u in range(1, n_users + 1):
-        for i in rng.choice(np.arange(1, n_items + 1), per_user, replace=False):
-            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + rng.integers(0, 10**6)}\n")
-    path.write_text("".join(lines))
-    return path
 
 
 def check_run_folder(out: Path, epochs: int) -> tuple[dict, list[dict]]:
@@ -103,16 +40,6 @@ def check_run_folder(out: Path, epochs: int) -> tuple[dict, list[dict]]:
     for n, r in enumerate(rows):  # best so far: the first epoch with the highest HR@10
         assert r["best_epoch"] == int(np.argmax(hrs[: n + 1]))
     return config, rows
-
-
-def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("scalerec: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 # ---------------------------------------------------------------- version, help
@@ -614,7 +541,7 @@ def test_every_cut_off_is_printed_and_a_trivial_one_is_noted(capsys, tmp_path):
 
 
 def test_an_interrupted_run_says_so_in_its_summary(capsys, tmp_path, monkeypatch):
-    import scalerec.train as train_module
+    import scalerec.training as train_module
 
     calls = []
     real = train_module.train_epoch
@@ -688,7 +615,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_status_143(capsys, tmp_path, mo
     import os
     import signal
 
-    import scalerec.train as train_module
+    import scalerec.training as train_module
 
     calls = []
     real = train_module.train_epoch

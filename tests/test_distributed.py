@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from scalerec.distributed import Group
-from tests.test_checkpoint import rows
-from tests.test_cli import SYNTHETIC, tiny
+from tests.helpers import SYNTHETIC, rows, tiny
 
 
 def test_the_shares_of_a_batch_cover_it_and_weigh_it_whole():

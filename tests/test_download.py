@@ -16,7 +16,7 @@ from scalerec.cli import main
 from scalerec.config import DataConfig
 from scalerec.data import download, load_dataset, movielens
 from scalerec.errors import UserError
-from tests.test_data import fake_pip, make_wheel, make_zip
+from tests.helpers import fake_pip, make_wheel, make_zip
 
 ROWS = [(u, i, 1 + (u + i) % 5, 1_000_000 + 10 * u + i) for u in range(1, 30) for i in range(1, 10) if (u + i) % 3]
 

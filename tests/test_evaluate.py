@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from scalerec.evaluate import (
+from scalerec.metrics import (
     NAN_RANK,
     evaluate,
     full_ranks,

@@ -19,8 +19,9 @@ import torch
 
 from scalerec import files
 from scalerec.errors import UserError
-from tests.test_checkpoint import interrupt_in_epoch, rows
-from tests.test_cli import SYNTHETIC, assert_one_line_error, isolated, run_main, tiny  # noqa: F401 (isolated)
+from tests.helpers import SYNTHETIC, assert_one_line_error, interrupt_in_epoch, rows, run_main, tiny
+
+pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
 
 
 def start(args: list, cwd: Path, limit_file_size: int | None = None) -> subprocess.Popen:
@@ -213,7 +214,7 @@ def test_recommend_refuses_more_recommendations_than_memory_holds(capsys, tmp_pa
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
     monkeypatch.setattr(scalerec.recommend, "available_bytes", lambda: 100_000)
     rc, _, err = run_main(capsys, ["recommend", tmp_path / "run", "--k", "50"])
-    assert_one_line_error(rc, err, "--k 50 for 200 users: 10,000 recommendations take about", "ask for fewer users")
+    assert_one_line_error(rc, err, "k = 50 for 200 users: 10,000 recommendations take about", "ask for fewer users")
 
 
 def test_a_checkpoint_holding_python_objects_is_refused_in_a_whole_sentence(capsys, tmp_path, monkeypatch):

@@ -112,12 +112,12 @@ def test_options_that_need_each_other(capsys):
 def test_out_of_device_memory_is_one_line(monkeypatch, capsys):
     import torch
 
-    import scalerec.train
+    import scalerec.training
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(scalerec.train, "train", oom)
+    monkeypatch.setattr(scalerec.training, "train", oom)
     assert main(["train", "--dataset", "synthetic"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("scalerec: error: out of device memory") and "Traceback" not in err
@@ -127,7 +127,7 @@ def test_the_cpu_search_leaves_room_for_the_epoch(tmp_path, monkeypatch, capsys)
     """A run holds its epoch's tensors beside each step, which the trial steps do not: the search's budget is the
     given one less EPOCH_BYTES_PER_SAMPLE per sample of an epoch."""
     import scalerec.find_batch
-    from scalerec.train import EPOCH_BYTES_PER_SAMPLE
+    from scalerec.training import EPOCH_BYTES_PER_SAMPLE
 
     seen = {}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scalerec.precision import autocast_context, grad_scaler
-from scalerec.train import train, train_step
+from scalerec.training import train, train_step
 
 from .test_train import tiny_config
 

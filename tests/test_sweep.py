@@ -225,11 +225,11 @@ def test_an_interrupted_sweep_run_is_trained_again(tmp_path):
 
 
 def test_a_sweep_stopped_by_ctrl_c_reports_the_runs_so_far(tmp_path, monkeypatch):
-    import scalerec.train
+    import scalerec.training
 
     base = tiny_base(tmp_path)
     base["train"] = {**base["train"], "epochs": 1}
-    train, calls = scalerec.train.train, []
+    train, calls = scalerec.training.train, []
 
     def stopped_at_the_second(config, log, **options):
         calls.append(config)
@@ -237,7 +237,7 @@ def test_a_sweep_stopped_by_ctrl_c_reports_the_runs_so_far(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return train(config, log, **options)
 
-    monkeypatch.setattr(scalerec.train, "train", stopped_at_the_second)
+    monkeypatch.setattr(scalerec.training, "train", stopped_at_the_second)
     said = []
     with pytest.raises(KeyboardInterrupt):
         sweep(base, grid_runs({"batch_size": [256, 512]}), tmp_path / "s", said.append)

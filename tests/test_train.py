@@ -6,8 +6,8 @@ import torch
 
 from scalerec.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from scalerec.data import load_dataset
-from scalerec.evaluate import metrics_from_ranks, ranks
-from scalerec.train import build_run_model, train
+from scalerec.metrics import metrics_from_ranks, ranks
+from scalerec.training import build_run_model, train
 
 
 def tiny_config(tmp_path, **train_kw) -> Config:
@@ -80,7 +80,7 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
 
 
 def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, monkeypatch):
-    import scalerec.train as train_module
+    import scalerec.training as train_module
 
     seen = []
     real_step = train_module.train_step
@@ -121,7 +121,7 @@ def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_
 
 
 def test_a_diverging_run_is_recorded_as_diverged_not_a_crash(tmp_path):
-    import scalerec.train as train_module
+    import scalerec.training as train_module
     from scalerec.cli import main
 
     steps = []
@@ -179,7 +179,7 @@ def test_large_batch_recipe_scales_the_lr_and_warms_up(tmp_path, optimizer):
 
 
 def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch):
-    import scalerec.train as train_module
+    import scalerec.training as train_module
     from scalerec.optim import lr_factor
 
     seen = []
@@ -206,7 +206,7 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name):
 
     from scalerec.model import build_model
     from scalerec.optim import build_optimizer
-    from scalerec.train import train_step
+    from scalerec.training import train_step
 
     g = torch.Generator().manual_seed(0)
     users, items = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 11, (50,), generator=g)
@@ -231,7 +231,7 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name):
 
 
 def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
-    import scalerec.train as train_module
+    import scalerec.training as train_module
 
     def sparse(cfg):
         model = train_module.build_run_model(cfg, 50, 60, torch.device("cpu"))
@@ -254,7 +254,7 @@ def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
 
 
 def test_micro_batches_by_default_only_for_large_cpu_batches(tmp_path):
-    from scalerec.train import CPU_MICRO_BATCH, micro_batch_for
+    from scalerec.training import CPU_MICRO_BATCH, micro_batch_for
 
     cfg = tiny_config(tmp_path)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

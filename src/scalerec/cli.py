@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scalerec import __version__
-from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, field_owner, read_config_file
+from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, read_config_file
 from scalerec.data.download import RELEASES
 from scalerec.errors import OptionError, Terminated, UserError
 
@@ -155,6 +155,24 @@ def make_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--threads", type=positive_int, help="CPU threads for PyTorch (default: the CPUs the process may use)"
     )
+    ev = sub.add_parser(
+        "evaluate",
+        help="HR@K and NDCG@K of a trained run's model, by the sampled or full-ranking protocol",
+        description="Evaluate the last epoch's model of a run (its checkpoint.pt) on the run's held-out items at its "
+        "cut-offs, and print the metrics as one JSON object, each name prefixed with its protocol.",
+    )
+    ev.add_argument("run", help="a run folder (holding config.json and checkpoint.pt)")
+    ev.add_argument(
+        "--protocol",
+        choices=["sampled", "full", "both"],
+        default="sampled",
+        help="sampled: among the run's evaluation negatives; full: among every item the user did not train on "
+        "(default: sampled)",
+    )
+    ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="(default: cpu)")
+    ev.add_argument(
+        "--threads", type=positive_int, help="CPU threads for PyTorch (default: the CPUs the process may use)"
+    )
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -268,36 +286,10 @@ def run_sweep(args: argparse.Namespace) -> Path:
             f"192B = {192 * b}; sweep folder {folder}"
         )
     elif args.grid:
-        runs = sweep.grid_runs(read_grid_file(args.grid, base))
+        runs = sweep.grid_runs(sweep.read_grid_file(args.grid, base))
     else:
         raise OptionError("sweep needs --preset notebook or --grid FILE")
     return sweep.sweep(base, runs, folder, print, final)
-
-
-def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
-    """The [grid] table of a TOML or YAML file: option = [values], each value checked over the base options."""
-    from scalerec.config import coerce_option, load_mapping
-    from scalerec.sweep import merge
-
-    raw = load_mapping(Path(path))
-    grid = raw.get("grid", raw)
-    if isinstance(grid, dict):
-        grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
-    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
-        raise OptionError(f"{path}: expected a [grid] table of option = [value, ...] lists")
-    owner = field_owner()
-    for key, values in grid.items():
-        if key not in owner:
-            raise OptionError(f"{path}: unknown option '{key}' in [grid]")
-        if key == "output":  # every run's folder is <sweep folder>/<run name>
-            raise OptionError(f"{path}: output cannot be a [grid] option; --output names the sweep folder")
-        grid[key] = [coerce_option(Path(path), key, v) for v in values]
-        for v in grid[key]:  # choices and ranges, before any run starts
-            try:
-                build_config(merge(base, {owner[key]: {key: v}}))
-            except UserError as e:
-                raise OptionError(f"{path}: {e}") from None
-    return grid
 
 
 def said_here(error: BaseException) -> bool:
@@ -314,73 +306,120 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def _train(args: argparse.Namespace) -> int:
+    from scalerec.training import train
+
+    if args.resume is not None:
+        summary = train(resumed_config(args), resume=Path(args.resume))
+    else:
+        summary = train(config_from_args(args))
+    return 3 if summary["state"] == "diverged" else 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from scalerec.recommend import recommend_run
+    from scalerec.threads import Threads
+
+    Threads(args.threads, watch=False)
+    output = Path(args.output) if args.output else None
+    text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output)
+    if output is None:
+        sys.stdout.write(text)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from scalerec.recommend import load
+    from scalerec.threads import Threads
+
+    Threads(args.threads, watch=False)
+    print(json.dumps(load(Path(args.run), "last", args.device).evaluate(args.protocol)))
+    return 0
+
+
+def _find_batch(args: argparse.Namespace) -> int:
+    from scalerec.training import find_largest_batch
+
+    find_largest_batch(config_from_args(args))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    print(f"Report: {run_sweep(args)}")  # a failed run: UserError, after the report
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from scalerec.report import write_report
+
+    print(f"Report: {write_report(Path(args.folder))}")
+    return 0
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from scalerec.data import load_dataset
+    from scalerec.data.info import describe
+
+    given = {f.name: vars(args)[f.name] for f in dataclasses.fields(DataConfig) if f.name in vars(args)}
+    try:
+        cfg = data_config_for(args.source, given)
+    except (ValueError, TypeError) as e:  # as train says it: exit status 2
+        raise OptionError(f"invalid configuration: {e}") from None
+    print("\n".join(describe(load_dataset(cfg, log=print))))
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from scalerec.data.movielens import default_data_dir
+
+    folder = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if args.name == "ncf-ml-1m":
+        from scalerec.data.ncf import fetch_ncf_ml1m
+
+        prefix = fetch_ncf_ml1m(folder)
+        print(f"The NCF paper's ML-1M files: {prefix}.{{train,test}}.rating")
+        print(f"Train on them with: scalerec train --dataset ncf --data {prefix} --eval-negatives 99")
+    elif args.name == "ml-100k":
+        from scalerec.data.movielens import fetch_ml100k
+
+        path, source = fetch_ml100k(folder)
+        print(f"MovieLens-100K: {path} (from {source})")
+    else:
+        from scalerec.data.download import fetch
+
+        fetch(args.name, folder)
+        print(f"Train on it with: scalerec train --dataset {args.name}")
+    return 0
+
+
+# command (and data action) -> what runs it: each parses nothing, calls the library, prints, returns the status
+COMMANDS = {
+    "train": _train,
+    "recommend": _recommend,
+    "evaluate": _evaluate,
+    "find-batch": _find_batch,
+    "sweep": _sweep,
+    "report": _report,
+    "data info": _data_info,
+    "data fetch": _data_fetch,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
     in_main_thread = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         if args.command != "train":
             refuse_many_processes(args.command)
-        if args.command == "train":
-            from scalerec.train import train
-
-            if args.resume is not None:
-                summary = train(resumed_config(args), resume=Path(args.resume))
-            else:
-                summary = train(config_from_args(args))
-            if summary["state"] == "diverged":
-                return 3
-        elif args.command == "recommend":
-            from scalerec.recommend import recommend_run
-            from scalerec.threads import Threads
-
-            Threads(args.threads, watch=False)
-            output = Path(args.output) if args.output else None
-            text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output)
-            if output is None:
-                sys.stdout.write(text)
-        elif args.command == "find-batch":
-            from scalerec.train import find_largest_batch
-
-            find_largest_batch(config_from_args(args))
-        elif args.command == "sweep":
-            print(f"Report: {run_sweep(args)}")  # a failed run: UserError, after the report
-        elif args.command == "report":
-            from scalerec.report import write_report
-
-            print(f"Report: {write_report(Path(args.folder))}")
-        elif args.command == "data" and args.data_command == "info":
-            from scalerec.data import load_dataset
-            from scalerec.data.info import describe
-
-            given = {f.name: vars(args)[f.name] for f in dataclasses.fields(DataConfig) if f.name in vars(args)}
-            try:
-                cfg = data_config_for(args.source, given)
-            except (ValueError, TypeError) as e:  # as train says it: exit status 2
-                raise OptionError(f"invalid configuration: {e}") from None
-            print("\n".join(describe(load_dataset(cfg, log=print))))
-        elif args.command == "data" and args.name == "ncf-ml-1m":
-            from scalerec.data.movielens import default_data_dir
-            from scalerec.data.ncf import fetch_ncf_ml1m
-
-            prefix = fetch_ncf_ml1m(Path(args.data_dir) if args.data_dir else default_data_dir())
-            print(f"The NCF paper's ML-1M files: {prefix}.{{train,test}}.rating")
-            print(f"Train on them with: scalerec train --dataset ncf --data {prefix} --eval-negatives 99")
-        elif args.command == "data" and args.name == "ml-100k":
-            from scalerec.data.movielens import default_data_dir, fetch_ml100k
-
-            path, source = fetch_ml100k(Path(args.data_dir) if args.data_dir else default_data_dir())
-            print(f"MovieLens-100K: {path} (from {source})")
-        elif args.command == "data":
-            from scalerec.data.download import fetch
-            from scalerec.data.movielens import default_data_dir
-
-            fetch(args.name, Path(args.data_dir) if args.data_dir else default_data_dir())
-            print(f"Train on it with: scalerec train --dataset {args.name}")
-        else:
-            parser.print_help()
-            return 2
+        command = f"data {args.data_command}" if args.command == "data" else args.command
+        return COMMANDS[command](args)
     except UserError as e:
         if said_here(e):
             rank = os.environ.get("RANK", "0")
@@ -409,4 +448,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0

@@ -1,9 +1,9 @@
-"""Top-K recommendations from a trained run: `scalerec recommend RUN [--users U ...] [--k K]`.
+"""A trained run as a recommender: `load(run)` and `scalerec recommend RUN [--users U ...] [--k K]`.
 
 The run's config.json names its data and model, checkpoint.pt holds the weights of its last epoch. Every item
 is encoded once and each user scored against all of them (model.score_grid, as full-ranking evaluation does);
-the items a user interacted with (training and held-out) are left out unless --include-seen. Users and items are
-named by the ids of the input file.
+the items a user interacted with (training and held-out) are left out unless asked for. Users and items are named
+by the ids of the input file.
 """
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from scalerec import checkpoint
+from scalerec.config import PROTOCOLS, Config
 from scalerec.data import load_dataset
 from scalerec.errors import UserError
-from scalerec.evaluate import FULL_SCORES_PER_BATCH, seen_index, seen_pairs
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
+from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, seen_index, seen_pairs
 from scalerec.model import build_model, onednn_available, set_cpu_matmul
 from scalerec.run_folder import CONFIG, read_config
 
@@ -57,30 +61,140 @@ def top_k(
     return items, scores
 
 
-def recommend_run(
-    run_dir: Path,
-    users: list[str] | None,
-    k: int,
-    include_seen: bool = False,
-    output: Path | None = None,
-    log: Callable[[str], None] = print,
-) -> str:
-    """CSV text `user,rank,item,score` for the given users (by their ids in the input file; default every user),
-    written to `output` (atomically) or returned for printing."""
-    if k < 1:
-        raise UserError(f"--k must be at least 1, got {k}")
-    if output is not None and (output.is_dir() or not output.parent.is_dir()):
-        what = "is a folder" if output.is_dir() else f"its folder {output.parent} does not exist"
-        raise UserError(f"--output {output}: {what} (expected a file to write the CSV to)")
+class Recommender:
+    """A trained run's model with the ids of its data (`load` makes one).
+
+    `model`: the torch module, in eval mode; `users`, `items`: the ids the model knows, as in the input file (a
+    user's index in `users` is its row in the model); `config`: the run's options; `epoch`: whose weights these are.
+    """
+
+    def __init__(self, run_dir: Path, config: Config, ds, model: torch.nn.Module, epoch: int) -> None:
+        self.path, self.config, self.dataset, self.model, self.epoch = run_dir, config, ds, model, epoch
+        self.users = ds.user_ids if len(ds.user_ids) else np.arange(ds.n_users)
+        self.items = ds.item_ids if len(ds.item_ids) else np.arange(ds.n_items)
+        self._index = {str(raw): i for i, raw in enumerate(self.users)}
+        self._item_index = {str(raw): i for i, raw in enumerate(self.items)}
+        self._device = next(model.parameters()).device
+
+    def __repr__(self) -> str:
+        return (
+            f"Recommender({str(self.path)!r}, epoch {self.epoch}: {len(self.users):,} users, {len(self.items):,} items)"
+        )
+
+    def rows_of(self, users: Iterable[Any] | None) -> list[int]:
+        """The model's rows of the given user ids (each once, in the order given; every user where None)."""
+        if users is None:
+            return list(range(len(self.users)))
+        users = list(dict.fromkeys(str(u) for u in ([users] if isinstance(users, str | int) else users)))
+        if unknown := [u for u in users if u not in self._index]:
+            raise UserError(
+                f"{self.path}: unknown user id(s) {', '.join(unknown[:5])}: not among the run's users (not in "
+                f"{self.dataset.source}, or dropped in preparation: fewer than "
+                f"{self.config.data.min_user_interactions} interactions)"
+            )
+        return [self._index[u] for u in users]
+
+    def top(self, rows: list[int], k: int, exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items, scores) [len(rows), k] of each user's k best items, best first (-1 / -inf past the last)."""
+        if k < 1:
+            raise UserError(f"k must be at least 1, got {k}")
+        k = min(k, len(self.items))  # no more items than there are
+        needed = len(rows) * k * RECOMMENDATION_BYTES
+        if needed > available_bytes():
+            raise UserError(
+                f"k = {k} for {len(rows):,} users: {len(rows) * k:,} recommendations take about "
+                f"{needed / 2**30:.1f} GB, more than the {available_bytes() / 2**30:.1f} GB available; ask for fewer "
+                "users or a smaller k"
+            )
+        seen = None
+        if exclude_seen:
+            ds = self.dataset
+            pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)]).to(self._device)
+            pairs_i = torch.cat([torch.as_tensor(ds.train_items), torch.as_tensor(ds.test_items)]).to(self._device)
+            seen = seen_index(pairs_u, pairs_i, ds.n_users)
+        users = torch.tensor(rows, dtype=torch.int64, device=self._device)
+        items, scores = top_k(self.model, users, len(self.items), k, seen)
+        return items.cpu(), scores.cpu()
+
+    def recommend(self, users: Iterable[Any] | None = None, k: int = 10, exclude_seen: bool = True):
+        """A pandas DataFrame of columns user, rank, item, score: each user's k highest-scoring items (by the input
+        file's ids; every user where `users` is None), the items the user interacted with left out unless
+        exclude_seen is False. Fewer rows for a user with fewer items left."""
+        import pandas as pd
+
+        rows = self.rows_of(users)
+        items, scores = self.top(rows, k, exclude_seen)
+        found = items >= 0
+        user_rows = torch.tensor(rows, dtype=torch.int64)[:, None].expand_as(items)[found].numpy()
+        ranks = torch.arange(1, items.shape[1] + 1).expand_as(items)[found].numpy()
+        return pd.DataFrame(
+            {
+                "user": self.users[user_rows],
+                "rank": ranks,
+                "item": self.items[items[found].numpy()],
+                "score": scores[found].numpy(),
+            }
+        )
+
+    @torch.no_grad()
+    def score(self, users: Iterable[Any], items: Iterable[Any]):
+        """The model's score (a logit: higher is more likely) of each (user, item) pair, as a numpy array; users
+        and items are ids of equal count, or one of them a single id for all."""
+        us, its = (
+            np.atleast_1d(np.asarray(list_of(users), dtype=object)),
+            np.atleast_1d(np.asarray(list_of(items), dtype=object)),
+        )
+        if len(us) != len(its) and 1 not in (len(us), len(its)):
+            raise UserError(f"score: {len(us)} users and {len(its)} items (expected as many of each, or one of either)")
+        u = torch.tensor([self._index.get(str(x), -1) for x in us], dtype=torch.int64)
+        i = torch.tensor([self._item_index.get(str(x), -1) for x in its], dtype=torch.int64)
+        for name, ids, rows in (("user", us, u), ("item", its, i)):
+            if (rows < 0).any():
+                raise UserError(
+                    f"{self.path}: unknown {name} id {ids[int((rows < 0).nonzero()[0])]} (not among the run's {name}s)"
+                )
+        u, i = torch.broadcast_tensors(u, i)
+        self.model.eval()
+        return self.model(u.to(self._device), i.to(self._device)).float().cpu().numpy()
+
+    def evaluate(self, protocol: Literal["sampled", "full", "both"] = "sampled") -> dict[str, float]:
+        """HR@K and NDCG@K (and, in full ranking, recall) of the held-out items at the run's cut-offs, each name
+        prefixed with its protocol: sampled (among the run's evaluation negatives), full (among every item the user
+        did not train on), or both."""
+        if protocol not in PROTOCOLS:
+            raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        e = self.config.eval
+        evaluation, _ = evaluator(
+            self.dataset, self.model, self._device, PROTOCOLS[protocol], e.topk, e.eval_batch_size
+        )
+        return evaluation()
+
+
+def list_of(ids: Any) -> list[Any]:
+    """Ids as a list: a single id (a string or number) as a list of one."""
+    if isinstance(ids, str | int | np.integer):
+        return [ids]
+    return list(ids)
+
+
+def load(run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
+    """The trained model of a run folder, checked against the run's options and data, with its data's ids.
+
+    The checkpoint holds the last epoch's weights: "best" loads them too, with a warning where the best epoch was
+    another one."""
+    from scalerec.training import resolve_device
+
+    if epoch not in ("best", "last"):
+        raise UserError(f"epoch must be 'best' or 'last', got {epoch!r}")
+    run_dir = Path(run_dir)
     saved = checkpoint.load(run_dir)
-    if not (Path(run_dir) / CONFIG).is_file():
+    if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir}: not a run folder (no {CONFIG})")
-    cfg = read_config(Path(run_dir) / CONFIG)
-    checkpoint.check_run(saved, cfg, Path(run_dir))
+    cfg = read_config(run_dir / CONFIG)
+    checkpoint.check_run(saved, cfg, run_dir)
     cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
     ds = load_dataset(cfg.data, log=lambda s: None)  # from the cache the run made
     checkpoint.check_data(saved, ds, run_dir)
-    k = min(k, ds.n_items)  # no more items than there are
     m = cfg.model
     model = build_model(m.model, ds.n_users, ds.n_items, m.factors, m.layers, m.dropout)
     if cfg.train.cpu_matmul != "onednn" or onednn_available():  # where it is not, BLAS scores as well
@@ -92,41 +206,43 @@ def recommend_run(
             f"{run_dir / checkpoint.FILE}: its weights do not fit the model of {run_dir / CONFIG} "
             f"({str(e).splitlines()[0]})"
         ) from None
-    raw_users = ds.user_ids if len(ds.user_ids) else torch.arange(ds.n_users).numpy()
-    raw_items = ds.item_ids if len(ds.item_ids) else torch.arange(ds.n_items).numpy()
-    index = {str(raw): i for i, raw in enumerate(raw_users)}
-    if users is None:
-        chosen = list(range(ds.n_users))
-    else:
-        users = list(dict.fromkeys(users))  # each once, in the order given
-        unknown = [u for u in users if u not in index]
-        if unknown:
-            raise UserError(
-                f"{run_dir}: unknown user id(s) {', '.join(unknown[:5])}: not among the run's users (not in "
-                f"{ds.source}, or dropped in preparation: fewer than {cfg.data.min_user_interactions} interactions)"
-            )
-        chosen = [index[u] for u in users]
-    needed = len(chosen) * k * RECOMMENDATION_BYTES
-    if needed > available_bytes():
-        raise UserError(
-            f"--k {k} for {len(chosen):,} users: {len(chosen) * k:,} recommendations take about {needed / 2**30:.1f} "
-            f"GB, more than the {available_bytes() / 2**30:.1f} GB available; ask for fewer users or a smaller --k"
+    last, best = saved["history"][-1]["epoch"], saved["best"].get("epoch")
+    if epoch == "best" and best != last:
+        warnings.warn(
+            f"{run_dir}: the checkpoint holds the last epoch's model ({last}), not the best one ({best}); loaded the "
+            "last",
+            stacklevel=2,
         )
-    seen = None
-    if not include_seen:
-        pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)])
-        pairs_i = torch.cat([torch.as_tensor(ds.train_items), torch.as_tensor(ds.test_items)])
-        seen = seen_index(pairs_u, pairs_i, ds.n_users)
-    items, scores = top_k(model, torch.tensor(chosen, dtype=torch.int64), ds.n_items, k, seen)
+    return Recommender(run_dir, cfg, ds, model.to(resolve_device(device)).eval(), last)
+
+
+def recommend_run(
+    run_dir: Path,
+    users: list[str] | None,
+    k: int,
+    include_seen: bool = False,
+    output: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """`scalerec recommend`: CSV text `user,rank,item,score` for the given users (by their ids in the input file;
+    default every user), written to `output` (atomically) or returned for printing."""
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if output is not None and (output.is_dir() or not output.parent.is_dir()):
+        what = "is a folder" if output.is_dir() else f"its folder {output.parent} does not exist"
+        raise UserError(f"--output {output}: {what} (expected a file to write the CSV to)")
+    rec = load(run_dir, "last")
+    rows = rec.rows_of(users)
+    items, scores = rec.top(rows, k, exclude_seen=not include_seen)
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(["user", "rank", "item", "score"])
-    for row, user in enumerate(chosen):
+    for row, user in enumerate(rows):
         for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()), start=1):
             if item >= 0:
-                out.writerow([raw_users[user], rank, raw_items[item], f"{score:.6g}"])
+                out.writerow([rec.users[user], rank, rec.items[item], f"{score:.6g}"])
     text = buf.getvalue()
     if output is not None:
         write_atomic(Path(output), text)
-        log(f"Top {k} items of {len(chosen):,} users (epoch {saved['history'][-1]['epoch']}'s model): {output}")
+        log(f"Top {min(k, len(rec.items))} items of {len(rows):,} users (epoch {rec.epoch}'s model): {output}")
     return text

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scalerec.config import build_config, field_owner
-from scalerec.errors import UserError
+from scalerec.config import build_config, coerce_option, field_owner, load_mapping
+from scalerec.errors import OptionError, UserError
 from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
 from scalerec.run_folder import FAILED, SUMMARY, read_summary, same_config
 
@@ -100,9 +100,32 @@ def merge(base: Overrides, extra: Overrides) -> Overrides:
     return out
 
 
+def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """The [grid] table of a TOML or YAML file: option = [values], each value checked over the base options."""
+    raw = load_mapping(Path(path))
+    grid = raw.get("grid", raw)
+    if isinstance(grid, dict):
+        grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise OptionError(f"{path}: expected a [grid] table of option = [value, ...] lists")
+    owner = field_owner()
+    for key, values in grid.items():
+        if key not in owner:
+            raise OptionError(f"{path}: unknown option '{key}' in [grid]")
+        if key == "output":  # every run's folder is <sweep folder>/<run name>
+            raise OptionError(f"{path}: output cannot be a [grid] option; --output names the sweep folder")
+        grid[key] = [coerce_option(Path(path), key, v) for v in values]
+        for v in grid[key]:  # choices and ranges, before any run starts
+            try:
+                build_config(merge(base, {owner[key]: {key: v}}))
+            except UserError as e:
+                raise OptionError(f"{path}: {e}") from None
+    return grid
+
+
 def run_one(name: str, overrides: Overrides, sweep_dir: Path, log: Callable[[str], None]) -> dict:
     """Train one run of the sweep into sweep_dir/name, or read the summary of a finished one."""
-    from scalerec.train import train  # torch is imported only when a run actually trains
+    from scalerec.training import train  # torch is imported only when a run actually trains
 
     run_dir = sweep_dir / name
     try:

@@ -29,9 +29,9 @@ from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import FLOAT32_MAX, PROTOCOLS, Config
 from scalerec.data import load_dataset
 from scalerec.errors import OptionError, Terminated, UserError
-from scalerec.evaluate import evaluate, full_ranks, metrics_from_ranks, seen_index
 from scalerec.files import FolderLock, WriteError, hold_folder, signals_held, write_atomic
 from scalerec.find_batch import find_batch, peak_memory_bytes
+from scalerec.metrics import evaluator
 from scalerec.model import build_model, encode_rows, interact_rows, set_cpu_matmul, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
@@ -255,7 +255,13 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
     return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)
 
 
-def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None = None, adopt: bool = False) -> dict:
+def train(
+    cfg: Config,
+    log: Callable[[str], None] = print,
+    resume: Path | None = None,
+    adopt: bool = False,
+    tune_malloc: bool = True,
+) -> dict:
     """Train and evaluate every epoch; returns the summary also written to <run>/summary.json. With `resume` (a
     run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds. With
     `adopt` (a sweep run again), or under torchrun --max-restarts (a worker group restarted), an unfinished run of
@@ -276,7 +282,7 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume: Path | None =
             cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, sparse_embeddings=False))
             log = log if group.is_main else lambda s: None
         threads = Threads(cfg.train.threads, watch=device.type == "cpu")
-        if device.type == "cpu":
+        if device.type == "cpu" and tune_malloc:
             keep_large_blocks_in_heap()  # activations reuse heap pages instead of page-faulting fresh ones
         adopt = (adopt or restarts > 0) and resume is None  # --resume names a run to continue, never a finished one
         held = _on_main(group, lambda: run_folder.claim(cfg, resume, adopt), Claim.shared)
@@ -375,7 +381,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     if not lr <= FLOAT32_MAX:
         raise OptionError(f"the lr scaled to batch {bs} is {lr:g}, beyond float32's range: lower --base-lr")
     optimizer, groups = optimizer_for(cfg, model, lr)
-    evaluation, hr_key = _evaluator(cfg, ds, model, device, log)
+    e = cfg.eval
+    evaluation, hr_key = evaluator(ds, model, device, PROTOCOLS[e.eval], e.topk, e.eval_batch_size, log)
     steps = (n + bs - 1) // bs
     warmup_steps = o.warmup_epochs * steps
 
@@ -577,41 +584,6 @@ def _summary_since(run_dir: Path, started: float) -> bool:
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl, one line per epoch, written whole (atomically): never a line cut short."""
     write_atomic(run_dir / run_folder.METRICS, "".join(json.dumps(row) + "\n" for row in history))
-
-
-def _evaluator(cfg: Config, ds, model: torch.nn.Module, device, log) -> tuple[Callable[[], dict[str, float]], str]:
-    """(a function computing every protocol's metrics, each name prefixed with its protocol; the metric that picks
-    the best epoch)."""
-    test_users = torch.tensor(ds.test_users, device=device)
-    test_items = torch.tensor(ds.test_items, device=device)
-    test_negatives = torch.tensor(ds.eval_negatives, device=device)
-    protocols = PROTOCOLS[cfg.eval.eval]
-    candidates = {"sampled": test_negatives.shape[1] + 1, "full": ds.n_items}
-    for protocol in protocols:  # a cut-off at or past every candidate: its HR is 1 whatever the model
-        if trivial := [kk for kk in cfg.eval.topk if kk >= candidates[protocol]]:
-            log(
-                f"Note: {protocol} evaluation ranks each test item among at most {candidates[protocol]} candidates, "
-                f"so HR@K for K = {', '.join(map(str, trivial))} is 1 by construction"
-            )
-    seen = None
-    if "full" in protocols:  # each user's training items, left out of its full ranking
-        train_users = torch.tensor(ds.train_users, device=device)
-        seen = seen_index(train_users, torch.tensor(ds.train_items, device=device), ds.n_users)
-        del train_users
-
-    def evaluation() -> dict[str, float]:
-        out = {}
-        if "sampled" in protocols:
-            found = evaluate(
-                model, test_users, test_items, test_negatives, ds.n_items, cfg.eval.topk, cfg.eval.eval_batch_size
-            )
-            out.update({f"sampled_{name}": v for name, v in found.items()})
-        if seen is not None:
-            rank = full_ranks(model, test_users, test_items, seen, ds.n_items)
-            out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, cfg.eval.topk, recall=True).items()})
-        return out
-
-    return evaluation, f"{protocols[-1]}_HR@{cfg.eval.topk[0]}"
 
 
 def _log_setup(cfg: Config, log, model, device, bs, micro, n, steps, run_dir, groups, lr, lrs: list[float]) -> None:

@@ -12,6 +12,8 @@ is the mean over users of 1/log2(rank + 2) for those hits, 0 otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -154,3 +156,43 @@ def full_ranks(
         return out
     finally:
         model.train(was_training)
+
+
+def evaluator(
+    ds,
+    model: nn.Module,
+    device: torch.device,
+    protocols: tuple[str, ...],
+    topk: tuple[int, ...],
+    batch_users: int,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[Callable[[], dict[str, float]], str]:
+    """(a function computing each protocol's metrics on the dataset's held-out items, each name prefixed with its
+    protocol; the metric that picks the best epoch). The test tensors are moved to the device once."""
+    test_users = torch.tensor(ds.test_users, device=device)
+    test_items = torch.tensor(ds.test_items, device=device)
+    test_negatives = torch.tensor(ds.eval_negatives, device=device)
+    candidates = {"sampled": test_negatives.shape[1] + 1, "full": ds.n_items}
+    for protocol in protocols:  # a cut-off at or past every candidate: its HR is 1 whatever the model
+        if trivial := [kk for kk in topk if kk >= candidates[protocol]]:
+            log(
+                f"Note: {protocol} evaluation ranks each test item among at most {candidates[protocol]} candidates, "
+                f"so HR@K for K = {', '.join(map(str, trivial))} is 1 by construction"
+            )
+    seen = None
+    if "full" in protocols:  # each user's training items, left out of its full ranking
+        train_users = torch.tensor(ds.train_users, device=device)
+        seen = seen_index(train_users, torch.tensor(ds.train_items, device=device), ds.n_users)
+        del train_users
+
+    def evaluation() -> dict[str, float]:
+        out = {}
+        if "sampled" in protocols:
+            found = evaluate(model, test_users, test_items, test_negatives, ds.n_items, topk, batch_users)
+            out.update({f"sampled_{name}": v for name, v in found.items()})
+        if seen is not None:
+            rank = full_ranks(model, test_users, test_items, seen, ds.n_items)
+            out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, topk, recall=True).items()})
+        return out
+
+    return evaluation, f"{protocols[-1]}_HR@{topk[0]}"

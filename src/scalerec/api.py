@@ -1,0 +1,130 @@
+"""The Python API: `scalerec.train`, `scalerec.load`, `scalerec.evaluate`, and `scalerec.Run`.
+
+The command line is a layer over the same functions. Each call leaves the caller's process as it found it:
+PyTorch's thread count and random state are restored, and malloc's settings are changed only where asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from scalerec.config import Config, build_config, coerce_option, field_owner, load_mapping, overrides_from_mapping
+from scalerec.errors import OptionError, UserError
+from scalerec.recommend import Recommender
+from scalerec.recommend import load as _load_run
+
+
+@dataclasses.dataclass
+class Run:
+    """A run folder as Python sees it: `path`, `config` (its options), `metrics` (one dict per epoch, as in
+    metrics.jsonl), `summary` (summary.json; None while the run has none)."""
+
+    path: Path
+    config: Config
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch whose metric picks the best model (None before the first epoch ends)."""
+        best = (self.summary or {}).get("best")
+        return best["epoch"] if best else None
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """The run in a folder that `scalerec train` wrote."""
+        from scalerec import run_folder
+
+        path = Path(path)
+        if not (path / run_folder.CONFIG).is_file():
+            raise UserError(f"{path}: not a run folder (no {run_folder.CONFIG})")
+        return cls(
+            path,
+            run_folder.read_config(path / run_folder.CONFIG),
+            run_folder.read_metrics(path / run_folder.METRICS),
+            run_folder.read_summary(path / run_folder.SUMMARY),
+        )
+
+    def load(self, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
+        """The run's trained model as a Recommender (see scalerec.load)."""
+        return load(self, epoch, device)
+
+
+def config_of(config: Config | dict[str, Any] | str | Path | None = None, **options: Any) -> Config:
+    """A Config from a Config, a {section: {option: value}} or flat {option: value} dict, or a TOML/YAML file,
+    with `options` (the command line's, with underscores) over it. A bad option raises OptionError."""
+    if isinstance(config, Config):
+        overrides = overrides_from_mapping(config.to_dict(), Path("<config>"), sections_only=True)
+    elif isinstance(config, dict):
+        overrides = overrides_from_mapping(config, Path("<config>"))
+    elif isinstance(config, str | Path):
+        overrides = overrides_from_mapping(load_mapping(Path(config)), Path(config))
+    elif config is None:
+        overrides = {}
+    else:
+        raise OptionError(f"config: expected a Config, a dict or a file's path, got a {type(config).__name__}")
+    owner = field_owner()
+    for name, value in options.items():
+        if name not in owner:
+            raise OptionError(f"unknown option {name!r} (the command line's options, with underscores)")
+        value = str(value) if isinstance(value, Path) else value
+        overrides.setdefault(owner[name], {})[name] = coerce_option(Path("<options>"), name, value)
+    return build_config(overrides)
+
+
+def train(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    *,
+    log: Callable[[str], None] | None = print,
+    tune_malloc: bool = False,
+    **options: Any,
+) -> Run:
+    """Train a model as `scalerec train` does and return its Run.
+
+    `config`: a Config, a dict, or a TOML/YAML file's path; `options`: the command line's with underscores
+    (`data="clicks.csv"`, `batch_size=4096`, `output="runs/x"`), over it. `log`: where each line goes (None: nowhere).
+    `tune_malloc`: keep large blocks in malloc's heap, as the command line does (faster on the CPU, and for the
+    rest of the process). Ctrl-C stops the run (its epochs so far are kept) and is raised."""
+    from scalerec import training
+
+    cfg = config_of(config, **options)
+    with _process_kept(cfg.train.device):
+        summary = training.train(cfg, log or (lambda s: None), tune_malloc=tune_malloc)
+    return Run.open(summary["run_dir"])
+
+
+def load(run: Run | str | Path, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
+    """A run's trained model, checked against the run's options and data, with the ids of its data: see
+    Recommender.recommend, .score and .evaluate. The checkpoint holds the last epoch's weights; "best" loads them
+    too, with a warning where the best epoch was another one."""
+    with _process_kept(device):  # the model is built with random weights before its own are loaded
+        return _load_run(run.path if isinstance(run, Run) else run, epoch, device)
+
+
+def evaluate(
+    run: Run | str | Path,
+    protocol: Literal["sampled", "full", "both"] = "sampled",
+    epoch: Literal["best", "last"] = "best",
+    device: str = "cpu",
+) -> dict[str, float]:
+    """The metrics of a run's trained model on its held-out items: HR@K and NDCG@K at the run's cut-offs (and
+    recall in full ranking), each name prefixed with its protocol."""
+    return load(run, epoch, device).evaluate(protocol)
+
+
+@contextlib.contextmanager
+def _process_kept(device: str) -> Iterator[None]:
+    """PyTorch's thread count and random streams as they are now, again after the block, whatever happens in it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    cuda = device != "cpu" and torch.cuda.is_available()
+    try:
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+            yield
+    finally:
+        torch.set_num_threads(threads)

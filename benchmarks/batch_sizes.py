@@ -25,10 +25,11 @@ from common import SHAPES, data_config, machine, run
 from step_speed import epoch_of
 
 from scalerec.allocator import keep_large_blocks_in_heap
+from scalerec.assembly import build_run_model, micro_batch_for
 from scalerec.config import Config
+from scalerec.epoch import train_step
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.optim import build_optimizer
-from scalerec.training import build_run_model, micro_batch_for, train_step
 
 
 def main() -> None:

@@ -24,10 +24,11 @@ import torch
 from common import SHAPES, data_config, machine, run
 
 from scalerec.allocator import keep_large_blocks_in_heap
+from scalerec.assembly import build_run_model, micro_batch_for, optimizer_for
 from scalerec.config import Config
 from scalerec.data import load_dataset
+from scalerec.epoch import train_epoch
 from scalerec.sampling import EpochSampler
-from scalerec.training import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
 @torch.no_grad()

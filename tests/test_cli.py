@@ -541,10 +541,10 @@ def test_every_cut_off_is_printed_and_a_trivial_one_is_noted(capsys, tmp_path):
 
 
 def test_an_interrupted_run_says_so_in_its_summary(capsys, tmp_path, monkeypatch):
-    import scalerec.training as train_module
+    import scalerec.epoch as epoch_module
 
     calls = []
-    real = train_module.train_epoch
+    real = epoch_module.train_epoch
 
     def interrupted_in_epoch_1(*args, **kwargs):
         calls.append(1)
@@ -552,7 +552,7 @@ def test_an_interrupted_run_says_so_in_its_summary(capsys, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_epoch", interrupted_in_epoch_1)
+    monkeypatch.setattr(epoch_module, "train_epoch", interrupted_in_epoch_1)
     rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=3)])
     assert rc == 130 and "scalerec: interrupted" in err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -615,10 +615,10 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_status_143(capsys, tmp_path, mo
     import os
     import signal
 
-    import scalerec.training as train_module
+    import scalerec.epoch as epoch_module
 
     calls = []
-    real = train_module.train_epoch
+    real = epoch_module.train_epoch
 
     def terminated_in_epoch_1(*args, **kwargs):  # as Slurm or Docker stops a job
         calls.append(1)
@@ -627,12 +627,12 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_status_143(capsys, tmp_path, mo
         return real(*args, **kwargs)
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(train_module, "train_epoch", terminated_in_epoch_1)
+    monkeypatch.setattr(epoch_module, "train_epoch", terminated_in_epoch_1)
     rc, out, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=3)])
     assert rc == 143 and "scalerec: terminated (SIGTERM)" in err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["state"] == "interrupted" and summary["epochs"] == 1
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
-    monkeypatch.setattr(train_module, "train_epoch", real)
+    monkeypatch.setattr(epoch_module, "train_epoch", real)
     rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
     assert rc == 0 and "Resuming" in out, err

@@ -127,7 +127,7 @@ def test_the_cpu_search_leaves_room_for_the_epoch(tmp_path, monkeypatch, capsys)
     """A run holds its epoch's tensors beside each step, which the trial steps do not: the search's budget is the
     given one less EPOCH_BYTES_PER_SAMPLE per sample of an epoch."""
     import scalerec.find_batch
-    from scalerec.training import EPOCH_BYTES_PER_SAMPLE
+    from scalerec.assembly import EPOCH_BYTES_PER_SAMPLE
 
     seen = {}
 

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
+from scalerec.epoch import train_step
 from scalerec.precision import autocast_context, grad_scaler
-from scalerec.training import train, train_step
-
-from .test_train import tiny_config
+from scalerec.training import train
+from tests.helpers import tiny_config
 
 
 def tiny_gradients(precision: str) -> torch.Tensor:

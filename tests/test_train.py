@@ -4,27 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from scalerec.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from scalerec.assembly import build_run_model
+from scalerec.config import Config
 from scalerec.data import load_dataset
 from scalerec.metrics import metrics_from_ranks, ranks
-from scalerec.training import build_run_model, train
-
-
-def tiny_config(tmp_path, **train_kw) -> Config:
-    return Config(
-        data=DataConfig(
-            dataset="synthetic",
-            synthetic_users=400,
-            synthetic_items=200,
-            synthetic_interactions=15,
-            data_dir=str(tmp_path / "data"),
-        ),
-        model=ModelConfig(factors=16, layers=(32, 32, 16)),
-        optim=OptimConfig(lr=0.005),
-        train=TrainConfig(
-            **{"epochs": 4, "batch_size": 256, "output": str(tmp_path / "run"), "threads": 1, **train_kw}
-        ),
-    )
+from scalerec.training import train
+from tests.helpers import tiny_config
 
 
 class Popularity(torch.nn.Module):
@@ -80,17 +65,17 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
 
 
 def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, monkeypatch):
-    import scalerec.training as train_module
+    import scalerec.epoch as epoch_module
 
     seen = []
-    real_step = train_module.train_step
+    real_step = epoch_module.train_step
 
     def recording_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs):
         loss, skipped = real_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs)
         seen.append((loss.item(), len(users)))
         return loss, skipped
 
-    monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(epoch_module, "train_step", recording_step)
     lines = []
     train(tiny_config(tmp_path, epochs=1, batch_size=1000), log=lines.append)
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
@@ -121,11 +106,11 @@ def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_
 
 
 def test_a_diverging_run_is_recorded_as_diverged_not_a_crash(tmp_path):
-    import scalerec.training as train_module
+    import scalerec.epoch as epoch_module
     from scalerec.cli import main
 
     steps = []
-    real_step = train_module.train_step
+    real_step = epoch_module.train_step
 
     def counting_step(*args, **kwargs):
         steps.append(1)
@@ -135,10 +120,10 @@ def test_a_diverging_run_is_recorded_as_diverged_not_a_crash(tmp_path):
     cfg.optim.optimizer, cfg.optim.lr = "sgd", 1e9
     lines = []
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(train_module, "train_step", counting_step)
+        m.setattr(epoch_module, "train_step", counting_step)
         summary = train(cfg, log=lines.append)
     assert summary["state"] == "diverged" and summary["epochs"] == 0
-    assert len(steps) == train_module.DIVERGENCE_CHECK < summary["steps_per_epoch"]  # stopped at the first check
+    assert len(steps) == epoch_module.DIVERGENCE_CHECK < summary["steps_per_epoch"]  # stopped at the first check
     message = next(x for x in lines if x.startswith("Diverged:"))
     assert "epoch 0, step" in message and "lr 1e+09" in message
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["state"] == "diverged"
@@ -179,17 +164,17 @@ def test_large_batch_recipe_scales_the_lr_and_warms_up(tmp_path, optimizer):
 
 
 def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch):
-    import scalerec.training as train_module
+    import scalerec.epoch as epoch_module
     from scalerec.optim import lr_factor
 
     seen = []
-    real_step = train_module.train_step
+    real_step = epoch_module.train_step
 
     def recording_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs):
         seen.append(optimizer.param_groups[0]["lr"])
         return real_step(model, optimizer, scaler, ctx, users, items, labels, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(epoch_module, "train_step", recording_step)
     cfg = tiny_config(tmp_path, epochs=2, batch_size=1000)
     cfg.optim.warmup, cfg.optim.warmup_epochs, cfg.optim.decay = "linear", 0.5, "cosine"
     train(cfg, log=lambda s: None)
@@ -204,9 +189,9 @@ def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch
 def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name):
     import contextlib
 
+    from scalerec.epoch import train_step
     from scalerec.model import build_model
     from scalerec.optim import build_optimizer
-    from scalerec.training import train_step
 
     g = torch.Generator().manual_seed(0)
     users, items = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 11, (50,), generator=g)
@@ -231,22 +216,22 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name):
 
 
 def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
-    import scalerec.training as train_module
+    import scalerec.assembly
 
     def sparse(cfg):
-        model = train_module.build_run_model(cfg, 50, 60, torch.device("cpu"))
+        model = build_run_model(cfg, 50, 60, torch.device("cpu"))
         flags = {m.sparse for m in model.modules() if isinstance(m, torch.nn.Embedding)}
         assert len(flags) == 1
         return flags.pop()
 
     cfg = tiny_config(tmp_path, batch_size=32)  # 110 rows x (16 + 16) = 3,520 table parameters: 110 per sample
-    monkeypatch.setattr(train_module, "SPARSE_FROM_PARAMS_PER_SAMPLE", 110)
+    monkeypatch.setattr(scalerec.assembly, "SPARSE_FROM_PARAMS_PER_SAMPLE", 110)
     assert sparse(cfg)
     cfg.train.batch_size = 33
     assert not sparse(cfg)
     cfg.optim.sparse_embeddings = True
     assert sparse(cfg)
-    monkeypatch.setattr(train_module, "SPARSE_FROM_PARAMS_PER_SAMPLE", 1)
+    monkeypatch.setattr(scalerec.assembly, "SPARSE_FROM_PARAMS_PER_SAMPLE", 1)
     cfg.optim.sparse_embeddings = False
     assert not sparse(cfg)
     cfg.optim.sparse_embeddings, cfg.optim.optimizer = None, "sgd"
@@ -254,7 +239,7 @@ def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
 
 
 def test_micro_batches_by_default_only_for_large_cpu_batches(tmp_path):
-    from scalerec.training import CPU_MICRO_BATCH, micro_batch_for
+    from scalerec.assembly import CPU_MICRO_BATCH, micro_batch_for
 
     cfg = tiny_config(tmp_path)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

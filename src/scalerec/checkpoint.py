@@ -21,6 +21,7 @@ import torch
 
 from scalerec.errors import UserError
 from scalerec.files import few, is_run_folder, write_with
+from scalerec.run_folder import SUMMARY, checked_row, read_summary, run_options
 
 FILE = "checkpoint.pt"
 VERSION = 1
@@ -83,8 +84,6 @@ def load(run_dir: Path) -> dict[str, Any]:
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             what = "missing" if key not in state else f"a {type(state[key]).__name__}"
             raise UserError(f"{path}: '{key}' is {what}, expected a {kind.__name__} (a damaged or foreign checkpoint)")
-    from scalerec.run_folder import checked_row
-
     for i, row in enumerate(state["history"]):
         checked_row(row, f"{path}: 'history' row {i}")
     if state["history"] and not isinstance(state["best"].get("epoch"), int):
@@ -96,7 +95,6 @@ def check_run(saved: dict[str, Any], cfg, run_dir: Path) -> None:
     """UserError where the checkpoint is not this run's: made with other options than its config.json's (a
     checkpoint copied from another run), --resume's speed options aside."""
     from scalerec.config import build_config, overrides_from_mapping
-    from scalerec.run_folder import run_options
 
     if "config" not in saved:  # written without its options: the data check stands alone
         return
@@ -168,3 +166,56 @@ def check_data(saved: dict[str, Any], ds, run_dir: Path) -> None:
             f"{run_dir}: the data ({ds.source}) is not what the run trained on: it changed since (other rows, ids "
             "or split); train a new run on it"
         )
+
+
+def restore(saved: dict[str, Any], run_dir: Path, model, optimizer, scheduler, scaler, generator, device) -> None:
+    """The checkpoint's weights, optimizer, schedule, loss scale and random streams, each checked to fit."""
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        set_random_state(saved["random"], device, generator)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # a damaged or hand-made checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{run_dir / FILE}: its state does not fit this run's model and optimizer ({first})") from None
+
+
+def to_resume(cfg, held, adopt: bool) -> dict[str, Any] | None:
+    """The checkpoint a resumed run (`held`: its run_folder.Claim) continues from, checked to be this run's (its
+    options, not diverged, epochs left) before anything is written; None for a new run."""
+    if not held.resume:
+        return None
+    run_dir = held.run_dir
+    if (read_summary(run_dir / SUMMARY) or {}).get("state") == "diverged":
+        raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
+    saved = load(run_dir)
+    check_run(saved, cfg, run_dir)
+    if len(saved["history"]) >= cfg.train.epochs and not adopt:
+        done = "its epoch is" if cfg.train.epochs == 1 else f"all {cfg.train.epochs} epochs are"
+        raise UserError(f"{run_dir}: {done} done; nothing to resume")
+    return saved
+
+
+def state(p, device, history: list[dict], best: dict, run_cfg, extra: dict) -> dict[str, Any]:
+    """What checkpoint.pt holds after an epoch (FIELDS) of a run whose parts are `p` (assembly.Parts)."""
+    return {
+        "model": p.model.state_dict(),
+        "optimizer": p.optimizer.state_dict(),
+        "scheduler": p.scheduler.state_dict(),
+        "scaler": p.scaler.state_dict(),
+        "random": random_state(device, p.sampler.generator),
+        "batch_size": p.batch,
+        "history": history,
+        "best": best,
+        **extra,
+        "config": run_cfg.to_dict(),
+    }
+
+
+def restore_run(saved: dict, run_dir: Path, p, device, hr_key: str) -> tuple[list[dict], dict]:
+    """The checkpoint's state put into the run's parts; (its epochs, its best epoch)."""
+    if saved["history"] and hr_key not in saved["best"]:
+        raise UserError(f"{run_dir / FILE}: 'best' has no {hr_key} (a damaged or foreign checkpoint)")
+    restore(saved, run_dir, p.model, p.optimizer, p.scheduler, p.scaler, p.sampler.generator, device)
+    return saved["history"], saved["best"]

@@ -340,7 +340,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _find_batch(args: argparse.Namespace) -> int:
-    from scalerec.training import find_largest_batch
+    from scalerec.assembly import find_largest_batch
 
     find_largest_batch(config_from_args(args))
     return 0

@@ -147,6 +147,38 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
     return Group(dist.get_rank(), dist.get_world_size()), device
 
 
+def on_main(
+    group: Group | None,
+    work: Callable[[], T],
+    shared: Callable[[T], Any] = lambda r: r,
+    undo: Callable[[T], Any] | None = None,
+) -> T:
+    """work() on the first process; every other process gets shared(its result), or stops with its error. `undo`:
+    what the first process does with its result where the others cannot be told (one of them lost)."""
+    if group is None:
+        return work()
+    result, error = None, None
+    if group.is_main:
+        try:
+            result = work()
+        except Exception as e:  # said by the first process; the others stop with it
+            error = e
+    sent = (None, str(error)) if error is not None else (shared(result) if group.is_main else None, None)
+    try:
+        got, message = group.broadcast(sent)
+    except PeerLost:
+        if undo is not None and result is not None:  # e.g. a folder claimed for a run that will not start
+            undo(result)
+        raise
+    if error is not None:
+        raise error
+    if message is not None:  # the first process's, said by it
+        echoed = UserError(message)
+        echoed.said_here = False
+        raise echoed
+    return result if group.is_main else got
+
+
 def _join(backend: str) -> None:
     """init_process_group from torchrun's environment (env://). torchrun keeps its store when it restarts a worker
     group, so each group's keys go under a prefix of their own: without it the restarted processes would read the
@@ -236,6 +268,9 @@ def _stop_watching() -> None:
         return
     _watch["stop"].set()
     signal.set_wakeup_fd(_watch["previous"])
-    os.write(_watch["write"], b"\0")  # wakes the thread, which sees the stop
+    try:
+        os.write(_watch["write"], b"\0")  # wakes the thread, which sees the stop
+    except BrokenPipeError:  # the thread saw the stop already, and closed its end
+        pass
     os.close(_watch["write"])
     _watch.clear()

@@ -182,7 +182,7 @@ def load(run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: s
 
     The checkpoint holds the last epoch's weights: "best" loads them too, with a warning where the best epoch was
     another one."""
-    from scalerec.training import resolve_device
+    from scalerec.assembly import resolve_device
 
     if epoch not in ("best", "last"):
         raise UserError(f"epoch must be 'best' or 'last', got {epoch!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from scalerec.config import Config, build_config, overrides_from_mapping
 from scalerec.errors import UserError
-from scalerec.files import LOCK, FolderLock, few, hold_folder, is_run_folder, remove_temporaries
+from scalerec.files import LOCK, FolderLock, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, FAILED = "checkpoint.pt", "failed.json"
@@ -271,3 +271,49 @@ def _kind(value: Any) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def totals(history: list[dict], n: int) -> dict[str, Any]:
+    """The summary's epochs, seconds and mean rate over the epochs logged."""
+    train_s = sum(r["train_s"] for r in history)
+    return {
+        "epochs": len(history),
+        "train_s": train_s,
+        "eval_s": sum(r["eval_s"] for r in history),
+        "mean_samples_per_s": n * len(history) / train_s if history else None,
+    }
+
+
+def committed(run_dir: Path) -> tuple[list[dict], dict]:
+    """(the epochs, the best epoch) that a run folder's metrics.jsonl holds."""
+    history = read_metrics(run_dir / METRICS)
+    if not history:
+        return history, {}
+    row = next((r for r in history if r["epoch"] == history[-1].get("best_epoch")), history[-1])
+    return history, {"epoch": row["epoch"], **{k: v for k, v in row.items() if "@" in k}}
+
+
+def left_by_first(run_dir: Path, started: float) -> FolderLock | None:
+    """The run folder's lock, where the first process of a data-parallel run died without a word: its lock is
+    free, and the folder (this machine sees it) holds no summary written since this run started. The process
+    that takes it writes the summary in its place."""
+    if not (run_dir / CONFIG).is_file():  # another machine's folder
+        return None
+    try:
+        lock = hold_folder(run_dir)
+    except (UserError, OSError):  # held: the first process is alive, and writes its own summary
+        return None
+    if _summary_since(run_dir, started):
+        lock.close()
+        return None
+    return lock
+
+
+def _summary_since(run_dir: Path, started: float) -> bool:
+    summary = run_dir / SUMMARY
+    return summary.is_file() and summary.stat().st_mtime >= started
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl, one line per epoch, written whole (atomically): never a line cut short."""
+    write_atomic(run_dir / METRICS, "".join(json.dumps(row) + "\n" for row in history))

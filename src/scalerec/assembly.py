@@ -1,0 +1,220 @@
+"""A run's parts, assembled from its config and data: the device, the model, the optimizer, the schedule, the
+batch (the largest that fits, for --batch-size max) and its micro-batches, the loss scaler and the sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalerec.allocator import keep_large_blocks_in_heap
+from scalerec.config import FLOAT32_MAX, Config
+from scalerec.data import load_dataset
+from scalerec.epoch import train_step
+from scalerec.errors import OptionError, UserError
+from scalerec.find_batch import find_batch
+from scalerec.model import build_model, set_cpu_matmul, table_params
+from scalerec.optim import build_optimizer, lr_factor, scaled_lr
+from scalerec.precision import autocast_context, grad_scaler
+from scalerec.sampling import EpochSampler
+from scalerec.threads import Threads
+
+
+@dataclasses.dataclass
+class Parts:
+    """What the epoch loop runs: built by `assemble`."""
+
+    model: torch.nn.Module
+    sampler: EpochSampler
+    samples: int
+    """Samples per epoch (positives and their negatives)."""
+    batch: int
+    micro: int | None
+    """Micro-batch size, or None for whole batches."""
+    steps: int
+    """Steps per epoch."""
+    lr: float
+    """The peak learning rate (scaled to the batch where asked)."""
+    optimizer: torch.optim.Optimizer
+    groups: str
+    """The optimizer's parameter groups, in words."""
+    schedule: Callable[[int], float]
+    """The lr factor at each global step: a pure function of the step."""
+    scheduler: Any
+    scaler: Any
+    ctx: Any
+    """The autocast context of the run's precision."""
+    total_steps: int
+
+    def schedule_points(self) -> list[int]:
+        """200 steps spread over the run: the schedule as the log, the summary and the plots show it."""
+        return sorted({round(i * (self.total_steps - 1) / 199) for i in range(200)})
+
+
+def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, log: Callable[[str], None]) -> Parts:
+    """The parts of a run on `ds`, in the order their random numbers are drawn (weights first). `batch`: the batch
+    a resumed run found with --batch-size max (None: as the config says)."""
+    o, t = cfg.optim, cfg.train
+    torch.manual_seed(t.seed)
+    model = build_run_model(cfg, ds.n_users, ds.n_items, device)
+    if group is not None:
+        group.broadcast_weights(model)
+    sampler = EpochSampler(
+        ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, t.negatives, device, t.seed, t.shuffle
+    )
+    n = sampler.samples_per_epoch
+    bs = t.batch_size if batch is None else batch
+    if bs == "max":
+        bs = largest_batch(cfg, model, ds.n_users, ds.n_items, n, device, log)
+    lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
+    if not lr <= FLOAT32_MAX:
+        raise OptionError(f"the lr scaled to batch {bs} is {lr:g}, beyond float32's range: lower --base-lr")
+    optimizer, groups = optimizer_for(cfg, model, lr)
+    steps = (n + bs - 1) // bs
+    warmup_steps, total = o.warmup_epochs * steps, t.epochs * steps
+
+    def schedule(step: int) -> float:
+        return lr_factor(step, warmup_steps, total, o.warmup, o.decay)
+
+    return Parts(
+        model, sampler, n, bs, micro_batch_for(cfg, device, bs), steps, lr, optimizer, groups, schedule,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), grad_scaler(t.precision, device),
+        autocast_context(t.precision, device), total,
+    )  # fmt: skip
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch.optim.Optimizer, str]:
+    o = cfg.optim
+    return build_optimizer(
+        o.optimizer, model, lr, o.momentum, o.nesterov, o.weight_decay, o.trust_coefficient, o.adapt_embeddings
+    )
+
+
+# Adam updates tables row by row (sparse gradients) where the tables hold at least this many parameters per sample
+# of a batch: a dense step costs in proportion to the tables, a sparse one to the batch. The threshold lies between
+# the shapes where benchmarks/step_speed.py measured rows faster and those where dense was (benchmarks/RESULTS.md,
+# "Embedding updates").
+SPARSE_FROM_PARAMS_PER_SAMPLE = 2000
+
+
+def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.device) -> torch.nn.Module:
+    """The model as the config asks, with sparse table gradients where Adam should update rows."""
+    o, m = cfg.optim, cfg.model
+    sparse = o.sparse_embeddings
+    if sparse is None:
+        batch = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 65536  # max: a large batch
+        tables = table_params(m.model, n_users, n_items, m.factors, m.layers)
+        # CPU only: measured there; on a GPU dense fused Adam is cheap, and coalescing sparse rows syncs the host
+        rule = tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
+        sparse = device.type == "cpu" and o.optimizer == "adam" and rule
+    model = build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
+    if device.type == "cpu":  # elsewhere the setting places nothing
+        set_cpu_matmul(model, cfg.train.cpu_matmul)
+    return model
+
+
+# On the CPU, batches above this are computed in micro-batches of this size: activations that stay in the cache
+# and a peak that does not grow with the batch, at the whole batch's speed (benchmarks/step_speed.py; figures in
+# benchmarks/RESULTS.md).
+CPU_MICRO_BATCH = 8192
+
+
+def micro_batch_for(cfg: Config, device: torch.device, batch: int | None) -> int | None:
+    """--micro-batch, or by default CPU_MICRO_BATCH on the CPU where the batch is larger (none on a GPU)."""
+    if cfg.train.micro_batch is not None:
+        return cfg.train.micro_batch
+    if device.type == "cpu" and (batch is None or batch > CPU_MICRO_BATCH):
+        return CPU_MICRO_BATCH
+    return None
+
+
+# What a run holds beside its steps, per sample of an epoch: the epoch's users, items and labels (20 bytes) and the
+# heap its draw leaves (negatives, their membership test, the shuffle). The search's trial steps run without them,
+# so on the CPU it leaves room for them: a little above the 53-55 bytes a sample measured on MovieLens-100K.
+EPOCH_BYTES_PER_SAMPLE = 64
+
+
+def largest_batch(
+    cfg: Config, model: torch.nn.Module, n_users: int, n_items: int, samples: int, device: torch.device, log
+) -> int:
+    """--batch-size max: the largest batch (at most an epoch) that trains within the memory budget."""
+    budget = int(cfg.train.memory_budget_gb * 2**30) if cfg.train.memory_budget_gb else None
+    found = find_batch(
+        model,
+        lambda m: optimizer_for(cfg, m, cfg.optim.lr)[0],
+        train_step,
+        n_users,
+        n_items,
+        samples,
+        device,
+        lambda: autocast_context(cfg.train.precision, device),
+        lambda: grad_scaler(cfg.train.precision, device),
+        micro_batch_for(cfg, device, None),
+        budget,
+        EPOCH_BYTES_PER_SAMPLE * samples,
+    )
+    tried = ", ".join(f"{b}: {'out of memory' if p is None else f'{p / 2**20:.0f} MB'}" for b, p in found.tried)
+    per = f", {found.per_sample_bytes:,.0f} bytes per sample" if found.per_sample_bytes else ""
+    where = "GPU memory" if device.type == "cuda" else "peak process memory"
+    log(
+        f"Largest batch: {found.batch} (of {samples:,} samples per epoch), {where} {found.peak_bytes / 2**30:.2f} GB"
+        f"{per}; tried {tried}"
+    )
+    return found.batch
+
+
+def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
+    """`scalerec find-batch`: load the data, build the model, search."""
+    log(Threads(cfg.train.threads).said)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cpu":
+        keep_large_blocks_in_heap()
+    ds = load_dataset(cfg.data, log)
+    torch.manual_seed(cfg.train.seed)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size="max"))  # the model max trains
+    model = build_run_model(cfg, ds.n_users, ds.n_items, device)
+    samples = len(ds.train_users) * (1 + cfg.train.negatives)
+    return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)
+
+
+def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.device, run_dir: Path) -> None:
+    """The run's model, batch, optimizer and schedule, and notes on what would surprise."""
+    o = cfg.optim
+    model, bs, micro, n, steps, groups, lr = p.model, p.batch, p.micro, p.samples, p.steps, p.groups, p.lr
+    lrs = [lr * p.schedule(s) for s in p.schedule_points()]
+    rule = (
+        f" ({o.lr_scaling} rule: {o.base_lr or o.lr:g} at batch {o.base_batch or bs})" if o.lr_scaling != "none" else ""
+    )
+    log(
+        f"Model {cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}; "
+        f"batch {bs}{f' in micro-batches of {micro}' if micro and micro < bs else ''}, "
+        f"{n:,} samples per epoch ({steps} steps); run folder {run_dir}"
+    )
+    log(
+        f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
+        f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
+        f"precision {cfg.train.precision}"
+    )
+    if bs > n:
+        log(f"Note: batch {bs:,} is larger than the epoch's {n:,} samples: each epoch is one step, of the whole epoch")
+    if device.type == "cpu" and cfg.train.precision == "fp16":
+        log("Note: fp16 has no fast kernels on the CPU: it runs many times slower than fp32; bf16 or fp32 are faster")
+    if float(np.float32(max(lrs))) == 0.0:
+        log(f"Warning: the lr stays below {max(lrs):.3g} for the whole run, 0 in float32: the weights will not move")
+    elif o.warmup != "none" and o.warmup_epochs > cfg.train.epochs:
+        log(
+            f"Note: the warmup ({o.warmup_epochs:g} epochs) is longer than the run ({cfg.train.epochs}): the lr "
+            f"reaches {max(lrs):.3g} at most, not {lr:g}"
+        )

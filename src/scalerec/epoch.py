@@ -1,0 +1,196 @@
+"""An epoch: the training step, the pass over the epoch's tensors, and the epoch's evaluation and metrics row.
+
+train_step computes a batch's loss and gradients (in micro-batches where asked) and takes one optimizer step;
+train_epoch runs it over slices of the epoch's device tensors, each process of a data-parallel group on its share
+of every batch, with no host sync; run_epoch draws the epoch's samples, trains, evaluates and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from scalerec import distributed
+from scalerec.config import PROTOCOLS, Config
+from scalerec.find_batch import peak_memory_bytes
+from scalerec.model import encode_rows, interact_rows
+
+if TYPE_CHECKING:
+    from scalerec.assembly import Parts
+
+
+def train_step(
+    model, optimizer, scaler, ctx, users, items, labels, micro_batch: int | None = None, sync=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
+    tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
+    gradients add up to the whole batch's (each slice's loss is its sum over the batch size): one optimizer step,
+    the same gradient, but activations that stay in cache (or fit in device memory). Each distinct user and item
+    is encoded once for the whole batch; each slice gathers its rows from the encodings as leaves of its own
+    graph, and their gradients are added into one buffer per encoding (index_add), so that one backward takes
+    them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized gradient per slice
+    and gather (measured at ML-20M shape, batch 65536: a third of the step). `sync()`, where given, runs between
+    the backward and the optimizer step (data-parallel: the processes' gradients summed)."""
+    n = len(labels)
+    chunk = min(micro_batch or n, n)
+    optimizer.zero_grad(set_to_none=True)
+    if chunk == n:
+        with ctx:
+            logits = model(users, items)
+        total = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        scaler.scale(total).backward()
+        total = total.detach()
+    else:
+        with ctx:
+            (user, u_at), (item, i_at) = encode_rows(model, users, items)
+        encodings = [t for t in user + item if t is not None]
+        grads = [torch.zeros_like(t) for t in encodings]
+        sides = [u_at] * sum(t is not None for t in user) + [i_at] * sum(t is not None for t in item)
+        total = torch.zeros((), device=labels.device)
+        for s in range(0, n, chunk):
+            rows = [t.detach().index_select(0, at[s : s + chunk]).requires_grad_() for t, at in zip(encodings, sides)]
+            parts = iter(rows)
+            u_rows, i_rows = (tuple(None if t is None else next(parts) for t in e) for e in (user, item))
+            with ctx:
+                logits = interact_rows(model, u_rows, i_rows, None, None)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
+            scaler.scale(loss).backward()
+            total += loss.detach()
+            for grad, r, at in zip(grads, rows, sides):
+                grad.index_add_(0, at[s : s + chunk], r.grad)
+        torch.autograd.backward(encodings, grads)
+    if sync is not None:
+        sync()
+    scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
+    skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
+    scaler.update()
+    return total, skipped
+
+
+DIVERGENCE_CHECK = 64
+
+
+def train_epoch(
+    model,
+    optimizer,
+    users,
+    items,
+    labels,
+    batch_size: int,
+    bar=None,
+    scheduler=None,
+    scaler=None,
+    ctx=None,
+    micro_batch: int | None = None,
+    group: distributed.Group | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the epoch's tensors in slices: (each step's mean loss, the number of skipped steps), on the
+    device (no host sync). Without `scaler` and `ctx` it trains in fp32. With a process `group`, each process
+    computes its share of every batch, and the losses are this process's shares (their sum over the group is
+    each step's mean)."""
+    scaler = scaler or torch.amp.GradScaler(users.device.type, enabled=False)
+    ctx = ctx or contextlib.nullcontext()
+    n = len(users)
+    losses = torch.empty((n + batch_size - 1) // batch_size, device=users.device)
+    skipped = torch.zeros((), device=users.device)
+    for k, s in enumerate(range(0, n, batch_size)):
+        e = min(s + batch_size, n)
+        a, b, weight, sync = s, e, 1.0, None
+        if group is not None:
+            a, b, weight = group.share(s, e)
+            sync = functools.partial(group.sum_gradients, model, weight)
+        loss, skip = train_step(
+            model, optimizer, scaler, ctx, users[a:b], items[a:b], labels[a:b], micro_batch=micro_batch, sync=sync
+        )
+        losses[k] = loss * weight
+        skipped += skip
+        if scheduler is not None:
+            scheduler.step()
+        if bar is not None:
+            bar.update(e - s)
+        # One host sync every DIVERGENCE_CHECK steps: a diverged run stops within them instead of training
+        # on nans to the end of the epoch (a whole epoch of ML-20M).
+        if (k + 1) % DIVERGENCE_CHECK == 0 and not bool(torch.isfinite(group.total(losses[k]) if group else losses[k])):
+            losses[k + 1 :] = float("nan")
+            break
+    return losses, skipped
+
+
+def epoch_mean(losses: torch.Tensor, n: int, batch_size: int) -> float:
+    """The epoch's mean loss over samples from per-step means (the last step may be short). A host sync."""
+    sizes = torch.full_like(losses, batch_size, dtype=torch.float64)
+    sizes[-1] = n - batch_size * (len(losses) - 1)
+    return float((losses.double() * sizes).sum() / n)
+
+
+def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[], dict], log) -> dict[str, Any]:
+    """One epoch: fresh negatives and a shuffle, the steps, the evaluation; its metrics row, logged (or, where the
+    loss diverged, {"diverged": where})."""
+    main = group is None or group.is_main
+    p.model.train()
+    t0 = time.perf_counter()
+    users, items, labels = p.sampler.epoch()
+    with tqdm(
+        total=p.samples,
+        disable=not (main and sys.stderr.isatty()),  # one bar, the first process's
+        leave=False,
+        unit="sample",
+        unit_scale=True,
+        mininterval=0.5,
+        desc=f"Epoch {epoch}",
+    ) as bar:
+        losses, skipped = train_epoch(
+            p.model, p.optimizer, users, items, labels, p.batch, bar, p.scheduler, p.scaler, p.ctx, p.micro, group
+        )
+    if group is not None:  # each process's shares of the steps' losses, summed
+        losses = group.total(losses)
+    loss = epoch_mean(losses, p.samples, p.batch)  # sync point: the epoch is done
+    skipped_steps = int(skipped)
+    train_s = time.perf_counter() - t0
+    if not math.isfinite(loss):
+        step = int((~torch.isfinite(losses)).nonzero()[0])
+        lr = p.lr * p.schedule(epoch * p.steps + step)
+        log(
+            f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
+            f"(lr {lr:g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
+        )
+        return {"diverged": {"epoch": epoch, "step": step, "lr": lr}}
+    t1 = time.perf_counter()
+    metrics = evaluation()
+    val_s = time.perf_counter() - t1
+    log_epoch(cfg, log, epoch, metrics, loss, train_s, val_s, p.samples, skipped_steps)
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        **metrics,
+        "train_s": train_s,
+        "eval_s": val_s,
+        "samples_per_s": p.samples / train_s,
+        "skipped_steps": skipped_steps,
+        "batch_size": p.batch,
+        "peak_memory_mb": round(peak_memory_bytes(users.device) / 2**20),
+        "lr": p.lr * p.schedule((epoch + 1) * p.steps - 1),  # the lr of the epoch's last step
+    }
+
+
+def log_epoch(cfg: Config, log, epoch: int, metrics: dict, loss: float, train_s, val_s, n, skipped: int) -> None:
+    shown = ", ".join(
+        f"{p}_{m}@{kk} = {metrics[f'{p}_{m}@{kk}']:.4f}"
+        for p in PROTOCOLS[cfg.eval.eval]
+        for kk in cfg.eval.topk
+        for m in ("HR", "NDCG")
+    )
+    log(
+        f"Epoch {epoch}: {shown}, loss = {loss:.4f}, "
+        f"train_time = {train_s:.2f} s, val_time = {val_s:.2f} s, throughput = {n / train_s:.0f} samples/s"
+        + (f", skipped_steps = {skipped} (fp16 overflow)" if skipped else "")
+    )

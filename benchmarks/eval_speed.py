@@ -24,7 +24,7 @@ import torch
 from common import SHAPES, data_config, machine, run
 
 from scalerec.config import EvalConfig, ModelConfig
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.metrics import evaluate, full_ranks, seen_index
 from scalerec.model import build_model, linear, onednn_pays
 

@@ -26,7 +26,7 @@ from common import SHAPES, data_config, machine, run
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import build_run_model, micro_batch_for, optimizer_for
 from scalerec.config import Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_epoch
 from scalerec.sampling import EpochSampler
 

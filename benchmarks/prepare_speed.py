@@ -25,7 +25,7 @@ from pathlib import Path
 from common import SHAPES, data_config, machine, run
 
 from scalerec.config import DataConfig
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.data.synthetic import write_ratings_csv
 from scalerec.find_batch import peak_rss_bytes, reset_peak_rss
 

@@ -24,7 +24,7 @@ from step_speed import FACTORS, LAYERS, PlainNeuMF, plain_step
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import build_run_model, micro_batch_for, optimizer_for
 from scalerec.config import Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_epoch
 from scalerec.metrics import evaluate
 from scalerec.model import NeuMF

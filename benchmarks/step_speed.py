@@ -58,7 +58,7 @@ from torch import nn
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import build_run_model, micro_batch_for
 from scalerec.config import Config, DataConfig
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_step
 from scalerec.errors import UserError
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss

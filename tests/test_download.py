@@ -14,7 +14,8 @@ import pytest
 
 from scalerec.cli import main
 from scalerec.config import DataConfig
-from scalerec.data import download, load_dataset, movielens
+from scalerec.data import download
+from scalerec.data.loading import load_dataset
 from scalerec.errors import UserError
 from tests.helpers import fake_pip, make_wheel, make_zip
 
@@ -114,11 +115,11 @@ def test_ml100k_falls_back_on_the_recbole_wheel_when_grouplens_is_unreachable(tm
     inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
         f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS
     )
-    members = {movielens.RECBOLE_INTER_MEMBER: inter.encode()}
+    members = {download.RECBOLE_INTER_MEMBER: inter.encode()}
     fake_pip(monkeypatch, members)
-    monkeypatch.setattr(movielens, "RECBOLE_INTER_SHA256", hashlib.sha256(inter.encode()).hexdigest())
+    monkeypatch.setattr(download, "RECBOLE_INTER_SHA256", hashlib.sha256(inter.encode()).hexdigest())
     wheel = make_wheel(tmp_path / "w.whl", members)
-    monkeypatch.setattr(movielens, "RECBOLE_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(download, "RECBOLE_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     logs: list[str] = []
     ds = load_dataset(DataConfig(data_dir=str(tmp_path / "data"), eval_negatives=3), logs.append)
     assert any("GroupLens unreachable" in line for line in logs)

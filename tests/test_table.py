@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scalerec.config import DataConfig
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.data.prepare import from_interactions
 from scalerec.data.table import read_table_file
 from scalerec.errors import UserError
@@ -160,7 +160,7 @@ def test_an_unknown_header_points_to_the_column_options(tmp_path):
 
 
 def test_chunked_reading_gives_the_dataset_of_one_read(tmp_path, monkeypatch):
-    from scalerec.data import movielens
+    from scalerec.data import parsing
 
     rng = np.random.default_rng(0)
     rows = [(f"u{rng.integers(40)}", f"i{rng.integers(25)}", 1_000 + n, 1 + n % 5) for n in range(300)]
@@ -168,7 +168,7 @@ def test_chunked_reading_gives_the_dataset_of_one_read(tmp_path, monkeypatch):
     pq_path = tmp_path / "log.parquet"
     pd.DataFrame(rows, columns=["user", "item", "ts", "rating"]).to_parquet(pq_path)
     whole = {p: load(tmp_path / f"a{n}", p)[0] for n, p in enumerate((csv, pq_path))}
-    monkeypatch.setattr(movielens, "CHUNK_ROWS", 7)  # 43 chunks, each with its own subset of the ids
+    monkeypatch.setattr(parsing, "CHUNK_ROWS", 7)  # 43 chunks, each with its own subset of the ids
     for n, path in enumerate((csv, pq_path)):
         raw = read_table_file(path)
         assert raw.users.dtype == np.int32 and list(raw.user_names) == sorted({r[0] for r in rows})
@@ -179,9 +179,9 @@ def test_chunked_reading_gives_the_dataset_of_one_read(tmp_path, monkeypatch):
 
 
 def test_a_time_column_that_changes_kind_between_chunks_names_the_line(tmp_path, monkeypatch):
-    from scalerec.data import movielens
+    from scalerec.data import parsing
 
-    monkeypatch.setattr(movielens, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(parsing, "CHUNK_ROWS", 4)
     rows = [(f"u{n % 3}", f"i{n}", f"2024-01-{1 + n:02d}", 5) for n in range(6)] + [("u1", "i9", "1700000000", 4)]
     rows += [("u2", "i8", "1700000001", 4)]  # the second chunk: numbers where the first held dates
     with pytest.raises(UserError, match=r"log.csv, line 8: time is '1700000000', a number among dates"):
@@ -256,9 +256,9 @@ def test_dates_are_read_in_one_format_for_the_whole_column(tmp_path):
 
 
 def test_dates_that_only_a_later_chunk_tells_day_first_are_read_day_first(tmp_path, monkeypatch):
-    from scalerec.data import movielens
+    from scalerec.data import parsing
 
-    monkeypatch.setattr(movielens, "CHUNK_ROWS", 4)  # the first chunk's dates read month first and day first
+    monkeypatch.setattr(parsing, "CHUNK_ROWS", 4)  # the first chunk's dates read month first and day first
     rows = [(f"u{n % 3}", f"i{n}", f"{1 + n:02d}/03/2020") for n in range(12)] + [("u0", "i12", "18/10/2020")]
     raw = read_table_file(write_csv(tmp_path / "d.csv", rows, "user,item,time"))
     days = pd.to_datetime(raw.timestamps, utc=True)

@@ -6,7 +6,7 @@ import torch
 
 from scalerec.assembly import build_run_model
 from scalerec.config import Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.metrics import metrics_from_ranks, ranks
 from scalerec.training import train
 from tests.helpers import tiny_config

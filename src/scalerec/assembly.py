@@ -13,7 +13,7 @@ import torch
 
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.config import FLOAT32_MAX, Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_step
 from scalerec.errors import OptionError, UserError
 from scalerec.find_batch import find_batch

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from scalerec.config import DataConfig, build_config, overrides_from_mapping
+from scalerec.data.download import default_data_dir
 from scalerec.errors import UserError
 from scalerec.files import few, is_run_folder, write_with
 from scalerec.run_folder import SUMMARY, checked_row, read_summary, run_options
@@ -94,8 +96,6 @@ def load(run_dir: Path) -> dict[str, Any]:
 def check_run(saved: dict[str, Any], cfg, run_dir: Path) -> None:
     """UserError where the checkpoint is not this run's: made with other options than its config.json's (a
     checkpoint copied from another run), --resume's speed options aside."""
-    from scalerec.config import build_config, overrides_from_mapping
-
     if "config" not in saved:  # written without its options: the data check stands alone
         return
     path = Path(run_dir) / FILE
@@ -141,8 +141,6 @@ def fingerprint(ds) -> str:
 def absolute(data) -> dict[str, Any]:
     """A DataConfig as a dict whose paths are absolute (the data folder resolved): resume and recommend read
     the same files from any working directory."""
-    from scalerec.data.movielens import default_data_dir
-
     out = dataclasses.asdict(data)
     out["data"] = str(Path(data.data).resolve()) if data.data else None
     out["data_dir"] = str(Path(data.data_dir or default_data_dir()).resolve())
@@ -151,8 +149,6 @@ def absolute(data) -> dict[str, Any]:
 
 def data_config(saved: dict[str, Any], run_dir: Path):
     """The checkpoint's DataConfig: the run's data options with absolute paths (the same files from any folder)."""
-    from scalerec.config import DataConfig
-
     try:
         return DataConfig(**saved["data"])
     except (TypeError, ValueError) as e:

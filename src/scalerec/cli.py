@@ -273,7 +273,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
     if args.preset and args.grid:
         raise OptionError("sweep takes --preset or --grid, not both")
     if args.preset == "notebook":
-        from scalerec.data import load_dataset
+        from scalerec.data.loading import load_dataset
 
         ds = load_dataset(cfg.data)
         b = cfg.optim.base_batch or sweep.notebook_base_batch(len(ds.train_users) * (1 + cfg.train.negatives))
@@ -359,8 +359,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _data_info(args: argparse.Namespace) -> int:
-    from scalerec.data import load_dataset
     from scalerec.data.info import describe
+    from scalerec.data.loading import load_dataset
 
     given = {f.name: vars(args)[f.name] for f in dataclasses.fields(DataConfig) if f.name in vars(args)}
     try:
@@ -372,17 +372,17 @@ def _data_info(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from scalerec.data.movielens import default_data_dir
+    from scalerec.data.download import default_data_dir
 
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
     if args.name == "ncf-ml-1m":
-        from scalerec.data.ncf import fetch_ncf_ml1m
+        from scalerec.data.download import fetch_ncf_ml1m
 
         prefix = fetch_ncf_ml1m(folder)
         print(f"The NCF paper's ML-1M files: {prefix}.{{train,test}}.rating")
         print(f"Train on them with: scalerec train --dataset ncf --data {prefix} --eval-negatives 99")
     elif args.name == "ml-100k":
-        from scalerec.data.movielens import fetch_ml100k
+        from scalerec.data.download import fetch_ml100k
 
         path, source = fetch_ml100k(folder)
         print(f"MovieLens-100K: {path} (from {source})")

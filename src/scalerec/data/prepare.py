@@ -239,21 +239,48 @@ def from_interactions(
     order = _by_user_then_time(u, timestamps)
     u, i, t = u[order], i[order], timestamps[order]
     del order
-    # Repeated user-item pairs: keep the latest, the last of its run once grouped by pair (a stable sort again).
-    key = u.astype(np.int64)
-    key *= n_items
-    key += i
-    by_pair = np.argsort(key, kind="stable")
-    key = key[by_pair]
-    keep = np.zeros(n_rows, bool)
-    keep[by_pair[np.r_[key[1:] != key[:-1], True]]] = True
-    del key, by_pair
-    if not keep.all():
-        notes.append(f"{count(n_rows - int(keep.sum()), 'repeated user-item row')} kept once, at their latest time")
-        u, i, t = u[keep], i[keep], t[keep]
+    u, i, t = _latest_of_each_pair(u, i, t, n_items, notes)
     if untimed:  # the held-out row: a random one of each user's
         shuffled = np.lexsort((np.random.default_rng(seed).random(len(u)), u))
         u, i = u[shuffled], i[shuffled]
+    u, i, t, user_ids, item_ids = _k_core(u, i, t, user_ids, item_ids, min_user_interactions, min_item_interactions,
+                                          source, notes)  # fmt: skip
+    n_items = len(item_ids)
+    if not untimed:  # of the interactions kept
+        stats.update(time_min=t.min().item(), time_max=t.max().item())
+    counts = np.bincount(u, minlength=len(user_ids))
+    last = np.cumsum(counts) - 1
+    is_test = np.zeros(len(u), bool)
+    is_test[last] = True
+    ds = Dataset(
+        name=name,
+        source=source,
+        n_users=len(user_ids),
+        n_items=n_items,
+        train_users=u[~is_test].astype(np.int64, copy=False),
+        train_items=i[~is_test].astype(np.int64, copy=False),
+        test_users=u[is_test].astype(np.int64, copy=False),
+        test_items=i[is_test].astype(np.int64, copy=False),
+        eval_negatives=np.zeros((0, 0), np.int64),
+        user_ids=user_ids,
+        item_ids=item_ids,
+        notes=notes,
+        stats=stats,
+    )
+    try:
+        ds.eval_negatives = sample_eval_negatives(
+            ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids
+        )
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return ds
+
+
+def _k_core(u, i, t, user_ids, item_ids, min_user: int, min_item: int, source: str, notes: list[str]):
+    """(u, i, t, user_ids, item_ids) of the k-core: users with at least `min_user` distinct items and items with at
+    least `min_item` users, dropped repeatedly until none is left; users renumbered, items too where min_item > 1.
+    A note says what was dropped."""
+    min_user_interactions, min_item_interactions, n_items = min_user, min_item, len(item_ids)
     rows = np.ones(len(u), bool)
     while True:  # the k-core: dropping users can leave items short, and the other way round
         user_count = np.bincount(u[rows], minlength=len(user_ids))
@@ -293,34 +320,25 @@ def from_interactions(
             item_remap[kept_items] = np.arange(len(kept_items))
             i, item_ids, n_items = item_remap[i], item_ids[kept_items], len(kept_items)
         # Otherwise items seen only by dropped users keep their ids: they stay valid candidates and negatives.
-    if not untimed:  # of the interactions kept
-        stats.update(time_min=t.min().item(), time_max=t.max().item())
-    counts = np.bincount(u, minlength=len(user_ids))
-    last = np.cumsum(counts) - 1
-    is_test = np.zeros(len(u), bool)
-    is_test[last] = True
-    ds = Dataset(
-        name=name,
-        source=source,
-        n_users=len(user_ids),
-        n_items=n_items,
-        train_users=u[~is_test].astype(np.int64, copy=False),
-        train_items=i[~is_test].astype(np.int64, copy=False),
-        test_users=u[is_test].astype(np.int64, copy=False),
-        test_items=i[is_test].astype(np.int64, copy=False),
-        eval_negatives=np.zeros((0, 0), np.int64),
-        user_ids=user_ids,
-        item_ids=item_ids,
-        notes=notes,
-        stats=stats,
-    )
-    try:
-        ds.eval_negatives = sample_eval_negatives(
-            ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids
-        )
-    except UserError as e:
-        raise UserError(f"{source}: {e}") from None
-    return ds
+    return u, i, t, user_ids, item_ids
+
+
+def _latest_of_each_pair(u, i, t, n_items: int, notes: list[str]):
+    """Rows sorted by user then time, with each repeated user-item pair kept once: its latest, the last of its run
+    once grouped by pair (a stable sort again)."""
+    n_rows = len(u)
+    key = u.astype(np.int64)
+    key *= n_items
+    key += i
+    by_pair = np.argsort(key, kind="stable")
+    key = key[by_pair]
+    keep = np.zeros(n_rows, bool)
+    keep[by_pair[np.r_[key[1:] != key[:-1], True]]] = True
+    del key, by_pair
+    if keep.all():
+        return u, i, t
+    notes.append(f"{count(n_rows - int(keep.sum()), 'repeated user-item row')} kept once, at their latest time")
+    return u[keep], i[keep], t[keep]
 
 
 def cached(cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: Callable[[str], None]) -> Dataset:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalerec.data import movielens
-from scalerec.data.movielens import (
+from scalerec.data import parsing
+from scalerec.data.movielens import RATING_FILES
+from scalerec.data.parsing import (
     HEADER_NAMES,
-    RATING_FILES,
     Interactions,
     compact,
     header_name,
@@ -152,30 +152,11 @@ def read_table_file(
     if path.stat().st_size == 0:
         raise UserError(f"{name}: empty file (expected a table with a header row: user, item[, timestamp, rating])")
     parquet = path.suffix.lower() in PARQUET
+    separator, quoting = None, csv.QUOTE_NONE
     if parquet:
-        try:
-            import pyarrow.parquet as pq  # optional: pip install 'scalerec[parquet]'
-        except ImportError:
-            raise UserError(f"{name}: reading Parquet needs pyarrow (pip install 'scalerec[parquet]')") from None
-        try:
-            columns = list(pq.read_schema(path).names)
-        except Exception as e:  # pyarrow raises its own ArrowInvalid for a file that is not Parquet
-            raise UserError(f"{name}: not a readable Parquet file ({e})") from None
-        header = True
+        columns, header = _parquet_columns(path, name), True
     else:
-        if _first_line(path).removeprefix("\ufeff").lstrip()[:1] in ("{", "["):
-            raise UserError(f"{name}: JSON, which scalerec does not read (expected a CSV, TSV or Parquet table)")
-        separator = _separator(path, sep)
-        quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL  # TSV has no quoting
-        try:
-            columns = [str(c) for c in pd.read_csv(path, sep=separator, nrows=0, engine="c", quoting=quoting).columns]
-        except UnicodeDecodeError:
-            raise _not_utf8(path, name) from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise UserError(f"{name}, line 1: not a table header ({e})") from None
-        except (OSError, EOFError, lzma.LZMAError) as e:
-            raise UserError(f"{name}: not a readable compressed file ({e})") from None
-        header = not any(is_number(c) for c in columns)  # a name is never a number: a first line with one is data
+        separator, quoting, columns, header = _csv_columns(path, name, sep)
     by_position = not header and not any((user_col, item_col, time_col, rating_col))
     if not header:
         columns = [str(k) for k in range(1, len(columns) + 1)]
@@ -230,6 +211,36 @@ def read_table_file(
         item_names=item_names,
         time_format=text_format,
     )
+
+
+def _parquet_columns(path: Path, name: str) -> list[str]:
+    """A Parquet file's column names (UserError where pyarrow is missing or the file is not Parquet)."""
+    try:
+        import pyarrow.parquet as pq  # optional: pip install 'scalerec[parquet]'
+    except ImportError:
+        raise UserError(f"{name}: reading Parquet needs pyarrow (pip install 'scalerec[parquet]')") from None
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid for a file that is not Parquet
+        raise UserError(f"{name}: not a readable Parquet file ({e})") from None
+
+
+def _csv_columns(path: Path, name: str, sep: str | None) -> tuple[str, int, list[str], bool]:
+    """(separator, quoting, the first line's fields, whether it is a header) of a CSV or TSV file."""
+    if _first_line(path).removeprefix("\ufeff").lstrip()[:1] in ("{", "["):
+        raise UserError(f"{name}: JSON, which scalerec does not read (expected a CSV, TSV or Parquet table)")
+    separator = _separator(path, sep)
+    quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL  # TSV has no quoting
+    try:
+        columns = [str(c) for c in pd.read_csv(path, sep=separator, nrows=0, engine="c", quoting=quoting).columns]
+    except UnicodeDecodeError:
+        raise _not_utf8(path, name) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"{name}, line 1: not a table header ({e})") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise UserError(f"{name}: not a readable compressed file ({e})") from None
+    header = not any(is_number(c) for c in columns)  # a name is never a number: a first line with one is data
+    return separator, quoting, columns, header
 
 
 def _rows(chunks, path: Path, header: bool, quoted: bool, user, item, time, rating, wanted, label, time_kind=None):
@@ -287,7 +298,7 @@ def _csv_chunks(path: Path, sep: str, quoting: int, names: list[str] | None, dty
                 index_col=False,
                 quoting=quoting,
                 dtype=dtype,
-                chunksize=movielens.CHUNK_ROWS,
+                chunksize=parsing.CHUNK_ROWS,
                 keep_default_na=False,
                 na_values=[""],
             ) as reader,
@@ -363,7 +374,7 @@ def _parquet_chunks(path: Path, wanted: list[str], name: str):
     import pyarrow.parquet as pq
 
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=movielens.CHUNK_ROWS, columns=wanted)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=parsing.CHUNK_ROWS, columns=wanted)
         for batch in batches:
             yield batch.to_pandas()
     except Exception as e:  # a damaged file whose schema still reads

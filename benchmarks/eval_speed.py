@@ -25,8 +25,9 @@ from common import SHAPES, data_config, machine, run
 
 from scalerec.config import EvalConfig, ModelConfig
 from scalerec.data.loading import load_dataset
+from scalerec.kernels import linear, onednn_pays, set_cpu_matmul
 from scalerec.metrics import evaluate, full_ranks, seen_index
-from scalerec.model import build_model, linear, onednn_pays
+from scalerec.model import build_model
 
 
 def pair_flops(model: torch.nn.Module) -> int:
@@ -80,8 +81,7 @@ def main() -> None:
             gemm: dict[str, list[float]] = {m: [] for m in matmuls}
             for r in range(args.repeats + 1):  # alternate with the reference so all see the same machine
                 for matmul, onednn in matmuls.items():
-                    if hasattr(model, "onednn"):
-                        model.onednn = onednn
+                    set_cpu_matmul(model, "onednn" if onednn else "blas")
                     t0 = time.perf_counter()
                     run()
                     if r:  # the first round warms up

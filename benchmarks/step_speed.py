@@ -62,7 +62,8 @@ from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_step
 from scalerec.errors import UserError
 from scalerec.find_batch import peak_memory_bytes, reset_peak_rss
-from scalerec.model import build_model, linear, onednn_pays, unique_rows
+from scalerec.kernels import linear, onednn_pays, set_cpu_matmul, unique_rows
+from scalerec.model import build_model
 from scalerec.optim import build_optimizer
 from scalerec.precision import PRECISIONS, autocast_context, grad_scaler
 from scalerec.sampling import SHUFFLES, EpochSampler
@@ -242,15 +243,16 @@ def main() -> None:
             micro_of = {}
             for name, sparse, micro in variants:
                 torch.manual_seed(0)
+                variant = {"scalerec_autograd": "autograd", "scalerec_compiled": "autograd"}.get(name, "scalerec")
+                variant = "embedding" if name == "scalerec_embedding" else variant
                 if sparse is None:  # as `scalerec train` builds it
-                    ours = build_run_model(cfg, n_users, n_items, device)
+                    ours = build_run_model(cfg, n_users, n_items, device, variant)
                 else:
-                    ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse=sparse).to(device)
-                ours.hand_backward = name not in ("scalerec_autograd", "scalerec_compiled")
-                ours.distinct_rows = name != "scalerec_embedding"
+                    ours = build_model("neumf", n_users, n_items, FACTORS, LAYERS, 0.0, sparse, variant).to(device)
                 # BLAS where autograd's nn.Linear computes some of the products: the ablations stay comparable
                 blas = ("scalerec_blas", "scalerec_autograd", "scalerec_embedding", "scalerec_compiled")
-                ours.onednn = ours.onednn and name not in blas
+                if name in blas:
+                    set_cpu_matmul(ours, "blas")
                 if name == "scalerec_compiled":
                     ours.interact = torch.compile(ours.interact, dynamic=True)
                 opt = build_optimizer("adam", ours, 0.001)[0]

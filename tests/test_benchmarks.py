@@ -35,7 +35,7 @@ def test_step_speed(tmp_path):
     steps = {line["step"]: line for line in lines}
     variants = {"scalerec", "scalerec_autograd", "scalerec_embedding", "scalerec_rows", "scalerec_dense"}
     variants.add("scalerec_micro256")
-    from scalerec.model import onednn_pays
+    from scalerec.kernels import onednn_pays
 
     if onednn_pays():  # the step with BLAS's products beside oneDNN's, and oneDNN's sgemm beside BLAS's
         variants.add("scalerec_blas")
@@ -107,7 +107,7 @@ def test_step_accuracy(tmp_path):
 
 def test_eval_and_prepare_speed(tmp_path):
     lines = run("eval_speed.py", "--shape", "ml-100k", "--repeats", "1", "--models", "neumf", "mf", tmp_path=tmp_path)
-    from scalerec.model import onednn_pays
+    from scalerec.kernels import onednn_pays
 
     neumf = ["onednn", "blas"] if onednn_pays() else ["blas"]  # NeuMF's scoring by each, where oneDNN pays
     expected = [("neumf", p, m) for p in ("sampled", "full") for m in neumf] + [("mf", "sampled", "blas")]

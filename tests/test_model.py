@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from scalerec.model import MF, NeuMF, build_model, linear, onednn_available
+from scalerec.kernels import linear, onednn_available, set_cpu_matmul
+from scalerec.model import MF, NeuMF, build_model
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
 BACKENDS = [False, pytest.param(True, marks=needs_onednn)]  # the CPU's products by BLAS, and by oneDNN
@@ -115,9 +116,10 @@ def test_sparse_tables_get_each_rows_gradient_once(name):
     grads = [t.grad for t in tables]
     for g in grads:  # one row per distinct id, ascending: nothing for RowwiseAdam to coalesce
         assert g.is_sparse and bool((g._indices()[0].diff() > 0).all())
-    m.zero_grad()
-    m.distinct_rows = False  # nn.Embedding's backward: one row per sample, summed by coalesce
-    m(users, items).pow(2).sum().backward()
+    torch.manual_seed(0)
+    m = build_model(name, 7, 9, 4, (8, 16, 4), 0.0, sparse=True, variant="embedding")  # the same weights
+    tables = [mod.weight for mod in m.modules() if isinstance(mod, torch.nn.Embedding)]
+    m(users, items).pow(2).sum().backward()  # nn.Embedding's backward: one row per sample, summed by coalesce
     for fast, t in zip(grads, tables):
         slow = t.grad.coalesce()
         assert torch.equal(fast._indices(), slow.indices())
@@ -138,19 +140,20 @@ def _logits_and_grads(model, users, items, weights):
 def test_the_hand_written_backward_is_autograds(name, layers, onednn):
     torch.manual_seed(0)
     m = build_model(name, 7, 9, 4, layers, 0.0)
-    m.onednn = onednn  # the node's products by oneDNN or BLAS; autograd's below are nn.Linear's
+    set_cpu_matmul(m, "onednn" if onednn else "blas")  # the node's products; autograd's below are nn.Linear's
+    torch.manual_seed(0)
+    plain = build_model(name, 7, 9, 4, layers, 0.0, variant="plain")  # autograd's every node, the same weights
     users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
     weights = torch.randn(40)
     fast = _logits_and_grads(m, users, items, weights)
-    m.hand_backward, m.distinct_rows = False, False  # autograd's every node: nn.Embedding's, nn.Linear's
-    slow = _logits_and_grads(m, users, items, weights)
+    slow = _logits_and_grads(plain, users, items, weights)
     assert torch.allclose(fast[0], slow[0], atol=1e-6)
     for a, b in zip(fast[1], slow[1]):
         assert b.abs().sum() > 0 and torch.allclose(a, b, atol=1e-6)
 
 
 def test_the_hand_written_backward_on_rows_gathered_already():
-    from scalerec.model import encode_rows, gather, interact_rows
+    from scalerec.kernels import encode_rows, gather, interact_rows
 
     torch.manual_seed(0)
     m = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.0)
@@ -169,13 +172,14 @@ def test_the_hand_written_backward_on_rows_gathered_already():
 def test_dropout_and_autocast_take_autograds_path():
     torch.manual_seed(0)
     m = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.5)
+    torch.manual_seed(0)
+    autograds = build_model("neumf", 7, 9, 4, (8, 16, 4), 0.5, variant="autograd")
     users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
     torch.manual_seed(1)
     dropped = m(users, items)
-    m.hand_backward = False
     torch.manual_seed(1)
-    assert torch.equal(dropped, m(users, items))  # the same dropout masks: the same path
-    m.hand_backward, m.dropout = True, 0.0
+    assert torch.equal(dropped, autograds(users, items))  # the same dropout masks: the same path
+    m.dropout = 0.0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(users, items)
     assert out.dtype == torch.bfloat16 and out.grad_fn.name() != "_PairHeadBackward"
@@ -184,7 +188,7 @@ def test_dropout_and_autocast_take_autograds_path():
 
 @pytest.mark.parametrize("n", [10, 10_000])  # a mark per row; torch.unique for a table much larger than the batch
 def test_unique_rows(n):
-    from scalerec.model import unique_rows
+    from scalerec.kernels import unique_rows
 
     ids = torch.tensor([7, 2, 7, 9, 0, 2, 2])
     rows, at = unique_rows(ids, n)
@@ -235,7 +239,7 @@ def test_scoring_by_onednn_is_the_same_function():
     with torch.no_grad():
         scores = {}
         for onednn in (False, True):
-            m.onednn = onednn
+            set_cpu_matmul(m, "onednn" if onednn else "blas")
             user, item = m.encode_users(torch.arange(7)), m.encode_items(torch.arange(9))
             scores[onednn] = (m(users, items), m.score_grid(user, item))
     assert torch.allclose(scores[True][0], scores[False][0], atol=1e-5)
@@ -256,7 +260,7 @@ def test_the_flag_places_the_steps_products(monkeypatch):
     users, items = torch.randint(0, 7, (40,)), torch.randint(0, 9, (40,))
     for onednn in (True, False):
         calls.clear()
-        m.onednn = onednn
+        set_cpu_matmul(m, "onednn" if onednn else "blas")
         m(users, items).sum().backward()  # the training step's nodes: _EncodeRows and _PairHead
         # forward: each side's half of the first layer, the hidden layer; backward: the hidden layer's two
         # products, each side's d_x (the halves' weight gradients stay BLAS's)

@@ -287,9 +287,9 @@ def test_sparse_tables_only_on_the_cpu():
 
 
 def test_cpu_matmul_picks_the_products_backend(monkeypatch):
-    import scalerec.model as model_module
+    import scalerec.kernels as model_module
     from scalerec.errors import UserError
-    from scalerec.model import onednn_pays
+    from scalerec.kernels import onednn_pays
 
     cfg = Config()
     built = lambda: build_run_model(cfg, 50, 60, torch.device("cpu"))  # noqa: E731

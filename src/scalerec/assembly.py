@@ -17,7 +17,8 @@ from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_step
 from scalerec.errors import OptionError, UserError
 from scalerec.find_batch import find_batch
-from scalerec.model import build_model, set_cpu_matmul, table_params
+from scalerec.kernels import set_cpu_matmul
+from scalerec.model import build_model, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import EpochSampler
@@ -109,8 +110,11 @@ def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch
 SPARSE_FROM_PARAMS_PER_SAMPLE = 2000
 
 
-def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.device) -> torch.nn.Module:
-    """The model as the config asks, with sparse table gradients where Adam should update rows."""
+def build_run_model(
+    cfg: Config, n_users: int, n_items: int, device: torch.device, variant: str = "scalerec"
+) -> torch.nn.Module:
+    """The model as the config asks, with sparse table gradients where Adam should update rows (`variant`: see
+    model.VARIANTS)."""
     o, m = cfg.optim, cfg.model
     sparse = o.sparse_embeddings
     if sparse is None:
@@ -119,7 +123,7 @@ def build_run_model(cfg: Config, n_users: int, n_items: int, device: torch.devic
         # CPU only: measured there; on a GPU dense fused Adam is cheap, and coalescing sparse rows syncs the host
         rule = tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
         sparse = device.type == "cpu" and o.optimizer == "adam" and rule
-    model = build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse).to(device)
+    model = build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse, variant).to(device)
     if device.type == "cpu":  # elsewhere the setting places nothing
         set_cpu_matmul(model, cfg.train.cpu_matmul)
     return model

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from scalerec import distributed
 from scalerec.config import PROTOCOLS, Config
 from scalerec.find_batch import peak_memory_bytes
-from scalerec.model import encode_rows, interact_rows
+from scalerec.kernels import encode_rows, interact_rows
 
 if TYPE_CHECKING:
     from scalerec.assembly import Parts

@@ -26,8 +26,9 @@ from scalerec.data.loading import load_dataset
 from scalerec.errors import UserError
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
+from scalerec.kernels import onednn_available, set_cpu_matmul
 from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, seen_index, seen_pairs
-from scalerec.model import build_model, onednn_available, set_cpu_matmul
+from scalerec.model import build_model
 from scalerec.run_folder import CONFIG, read_config
 
 # What one recommendation holds while the CSV is made: its item and score (12 bytes) and its CSV line

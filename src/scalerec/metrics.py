@@ -12,7 +12,7 @@ is the mean over users of 1/log2(rank + 2) for those hits, 0 otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +123,26 @@ def seen_pairs(seen: tuple[torch.Tensor, torch.Tensor], users: torch.Tensor) -> 
     return rows, items[torch.arange(len(rows), device=users.device) - first[rows] + starts[rows]]
 
 
+def scored_batches(
+    model: nn.Module, users: torch.Tensor, n_items: int, scores_per_batch: int = FULL_SCORES_PER_BATCH
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(the users' slice, their scores against every item [len, n_items], fp32) in batches: the one scoring path
+    of full ranking and recommendation. Every item is encoded once; users are scored in batches with the model's
+    score_grid (which tiles its own activations), at most `scores_per_batch` scores at a time, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            item_enc = model.encode_items(torch.arange(n_items, device=users.device))
+            # at most 4096 users at a time too, so that a tile of pairs holds at least two items of a small catalogue
+            step = max(1, min(4096, scores_per_batch // n_items))
+            for s in range(0, len(users), step):
+                at = slice(s, s + step)
+                yield at, model.score_grid(model.encode_users(users[at]), item_enc).float()
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def full_ranks(
     model: nn.Module,
@@ -132,30 +152,18 @@ def full_ranks(
     n_items: int,
     scores_per_batch: int = FULL_SCORES_PER_BATCH,
 ) -> torch.Tensor:
-    """Rank of each user's positive among all items but the user's training items (`seen_index`), on the device.
-
-    Every item is encoded once; users are scored in batches against all items with the model's score_grid (which
-    tiles its own activations), at most `scores_per_batch` scores at a time."""
-    was_training = model.training
-    model.eval()
-    try:
-        item_enc = model.encode_items(torch.arange(n_items, device=users.device))
-        out = torch.empty(len(users), dtype=torch.int64, device=users.device)
-        # at most 4096 users at a time too, so that a tile of pairs holds at least two items of a small catalogue
-        step = max(1, min(4096, scores_per_batch // n_items))
-        for s in range(0, len(users), step):
-            u, pos_items = users[s : s + step], positives[s : s + step]
-            scores = model.score_grid(model.encode_users(u), item_enc).float()
-            rows = torch.arange(len(u), device=u.device)
-            pos = scores[rows, pos_items]
-            beats = scores >= pos[:, None]
-            beats[seen_pairs(seen, u)] = False
-            beats[rows, pos_items] = False  # the positive is not its own competitor
-            rank = beats.sum(1)
-            out[s : s + len(u)] = torch.where(torch.isnan(pos), torch.full_like(rank, NAN_RANK), rank)
-        return out
-    finally:
-        model.train(was_training)
+    """Rank of each user's positive among all items but the user's training items (`seen_index`), on the device."""
+    out = torch.empty(len(users), dtype=torch.int64, device=users.device)
+    for at, scores in scored_batches(model, users, n_items, scores_per_batch):
+        u, pos_items = users[at], positives[at]
+        rows = torch.arange(len(u), device=u.device)
+        pos = scores[rows, pos_items]
+        beats = scores >= pos[:, None]
+        beats[seen_pairs(seen, u)] = False
+        beats[rows, pos_items] = False  # the positive is not its own competitor
+        rank = beats.sum(1)
+        out[at] = torch.where(torch.isnan(pos), torch.full_like(rank, NAN_RANK), rank)
+    return out
 
 
 def evaluator(

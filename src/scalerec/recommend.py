@@ -27,7 +27,7 @@ from scalerec.errors import UserError
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
 from scalerec.kernels import onednn_available, set_cpu_matmul
-from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, seen_index, seen_pairs
+from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, scored_batches, seen_index, seen_pairs
 from scalerec.model import build_model
 from scalerec.run_folder import CONFIG, read_config
 
@@ -46,20 +46,15 @@ def top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(items [U, k], scores [U, k]) of the k highest-scoring items of each user, best first; the user's `seen`
     items (seen_index) left out. Fewer than k unseen items: the rest are -1 with score -inf."""
-    model.eval()
-    item_enc = model.encode_items(torch.arange(n_items, device=users.device))
     k_items = min(k, n_items)
     items = torch.full((len(users), k), -1, dtype=torch.int64, device=users.device)
     scores = torch.full((len(users), k), float("-inf"), device=users.device)
-    step = max(1, min(4096, scores_per_batch // n_items))
-    for s in range(0, len(users), step):
-        u = users[s : s + step]
-        grid = model.score_grid(model.encode_users(u), item_enc).float()
+    for at, grid in scored_batches(model, users, n_items, scores_per_batch):
         if seen is not None:
-            grid[seen_pairs(seen, u)] = float("-inf")
-        best, at = grid.topk(k_items, dim=1)  # sorted, highest first
-        scores[s : s + len(u), :k_items] = best
-        items[s : s + len(u), :k_items] = torch.where(torch.isinf(best), -1, at)
+            grid[seen_pairs(seen, users[at])] = float("-inf")
+        best, where = grid.topk(k_items, dim=1)  # sorted, highest first
+        scores[at, :k_items] = best
+        items[at, :k_items] = torch.where(torch.isinf(best), -1, where)
     return items, scores
 
 

@@ -450,10 +450,12 @@ def test_subprocess_user_error_exit_status(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=str)
 def test_preset_configs_load_and_start_with_their_command(path):
-    from scalerec.config import build_config, read_config_file
+    from scalerec.cli import config_from_args, make_parser
 
-    assert path.read_text().splitlines()[0].startswith("# scalerec train --config configs/" + path.name)
-    build_config(read_config_file(path))
+    command = path.read_text().splitlines()[0].split()
+    assert command[:5] == ["#", "scalerec", "train", "--config", f"configs/{path.name}"]
+    args = make_parser().parse_args(["train", "--config", str(path), *command[5:]])  # as its command gives it
+    assert config_from_args(args).data.dataset == ("ncf" if "ncf" in path.name else "ml-100k")
 
 
 def test_data_info_prints_sizes_times_split_and_what_was_dropped(capsys, tmp_path):

@@ -4,9 +4,9 @@ PyTorch's CPU allocator is malloc. glibc serves blocks above its mmap threshold 
 dynamically up to 32 MiB, the largest it allows) with fresh mmap'd pages, so an activation or gradient of a few
 MB allocated at every step page-faults every one of its 4 KiB pages on first touch, and unmaps them again when
 freed. A step at batch 8192 allocates dozens of such blocks, and at ML-20M shape the dense gradients of the user
-tables alone (35 and 71 MB) are above any threshold. Serving every block from the heap (no mmap at all) and
-keeping freed memory there (trim threshold 1 GiB) reuses the same pages instead: at ML-20M shape and batch 65536
-the step went from 35,000 page faults to none and ran 1.22x faster (benchmarks/step_speed.py, two processes).
+tables alone are above any threshold. Serving every block from the heap (no mmap at all) and keeping freed memory
+there (trim threshold 1 GiB) reuses the same pages instead: no page faults in the step, and a faster step
+(benchmarks/step_speed.py; figures in benchmarks/RESULTS.md).
 glibc's own settings cannot be restored once changed (its dynamic threshold stays off), so step_speed.py counts
 the page faults per step of a run with them (--glibc-malloc) and of one without. The cost is freed memory kept
 resident until it is reused: up to the trim threshold at the heap's top, and any free block inside it, which

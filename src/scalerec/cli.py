@@ -112,7 +112,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         choices=["notebook"],
-        help="the seed notebook's story at a base batch B "
+        help="the GHC 2019 notebook's scaling story at a base batch B "
         "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default 3)",
     )
     p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")

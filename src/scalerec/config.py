@@ -149,7 +149,7 @@ class OptimConfig:
     base_batch: int | None = None
     """Batch size at which --base-lr works (default: --batch-size, i.e. no scaling)."""
     warmup: Literal["none", "exponential", "linear"] = "none"
-    """Warmup: exponential (the seed notebook's, from 1% of the lr) or linear, over --warmup-epochs."""
+    """Warmup: exponential (the GHC 2019 notebook's, from 1% of the lr) or linear, over --warmup-epochs."""
     warmup_epochs: float = 0.1
     """Length of the warmup in epochs (fractions allowed)."""
     decay: Literal["none", "cosine", "step", "poly"] = "none"
@@ -164,11 +164,12 @@ class OptimConfig:
     """LARS trust coefficient eta: the layer-wise lr is eta * ||w|| / ||grad||."""
     adapt_embeddings: bool | None = None
     """LARS and LAMB: give embedding tables a trust ratio and weight decay like weight matrices (else plain
-    SGD/Adam steps). Default: yes for LARS, no for LAMB (measured; see the README)."""
+    SGD/Adam steps). Default: yes for LARS, no for LAMB (docs/large-batches.md says why)."""
     sparse_embeddings: bool | None = None
     """Embedding tables get sparse gradients and Adam updates only the rows a batch touched (lazy Adam), instead
     of every row at every step. Default: on the CPU, yes for adam where the tables hold 2,000 parameters or more
-    per sample of a batch (ML-20M at batch 4096: 5x faster); on a GPU, and for the other optimizers, dense."""
+    per sample of a batch (large tables, small batches: where rows were measured faster); on a GPU, and for the
+    other optimizers, dense."""
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -208,15 +209,14 @@ class TrainConfig:
     micro_batch: int | None = None
     """Compute each batch in slices of this many samples that add up to the same gradient and one step, so that
     activations stay in the CPU's cache or fit the device memory (default: 8192 on the CPU for larger batches,
-    1.27x faster at 65536 on ML-1M; none on a GPU)."""
+    none on a GPU)."""
     negatives: int = 4
     """Train negatives drawn per positive, fresh every epoch."""
     shuffle: Literal["samples", "groups"] = "samples"
     """Epoch order: samples (every sample shuffled on its own, as in the NCF paper's code) or groups (the
     positives shuffled, each followed by its own negatives: a batch holds at most 1 / (1 + negatives) as many
-    distinct users, which the CPU step encodes once each; at ML-1M shape and batch 4096 the step ran 1.45-1.53x a
-    plain PyTorch step instead of 0.92-1.21x, but the best HR@10 fell by 0.003 on ML-1M and by 0.007 on
-    MovieLens-100K, means of 2 and 4 seeds)."""
+    distinct users, which the CPU step encodes once each: a faster step, a little less accuracy; see
+    docs/performance.md)."""
     seed: int = 0
     """Seed for initialisation, train negatives and shuffling; the same seed gives identical metrics on CPU."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -229,8 +229,8 @@ class TrainConfig:
     same metrics bit for bit."""
     cpu_matmul: Literal["auto", "onednn", "blas"] = "auto"
     """The CPU step's and scoring's fp32 matrix products (NeuMF's): by oneDNN's inner product or by BLAS (MKL).
-    auto: oneDNN on CPUs with AVX-512 (MKL runs AVX2 code on AMD CPUs; a 2-core Zen 5 EPYC's step ran 1.2-1.4x
-    faster), BLAS elsewhere. The two round differently, so a seed's metrics differ between them."""
+    auto: oneDNN on CPUs with AVX-512 (MKL runs AVX2 code on AMD CPUs, where oneDNN's step was faster), BLAS
+    elsewhere. The two round differently, so a seed's metrics differ between them."""
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
     dataset or the --data file)."""

@@ -38,7 +38,7 @@ def train_step(
     is encoded once for the whole batch; each slice gathers its rows from the encodings as leaves of its own
     graph, and their gradients are added into one buffer per encoding (index_add), so that one backward takes
     them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized gradient per slice
-    and gather (measured at ML-20M shape, batch 65536: a third of the step). `sync()`, where given, runs between
+    and gather, a large part of the step at ML-20M's shape. `sync()`, where given, runs between
     the backward and the optimizer step (data-parallel: the processes' gradients summed)."""
     n = len(labels)
     chunk = min(micro_batch or n, n)

@@ -34,8 +34,7 @@ def unique_rows(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gather(encoding: Encoding, index: torch.Tensor | None) -> Encoding:
     """Each sample's rows of an encoding of distinct rows (None: the encoding as it is). index_select, not
-    encoding[index]: its backward is an index_add, much faster than advanced indexing's on the CPU (measured: the
-    whole step at ML-1M shape and batch 4096 ran 1.4x faster)."""
+    encoding[index]: its backward is an index_add, much faster than advanced indexing's on the CPU."""
     return tuple(None if t is None else _take(t, index) for t in encoding)
 
 
@@ -86,9 +85,8 @@ def set_cpu_matmul(model: nn.Module, choice: str) -> None:
 
 def onednn_pays() -> bool:
     """Whether the CPU's fp32 matrix products should go to oneDNN rather than BLAS: on CPUs with AVX-512, where
-    oneDNN's kernels use it and MKL's sgemm on AMD CPUs does not (a Zen 5 EPYC's 2 cores: 350-480 against 160-220
-    GFLOP/s; with oneDNN held to AVX2 there, ONEDNN_MAX_CPU_ISA=AVX2, the step ran at 0.99x BLAS's). Not measured on
-    Zen 4 or Intel CPUs, where MKL may do as well: --cpu-matmul blas."""
+    oneDNN's kernels use it and MKL's sgemm on AMD CPUs does not; held to AVX2, oneDNN was no faster than BLAS
+    (docs/performance.md). Not measured on Zen 4 or Intel CPUs, where MKL may do as well: --cpu-matmul blas."""
     return onednn_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
@@ -109,9 +107,8 @@ def linear(
 
 class _EncodeRows(torch.autograd.Function):
     """Tables' rows for distinct, ascending rows, the last table's through a linear layer where given, as one autograd
-    node: on the CPU a step at ML-1M shape and batch 4096 ran 1.05x faster than with a node per lookup and
-    autograd's layer (interleaved in one process; benchmarks/RESULTS.md), and 1.03x faster than
-    benchmarks/step_speed.py's scalerec_embedding (nn.Embedding's lookups and nn.Linear). A table's gradient is its
+    node, faster on the CPU than a node per lookup and autograd's layer, or nn.Embedding's lookups and nn.Linear
+    (benchmarks/step_speed.py's scalerec_embedding; benchmarks/RESULTS.md). A table's gradient is its
     rows' own, put in place with nothing to add up: for a dense table a zero table with the rows copied in
     (nn.Embedding's backward adds them, with a count per row), for a sparse one the rows as they are, which
     RowwiseAdam sees need no coalescing (nn.Embedding's would be sorted and summed there)."""
@@ -135,7 +132,7 @@ class _EncodeRows(torch.autograd.Function):
         d_weight = d_bias = None
         if layer:
             x, weight = layer
-            # BLAS for the weight's gradient: by oneDNN the step at ML-1M shape and batch 4096 ran 0.99x as fast
+            # BLAS for the weight's gradient: by oneDNN the step was no faster
             d_weight = grads[-1].T @ x if needs[3] else None
             d_bias = grads[-1].sum(0) if needs[4] else None
             grads[-1] = linear(grads[-1], weight.T, onednn=ctx.onednn)
@@ -244,8 +241,8 @@ class _PairHead(torch.autograd.Function):
                 torch.ops.aten.threshold_backward.grad_input(d_h, saved[k], 0, grad_input=d_h)  # ReLU, in place
                 if k == 0:
                     break
-                # d_h.T @ saved[k - 1], a sum over the batch's rows: by oneDNN the step at ML-1M shape and batch
-                # 4096 ran 1.03x faster than by BLAS (unlike _EncodeRows' weight gradient)
+                # d_h.T @ saved[k - 1], a sum over the batch's rows: by oneDNN where it pays (unlike _EncodeRows'
+                # weight gradient, the step was faster so)
                 d_hidden[2 * k - 2] = linear(d_h.T, saved[k - 1].T, onednn=ctx.onednn)
                 d_hidden[2 * k - 1] = d_h.sum(0)
                 d_h = linear(d_h, hidden[2 * k - 2].T, onednn=ctx.onednn)

@@ -8,9 +8,8 @@ syncs with the host once per round, a few times per epoch, never per batch.
 By default every sample is shuffled on its own, as the NCF paper's code does. shuffle="groups" shuffles the
 positives instead, each followed by its own negatives (which share its user): every sample is still seen once
 per epoch, but a batch of B samples holds at most about B / (1 + negatives) distinct users, and the CPU step
-encodes each distinct user once (model.encode_rows). On the NCF paper's ML-1M at batch 4096 that is 3,166 table
-rows per step (708 users, 2,458 items) instead of 4,805, and a 1.2x faster step; but the batches are less
-varied, and the best HR@10 fell by 0.007 on MovieLens-100K (mean of 4 seeds; README, "Training on the device").
+encodes each distinct user once (kernels.encode_rows): fewer table rows per step and a faster step, but less
+varied batches and a little less accuracy (figures in docs/performance.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A failed run is recorded (failed.json) and the sweep goes on; a diverged run is recorded by train() itself; a
 run whose folder already holds summary.json is skipped, so re-running a sweep finishes what is missing. A sweep
 stopped by Ctrl-C or SIGTERM writes the report of the runs so far before it stops.
-The `notebook` preset replays the seed notebook's story at a base batch B:
+The `notebook` preset replays the GHC 2019 notebook's story at a base batch B:
   1 B, SGD (momentum 0.9)      2 16B, same lr              3 16B, linear rule        4 192B, linear rule
   5 192B, linear + warmup      6 192B, LARS + warmup       7 192B, LAMB + warmup     8 the better of 6 and 7 in bf16
 """

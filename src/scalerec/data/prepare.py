@@ -98,8 +98,8 @@ class Dataset:
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique(values) by a sort: numpy 2's hash-based unique took 6.5 s per call on ML-20M's 20M keys, 4x the
-    sort (benchmarks/prepare_speed.py)."""
+    """np.unique(values) by a sort: numpy 2's hash-based unique is several times slower on ML-20M's keys
+    (benchmarks/prepare_speed.py)."""
     out = np.sort(values)
     return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out
 

@@ -2,14 +2,12 @@
 
 For LARS and LAMB, weight matrices adapt (a layer-wise trust ratio) and decay. Biases (1-d tensors, and MF's
 per-user and per-item bias tables) never decay; under LARS they adapt too, because LARS's lr is a relative step
-(lr x eta of a layer's norm) that, applied as a plain SGD step, blows biases up (the linear rule gives lr 576 for
-192 x 256 on ML-1M: loss 123 after one epoch with plain biases, 1.17 with adapted ones); under LAMB a plain Adam
-step is bounded by the lr, so they step plainly. Embedding tables adapt under LARS, like every layer in the
-LARS paper (measured after one epoch at 192 x 256: HR@10 0.4452 adapted against 0.4493 plain, a tie), and not
-under LAMB, where the trust ratio ties each row's step to the norm of the whole table, initialised at
-N(0, 0.01): measured on ML-1M at 192 x 256 with warmup, HR@10 after epochs 0 / 1 was
-0.5659 / 0.6684 with plain tables against 0.4608 / 0.6280 with adapted ones. `adapt_embeddings` overrides this.
-SGD and Adam get one group, as in the seed notebook. The group sizes are returned for the log.
+(lr x eta of a layer's norm) that, applied as a plain SGD step, blows biases up at the lr the linear rule gives a
+192x batch; under LAMB a plain Adam step is bounded by the lr, so they step plainly. Embedding tables adapt under
+LARS, like every layer in the LARS paper (adapted or plain, the accuracy was the same), and not under LAMB, where
+the trust ratio ties each row's step to the norm of the whole table, initialised at N(0, 0.01), and the adapted
+tables learnt more slowly (docs/large-batches.md). `adapt_embeddings` overrides this.
+SGD and Adam get one group, as in the GHC 2019 notebook. The group sizes are returned for the log.
 """
 
 from __future__ import annotations

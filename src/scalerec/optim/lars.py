@@ -9,7 +9,7 @@ implementations do, and adapts from then on; under a warmup that first step is a
     buf    = momentum * buf + lr * trust * d
     p     -= buf                                         (nesterov: p -= lr * trust * d + momentum * buf)
 Groups with adapt=False (by rule the biases, see factory.py) skip the trust ratio and the weight decay: plain
-SGD with momentum. Gradients are read, never modified in place. The call shape of the seed notebook's
+SGD with momentum. Gradients are read, never modified in place. The call shape of the GHC 2019 notebook's
 `lars.LARS(model.parameters(), lr=..., momentum=..., weight_decay=...)` works as is.
 """
 

@@ -60,8 +60,8 @@ class RowwiseAdam(Optimizer):
                     if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):
                         grad = p.grad.coalesce()
                         rows, g = grad.indices()[0], grad.values()
-                    # index_select, not m[rows], and index_add_ without alpha: on the CPU these are 5-6x faster
-                    # (ML-20M's user table, 4,000 rows; index_add_ with alpha takes a per-row path)
+                    # index_select, not m[rows], and index_add_ without alpha: on the CPU these are several times
+                    # faster (index_add_ with alpha takes a per-row path)
                     if wd:
                         g = g.add(p.index_select(0, rows), alpha=wd)
                     m_rows = m.index_select(0, rows).lerp_(g, 1 - beta1)

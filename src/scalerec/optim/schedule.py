@@ -1,7 +1,7 @@
 """The learning-rate schedule as a pure function of the step: a factor in (0, 1] of the peak lr.
 
 Warmup over the first `warmup_steps` steps:
-- exponential, exactly as the seed notebook: factor = exp(log(0.01) * (warmup_steps - step) / warmup_steps),
+- exponential, exactly as the GHC 2019 notebook: factor = exp(log(0.01) * (warmup_steps - step) / warmup_steps),
   from 1% of the lr at step 0 up to the lr;
 - linear: factor = (step + 1) / warmup_steps.
 Decay over the steps after warmup, to `total_steps`: none, cosine (to 0), step (x0.1 at 50% and 75% of it),

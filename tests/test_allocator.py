@@ -60,6 +60,7 @@ print(allocator.release_free_memory(), held - current_rss_bytes())
 """
 
 
+@pytest.mark.slow
 @glibc
 def test_free_memory_kept_in_the_heap_is_handed_back_on_request():
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}

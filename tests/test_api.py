@@ -26,6 +26,7 @@ TINY = dict(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_api_example_runs_as_written_and_leaves_the_process_as_it_was(tmp_path, monkeypatch):
     code = "\n".join(re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S))
     assert "scalerec.train(" in code and "scalerec.load(" in code and "scalerec.evaluate(" in code

@@ -27,6 +27,7 @@ def run(script: str, *args: str, tmp_path: Path) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_step_speed(tmp_path):
     lines = run(
         "step_speed.py", "--shapes", "ml-100k", "--batch-sizes", "512", "--samples", "1024", "--repeats", "1",
@@ -63,6 +64,7 @@ def test_step_speed_draws_batches_in_the_epoch_order_scalerec_trains_on(shuffle,
     assert abs(labels.mean().item() - 0.2) < 0.05  # one positive per 4 negatives either way
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_its_steps(tmp_path):
     """benchmarks/gpu_check.sh, the GPU measurements: on the CPU, on tiny data (SMOKE=1)."""
     env = {**os.environ, "SMOKE": "1", "TMPDIR": str(tmp_path), "OUT": str(tmp_path), "PYTHON": sys.executable}
@@ -79,6 +81,7 @@ def test_gpu_check_script_runs_its_steps(tmp_path):
     assert "Largest batch:" in out.stdout and out.stdout.count("Best sampled_HR@10") == 2  # bf16 and fp16 runs
 
 
+@pytest.mark.slow
 def test_train_throughput(tmp_path):
     lines = run(
         "train_throughput.py", "--shape", "ml-100k", "--batch-sizes", "1024", "--epochs", "2",
@@ -97,6 +100,7 @@ def test_train_throughput(tmp_path):
     assert abs(lines[-1]["bare_step_flops_over_sgemm_best"] - bare * flops / 1e9 / lines[-1]["sgemm_best"]) < 0.01
 
 
+@pytest.mark.slow
 def test_step_accuracy(tmp_path):
     lines = run("step_accuracy.py", "--shape", "ml-100k", "--epochs", "1", tmp_path=tmp_path)
     plain, ours = lines
@@ -105,6 +109,7 @@ def test_step_accuracy(tmp_path):
     assert abs(plain["HR@10"] - ours["HR@10"]) <= 0.02 and ours["HR@10"] > 0.2
 
 
+@pytest.mark.slow
 def test_eval_and_prepare_speed(tmp_path):
     lines = run("eval_speed.py", "--shape", "ml-100k", "--repeats", "1", "--models", "neumf", "mf", tmp_path=tmp_path)
     from scalerec.kernels import onednn_pays
@@ -123,6 +128,7 @@ def test_eval_and_prepare_speed(tmp_path):
     assert lines[2]["rows"] == lines[3]["interactions"] and lines[3]["dataset"] == "ml-100k x1 ratings.csv"
 
 
+@pytest.mark.slow
 def test_batch_sizes(tmp_path):
     lines = run(
         "batch_sizes.py", "--shape", "ml-100k", "--batch-sizes", "256", "2048", "--samples", "4096", "--repeats", "2",
@@ -142,6 +148,7 @@ def test_every_benchmark_has_a_test(script):
     assert f'"{script}"' in Path(__file__).read_text()
 
 
+@pytest.mark.slow
 def test_late_epochs(tmp_path):
     lines = run(
         "late_epochs.py", "--shape", "ml-100k", "--epochs", "2", "--batch-size", "1024", "--samples", "4096",
@@ -155,6 +162,7 @@ def test_late_epochs(tmp_path):
     assert lines[-1]["weights"] == "ratio" and lines[-1]["late_over_early"] > 0
 
 
+@pytest.mark.slow
 def test_data_parallel(tmp_path):
     lines = run(
         "data_parallel.py", "--dataset", "synthetic", "--epochs", "1", "--repeats", "1", "--batch-size", "256",
@@ -167,6 +175,18 @@ def test_data_parallel(tmp_path):
     assert runs["ratio"]["parallel_over_one"] > 0 and len(runs["one"]["samples_per_s"]) == 1
 
 
+@pytest.mark.slow
+def test_allreduce(tmp_path):
+    lines = run(
+        "allreduce.py", "--shape", "ml-100k", "--batch-size", "256", "--steps", "3", "--repeats", "1", tmp_path=tmp_path
+    )  # fmt: skip
+    ways = {line["sync"]: line for line in lines if "sync" in line}
+    assert set(ways) == {"flat", "ddp"} and all(len(w["steps_per_s"]) == 1 for w in ways.values())
+    assert lines[-1]["ddp_over_flat"] > 0 and lines[-1]["processes"] == 2
+    assert lines[-1]["same_weights"]  # both ways take the same steps: the same mean gradient
+
+
+@pytest.mark.slow
 def test_step_speed_on_batches_of_a_real_datasets_epoch(tmp_path):
     prefix = tmp_path / "tiny"  # the NCF paper's layout: user, item, rating, timestamp; one test row per user
     train = "".join(f"{u}\t{(7 * u + k) % 200}\t5\t{k}\n" for u in range(30) for k in range(5))
@@ -181,6 +201,7 @@ def test_step_speed_on_batches_of_a_real_datasets_epoch(tmp_path):
     assert steps["scalerec"]["samples_per_s"] > 0 and steps["ratio"]["scalerec_over_plain"] > 0
 
 
+@pytest.mark.slow
 def test_contention(tmp_path):
     lines = run(
         "contention.py", "--epochs", "1", "--repeats", "1", "--", "--dataset", "synthetic", "--synthetic-users",

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_p
 TRAIN_EPOCH = epoch_module.train_epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [[], ["--optimizer", "lars", "--warmup", "linear", "--warmup-epochs", "1", "--decay", "cosine", "--lr", "0.5"]],
@@ -39,6 +40,7 @@ def test_a_resumed_run_ends_as_a_run_never_stopped(capsys, tmp_path, monkeypatch
     assert summary["state"] == "finished" and summary["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_options_a_finished_run_and_a_missing_or_broken_checkpoint(capsys, tmp_path):
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=1)])[0] == 0
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run", "--epochs", "3"])
@@ -88,6 +90,7 @@ def test_top_k_is_the_best_unseen_items_best_first():
     assert few[0, -1] == -1 and (few[0, :-1] >= 0).all()
 
 
+@pytest.mark.slow
 def test_recommend_names_users_and_items_by_the_files_ids(capsys, tmp_path):
     data = write_udata(tmp_path / "u.data", n_users=30, n_items=40, per_user=6)
     lines = [line.split("\t") for line in data.read_text().splitlines()]
@@ -135,6 +138,7 @@ def test_resume_and_recommend_refuse_changed_data_and_work_from_another_folder(c
         assert rc == 1 and "is not what the run trained on" in err, err
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_not_resumed_and_a_run_stopped_before_its_first_epoch_ends_can_start_again(
     capsys, tmp_path, monkeypatch
 ):

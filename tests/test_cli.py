@@ -427,6 +427,7 @@ def test_subprocess_version(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == f"scalerec {scalerec.__version__}"
 
 
+@pytest.mark.slow
 def test_subprocess_train_piped_has_no_progress_bar(tmp_path):
     path = write_udata(tmp_path / "u.data")
     out_dir = tmp_path / "run"
@@ -441,6 +442,7 @@ def test_subprocess_train_piped_has_no_progress_bar(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_subprocess_user_error_exit_status(tmp_path):
     (tmp_path / "u.data").write_text("1\t2\t3\t4\n1\t3\n")
     result = run_module(["train", "--data", tmp_path / "u.data", *tiny(tmp_path / "run")], tmp_path)

@@ -630,6 +630,7 @@ def _skew(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (SHARED_DATA / "ncf-ml-1m" / "ml-1m.train.rating").is_file(),
     reason=f"real data absent: {SHARED_DATA / 'ncf-ml-1m'}",

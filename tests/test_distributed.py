@@ -47,6 +47,7 @@ def run(args: list[str], cwd, processes: int) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_does(tmp_path):
     """The same global batch in two halves, their gradients summed: the same losses and weights as one process,
     up to the order of float sums; only the first process prints and writes."""
@@ -128,6 +129,7 @@ def timings_aside(run: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "peak_memory_mb"} for row in rows(run)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 0], ids=["a-worker", "the-first"])
 def test_a_dead_worker_ends_the_job_in_seconds_with_one_line_and_a_failed_summary(tmp_path, rank):
     args = ["train", *LONGER, *tiny(tmp_path / "run", epochs=30)]
@@ -143,6 +145,7 @@ def test_a_dead_worker_ends_the_job_in_seconds_with_one_line_and_a_failed_summar
     assert summary["epochs"] == len(rows(tmp_path / "run")) >= 1
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_an_unbroken_one(tmp_path):
     args = [*LONGER, *tiny(tmp_path / "whole", epochs=3)]
     whole = ended(launcher(["train", *args], tmp_path, "--standalone", "--nproc-per-node=2"))
@@ -172,6 +175,7 @@ def two_nodes(args: list[str], cwd: Path, *options: str) -> list[subprocess.Pope
     return [launcher(args, cwd, *node, f"--node-rank={rank}") for rank in (0, 1)]
 
 
+@pytest.mark.slow
 def test_two_machines_train_as_one_process_does_and_recover_from_a_lost_worker(tmp_path):
     args = [*LONGER, *tiny(tmp_path / "one", epochs=3)]
     one = ended(launcher(["train", *args], tmp_path, "--standalone", "--nproc-per-node=1"))
@@ -191,6 +195,7 @@ def test_two_machines_train_as_one_process_does_and_recover_from_a_lost_worker(t
     assert timings_aside(tmp_path / "recovered") == timings_aside(tmp_path / "two")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_process_waiting_on_a_hung_one_within_seconds(tmp_path):
     """A process waiting in a collective runs no Python signal handler: without its watcher, torchrun's SIGTERM
     would wait for the process group's timeout (minutes)."""
@@ -210,6 +215,7 @@ def test_sigterm_stops_a_process_waiting_on_a_hung_one_within_seconds(tmp_path):
         stop_all(p)
 
 
+@pytest.mark.slow
 def test_a_job_stopped_as_a_whole_is_interrupted_not_failed(tmp_path):
     """SIGTERM to torchrun (as a scheduler stops a job) reaches every process: the run is interrupted, and can go
     on with --resume; a lost process is what makes it failed."""

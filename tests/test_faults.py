@@ -60,6 +60,7 @@ def holder_named(folder: Path) -> bool:
     return lock.is_file() and bool(lock.read_text().strip())
 
 
+@pytest.mark.slow
 def test_two_trains_into_one_folder_the_second_is_refused_naming_the_first(tmp_path):
     args = ["train", *SYNTHETIC, *tiny(tmp_path / "run", epochs=2)]
     first = start(args, tmp_path)
@@ -76,6 +77,7 @@ def test_two_trains_into_one_folder_the_second_is_refused_naming_the_first(tmp_p
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_two_sweeps_into_one_folder_the_second_is_refused_and_a_stale_failure_record_goes(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text("[grid]\nbatch_size = [256, 512]\n")
@@ -100,6 +102,7 @@ def test_two_sweeps_into_one_folder_the_second_is_refused_and_a_stale_failure_re
     assert "finished" in (tmp_path / "s" / "results.csv").read_text().splitlines()[1]
 
 
+@pytest.mark.slow
 def test_a_sweep_with_failed_runs_exits_1_and_says_how_many(capsys, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text("[grid]\neval_negatives = [5000, 6000]\n")  # more negatives than items: both runs fail
@@ -119,6 +122,7 @@ def contents(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
 
 
+@pytest.mark.slow
 def test_another_runs_checkpoint_is_refused_before_anything_is_written(capsys, tmp_path, monkeypatch):
     interrupted_run(capsys, monkeypatch, tmp_path / "a", "--data-seed", "1")  # other data of the same shape
     interrupted_run(capsys, monkeypatch, tmp_path / "b")
@@ -146,6 +150,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_one_line(capsys, tmp_path, 
     assert_one_line_error(rc, err, f"{path}: its weights do not fit the model of")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "edit, fragment",
     [
@@ -247,6 +252,7 @@ def test_sigterm_while_the_first_checkpoint_is_written_leaves_summary_metrics_an
     assert rc == 0 and "at epoch 1 of 3" in out, err
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_is_one_line_the_summary_says_so_and_the_last_checkpoint_stays(
     capsys, tmp_path, monkeypatch
 ):
@@ -301,6 +307,7 @@ def test_a_full_disk_during_a_checkpoint_write(capsys, tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_the_temporaries_of_killed_writes_go_at_the_next_start_unless_a_live_process_holds_the_folder(
     capsys, tmp_path, monkeypatch
 ):
@@ -391,6 +398,7 @@ def test_a_config_json_that_is_not_an_object_is_one_line(capsys, tmp_path, monke
     assert_one_line_error(rc, err, f"{tmp_path / 'run' / 'config.json'}: holds a list, expected a JSON object")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "line, fragment",
     [

@@ -57,6 +57,7 @@ def test_notebook_preset_runs_follow_the_story():
     )
 
 
+@pytest.mark.slow
 def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):
     runs = grid_runs({"batch_size": [128, 1024], "optimizer": ["sgd", "lamb"]})
     runs.append(("5-diverges", flat(optimizer="sgd", lr=1e9)))
@@ -81,6 +82,7 @@ def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):
     assert not any(x.startswith("Epoch") for x in again)
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_logs_alone_without_torch(tmp_path):
     sweep(tiny_base(tmp_path), grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
     for name in ("results.csv", "results.md", "report.md", "hr_per_epoch.png"):
@@ -133,6 +135,7 @@ def test_report_tolerates_other_k_cut_lines_and_foreign_folders(tmp_path):
     assert oct((tmp_path / "s" / "results.csv").stat().st_mode & 0o777) != oct(0o600)  # not private
 
 
+@pytest.mark.slow
 def test_grid_is_checked_over_the_base_options_and_resume_refuses_changed_options(tmp_path, capsys):
     grid = tmp_path / "g.toml"
     grid.write_text("[grid]\nnesterov = [true, false]\nbatch-size = [512]\n")
@@ -185,6 +188,7 @@ def test_report_reads_full_ranking_runs_and_runs_from_before_the_protocol_names(
     assert row["eval"] == "sampled" and row["best_HR"] == f"{max(m['HR@10'] for m in renamed):.4f}"
 
 
+@pytest.mark.slow
 def test_a_sweep_refuses_a_run_folder_and_another_sweeps_folder(tmp_path):
     base = tiny_base(tmp_path)
     base["train"] = {**base["train"], "epochs": 1}

@@ -48,6 +48,7 @@ def test_training_beats_chance_and_popularity_by_a_wide_margin(tmp_path):
     assert hr > pop + 0.1
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
     a = train(tiny_config(tmp_path / "a", epochs=2), log=lambda s: None)
     b = train(tiny_config(tmp_path / "b", epochs=2), log=lambda s: None)

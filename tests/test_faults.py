@@ -359,6 +359,7 @@ def test_writes_are_flushed_to_disk_before_the_rename_and_the_folder_after(tmp_p
 # ---------------------------------------------------------------- hand-edited and foreign run files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "edit, fragments",
     [

@@ -216,6 +216,7 @@ def test_output_cannot_be_a_grid_option(tmp_path, capsys):
     assert "output cannot be a [grid] option" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_run_is_trained_again(tmp_path):
     base = tiny_base(tmp_path)
     base["train"] = {**base["train"], "epochs": 1}
@@ -250,6 +251,7 @@ def test_a_sweep_stopped_by_ctrl_c_reports_the_runs_so_far(tmp_path, monkeypatch
     assert "1-batch_size=256" in results and "2-batch_size=512" not in results
 
 
+@pytest.mark.slow
 def test_report_of_an_unfinished_run(tmp_path, recwarn):
     base = tiny_base(tmp_path)
     sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
@@ -267,6 +269,7 @@ def test_report_of_an_unfinished_run(tmp_path, recwarn):
         collect(run / "config.json")
 
 
+@pytest.mark.slow
 def test_the_report_says_when_a_smaller_batch_run_that_would_be_the_base_diverged(tmp_path):
     runs = [("1-small", flat(batch_size=64, optimizer="sgd", lr=1e9)), ("2-large", flat(batch_size=256))]
     report = sweep(tiny_base(tmp_path), runs, tmp_path / "sweep", lambda s: None).read_text()

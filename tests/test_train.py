@@ -27,6 +27,7 @@ class Popularity(torch.nn.Module):
         return i[0].expand(u[0].shape[0], -1) if i[0].dim() == 2 else i[0]
 
 
+@pytest.mark.slow
 def test_training_beats_chance_and_popularity_by_a_wide_margin(tmp_path):
     cfg = tiny_config(tmp_path)
     summary = train(cfg, log=lambda s: None)
@@ -106,6 +107,7 @@ def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_
         train(cfg, log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_recorded_as_diverged_not_a_crash(tmp_path):
     import scalerec.epoch as epoch_module
     from scalerec.cli import main

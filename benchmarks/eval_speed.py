@@ -3,7 +3,7 @@
 Sampled: each user's test item and its negatives. Full: every item (minus the user's training items). The models
 have the default sizes (NeuMF: 64 factors, layers 256 256 128 64) and untrained weights: speed does not depend
 on them. An sgemm at evaluation's largest layer is timed after each repeat, for a same-run ratio. Where the CPU's
-scoring uses oneDNN's products (model.linear), each run is timed with BLAS's too ("matmul": "blas"), the two
+scoring uses oneDNN's products (kernels.linear), each run is timed with BLAS's too ("matmul": "blas"), the two
 alternating in every repeat, each line's sgemm by its own library.
 
 .venv/bin/python benchmarks/eval_speed.py --ncf ../shared/data/ncf-ml-1m/ml-1m   # 6,040 users x 100 items
@@ -39,7 +39,7 @@ def pair_flops(model: torch.nn.Module) -> int:
 
 def sgemm_gflops(onednn: bool, m: int = 1600, k: int = 256, n: int = 128, reps: int = 200) -> float:
     """This machine's matmul rate now, at the shape of evaluation's largest layer (the reference for a ratio), by
-    oneDNN or by BLAS (model.linear)."""
+    oneDNN or by BLAS (kernels.linear)."""
     a, w = torch.randn(m, k), torch.randn(n, k)
     linear(a, w, onednn=onednn)
     t0 = time.perf_counter()

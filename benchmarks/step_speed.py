@@ -8,7 +8,7 @@ autograd node with a hand-written backward (model._PairHead), each side's lookup
 (model._EncodeRows). "scalerec_autograd" is the same with autograd's backward of the per-sample part,
 "scalerec_embedding" with nn.Embedding's lookups and nn.Linear's first layer; "scalerec_rows" and "scalerec_dense"
 force one table update, whole batch at once; "scalerec_blas" runs its fp32 matrix products by BLAS (MKL), as before
-oneDNN's were chosen on CPUs with AVX-512 (model.linear), and so do scalerec_autograd, scalerec_embedding and
+oneDNN's were chosen on CPUs with AVX-512 (kernels.linear), and so do scalerec_autograd, scalerec_embedding and
 scalerec_compiled, whose autograd products are nn.Linear's (BLAS): compare those with scalerec_blas; --micro-batches
 adds scalerec in those slices, --compile adds scalerec with torch.compile on the per-sample part (model.interact,
 with autograd's backward). On the CPU every step runs with the malloc settings `scalerec train` sets (allocator.py),
@@ -162,7 +162,7 @@ def run_steps(step, batches) -> tuple[float, int]:
 
 def sgemm_gflops(batch: int, device: torch.device, seconds: float = 0.5, onednn: bool = False) -> float:
     """GFLOP/s of a product of `batch` rows at the MLP's largest layer: torch.mm (BLAS), or with `onednn` oneDNN's
-    inner product as scalerec's step calls it (model.linear)."""
+    inner product as scalerec's step calls it (kernels.linear)."""
     a = torch.randn(batch, LAYERS[0], device=device)
     b = torch.randn(LAYERS[0], LAYERS[1], device=device)
     product = (lambda a, b: linear(a, b.T, onednn=True)) if onednn else torch.mm  # both a @ b
@@ -203,7 +203,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    onednn = device.type == "cpu" and onednn_pays()  # the CPU step's products by oneDNN (model.linear)
+    onednn = device.type == "cpu" and onednn_pays()  # the CPU step's products by oneDNN (kernels.linear)
     flops = train_flops_per_sample()
     if args.ncf and args.uniform_users:
         p.error("--uniform-users: not with --ncf, whose batches are its own epoch's")

@@ -15,7 +15,7 @@ import torch
 import scalerec
 import scalerec.training
 from scalerec.errors import OptionError, UserError
-from tests.helpers import SYNTHETIC, run_main, tiny
+from tests.helpers import SYNTHETIC, interrupt_in_epoch, run_main, tiny
 
 pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
 
@@ -42,7 +42,7 @@ def test_the_api_example_runs_as_written_and_leaves_the_process_as_it_was(tmp_pa
     assert torch.get_num_threads() == 1 and torch.equal(torch.get_rng_state(), rng)
 
     run, top = names["run"], names["top"]
-    assert run.path == Path("runs/clicks") and len(run.metrics) == 5 and run.summary["state"] == "finished"
+    assert run.path.parent == Path("runs") and len(run.metrics) == 5 and run.summary["state"] == "finished"
     best = max(run.metrics, key=lambda r: r["sampled_HR@10"])
     assert run.best_epoch == best["epoch"]
     assert run.summary["best"]["sampled_HR@10"] > 0.5  # the groups are learnt (random ranking: about 0.1)
@@ -149,3 +149,49 @@ def test_the_evaluate_command_prints_the_apis_metrics_as_json(capsys, trained):
     assert json.loads(out) == pytest.approx(scalerec.evaluate(trained, protocol="both", epoch="last"))
     rc, _, err = run_main(capsys, ["evaluate", trained.path.parent])
     assert rc == 1 and "a sweep folder; give one of its runs (run)" in err and "Traceback" not in err
+
+
+def test_the_example_runs_twice_in_one_process(tmp_path):
+    """As a notebook's cell run again: each call a new run folder."""
+    options = {**TINY, "epochs": 1}
+    first = scalerec.train(**options, log=None)
+    second = scalerec.train(**options, log=None)
+    assert first.path != second.path and first.metrics[0]["loss"] == second.metrics[0]["loss"]
+    with pytest.raises(UserError, match="holds an earlier run's results; choose another folder"):
+        scalerec.train(**options, output=str(first.path), log=None)
+
+
+def test_a_stopped_run_resumes_from_python_to_the_metrics_of_an_unbroken_one(tmp_path, monkeypatch):
+    options = {**TINY, "epochs": 3, "threads": 1}
+    unbroken = scalerec.train(**options, output=str(tmp_path / "unbroken"), log=None)
+    interrupt_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        scalerec.train(**options, output=str(tmp_path / "stopped"), log=None)
+    monkeypatch.undo()
+    with pytest.raises(OptionError, match="own options; not with epochs"):
+        scalerec.train(resume=tmp_path / "stopped", epochs=4)
+    resumed = scalerec.train(resume=scalerec.Run.open(tmp_path / "stopped"), threads=1, log=None)
+    timing = ("train_s", "eval_s", "samples_per_s", "peak_memory_mb")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.metrics] == [
+        {k: v for k, v in r.items() if k not in timing} for r in unbroken.metrics
+    ]
+
+
+def test_ids_of_any_kind_a_scalar_topk_and_bad_devices(trained):
+    rec = scalerec.load(trained, epoch="last")
+    assert rec.recommend(np.int64(3), k=2)["user"].tolist() == [3, 3]  # a numpy id, as pandas hands them out
+    assert scalerec.api.config_of(topk=5).eval.topk == (5,)
+    for device in ("gpu", "cuda:x", "meta"):
+        with pytest.raises(UserError, match="expected cpu, cuda, cuda:N or auto"):
+            scalerec.load(trained, device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            scalerec.load(trained, device="cuda:0")
+
+
+def test_a_bad_protocol_is_said_before_anything_is_loaded(trained, monkeypatch):
+    import scalerec.api
+
+    monkeypatch.setattr(scalerec.api, "_load", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(UserError, match="protocol must be one of"):
+        scalerec.evaluate(trained, protocol="all")

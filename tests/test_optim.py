@@ -18,7 +18,7 @@ def test_scaling_rules_against_hand_computed_values():
 
 
 def notebook_warmup(iter_i, batches_per_epoch, warmup_epochs=0.1):
-    """The seed notebook's warmup, verbatim in spirit: the factor it applies to the learning rate."""
+    """The GHC 2019 notebook's warmup, verbatim in spirit: the factor it applies to the learning rate."""
     warmup_iters = warmup_epochs * batches_per_epoch
     if iter_i >= warmup_iters:
         return 1.0
@@ -187,7 +187,7 @@ def test_param_groups_by_rule_and_bad_arguments():
         LAMB(model.parameters(), lr=0)
 
 
-def test_seed_notebook_call_shape():
+def test_the_notebooks_lars_call_shape():
     model = build_model("neumf", 10, 12, 4, (8, 8, 4), 0.0)
     opt = LARS(model.parameters(), lr=0.005 * 192, momentum=0.9, weight_decay=0.0001)
     model(torch.tensor([1]), torch.tensor([2])).sum().backward()

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from scalerec.config import Config, build_config, coerce_option, field_owner, load_mapping, overrides_from_mapping
+from scalerec.config import (
+    SECTIONS,
+    Config,
+    build_config,
+    coerce_option,
+    field_owner,
+    load_mapping,
+    overrides_from_mapping,
+)
 from scalerec.errors import OptionError, UserError
 from scalerec.recommend import Recommender
 from scalerec.recommend import load as _load_run
@@ -51,7 +60,7 @@ class Run:
 
     def load(self, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
         """The run's trained model as a Recommender (see scalerec.load)."""
-        return load(self, epoch, device)
+        return _load(self, epoch, device, stacklevel=4)
 
 
 def config_of(config: Config | dict[str, Any] | str | Path | None = None, **options: Any) -> Config:
@@ -72,13 +81,18 @@ def config_of(config: Config | dict[str, Any] | str | Path | None = None, **opti
         if name not in owner:
             raise OptionError(f"unknown option {name!r} (the command line's options, with underscores)")
         value = str(value) if isinstance(value, Path) else value
-        overrides.setdefault(owner[name], {})[name] = coerce_option(Path("<options>"), name, value)
+        hint = typing.get_type_hints(SECTIONS[owner[name]])[name]
+        if typing.get_origin(hint) is tuple and not isinstance(value, list | tuple):
+            value = [value]  # a list option given one value (topk=10), as --topk 10 gives it
+        value = coerce_option(Path("<options>"), name, value)
+        overrides.setdefault(owner[name], {})[name] = value
     return build_config(overrides)
 
 
 def train(
     config: Config | dict[str, Any] | str | Path | None = None,
     *,
+    resume: Run | str | Path | None = None,
     log: Callable[[str], None] | None = print,
     tune_malloc: bool = False,
     **options: Any,
@@ -86,23 +100,44 @@ def train(
     """Train a model as `scalerec train` does and return its Run.
 
     `config`: a Config, a dict, or a TOML/YAML file's path; `options`: the command line's with underscores
-    (`data="clicks.csv"`, `batch_size=4096`, `output="runs/x"`), over it. `log`: where each line goes (None: nowhere).
-    `tune_malloc`: keep large blocks in malloc's heap, as the command line does (faster on the CPU, and for the
-    rest of the process). Ctrl-C stops the run (its epochs so far are kept) and is raised."""
+    (`data="clicks.csv"`, `batch_size=4096`, `output="runs/x"`), over it. `resume`: a stopped run to continue
+    after its last checkpointed epoch, with its own options (only `threads` and `cpu_matmul` may be given).
+    `log`: where each line goes (None: nowhere). `tune_malloc`: keep large blocks in malloc's heap, as the command
+    line does (faster on the CPU, and for the rest of the process). Ctrl-C stops the run (its epochs so far are
+    kept) and is raised."""
     from scalerec import training
 
-    cfg = config_of(config, **options)
+    if resume is not None:
+        cfg, resume = _resumed(resume, config, options), Path(resume.path if isinstance(resume, Run) else resume)
+    else:
+        cfg = config_of(config, **options)
     with _process_kept(cfg.train.device):
-        summary = training.train(cfg, log or (lambda s: None), tune_malloc=tune_malloc)
+        summary = training.train(cfg, log or (lambda s: None), resume=resume, tune_malloc=tune_malloc)
     return Run.open(summary["run_dir"])
+
+
+def _resumed(run: Run | str | Path, config: Any, options: dict[str, Any]) -> Config:
+    """The options of a run to resume: its own, with the speed options given."""
+    from scalerec.run_folder import SPEED_OPTIONS
+
+    if config is not None or (other := [name for name in options if name not in SPEED_OPTIONS]):
+        given = "config" if config is not None else ", ".join(other)
+        raise OptionError(f"resume continues a run with its own options; not with {given}")
+    cfg = Run.open(run.path if isinstance(run, Run) else run).config
+    speed = config_of(None, **options).train
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **{k: getattr(speed, k) for k in options}))
 
 
 def load(run: Run | str | Path, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
     """A run's trained model, checked against the run's options and data, with the ids of its data: see
     Recommender.recommend, .score and .evaluate. The checkpoint holds the last epoch's weights; "best" loads them
     too, with a warning where the best epoch was another one."""
+    return _load(run, epoch, device, stacklevel=4)
+
+
+def _load(run: Run | str | Path, epoch: str, device: str, stacklevel: int) -> Recommender:
     with _process_kept(device):  # the model is built with random weights before its own are loaded
-        return _load_run(run.path if isinstance(run, Run) else run, epoch, device)
+        return _load_run(run.path if isinstance(run, Run) else run, epoch, device, stacklevel)  # type: ignore[arg-type]
 
 
 def evaluate(
@@ -113,7 +148,11 @@ def evaluate(
 ) -> dict[str, float]:
     """The metrics of a run's trained model on its held-out items: HR@K and NDCG@K at the run's cut-offs (and
     recall in full ranking), each name prefixed with its protocol."""
-    return load(run, epoch, device).evaluate(protocol)
+    from scalerec.config import PROTOCOLS
+
+    if protocol not in PROTOCOLS:  # before the data and the model are loaded
+        raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return _load(run, epoch, device, stacklevel=4).evaluate(protocol)
 
 
 @contextlib.contextmanager
@@ -122,9 +161,10 @@ def _process_kept(device: str) -> Iterator[None]:
     import torch
 
     threads = torch.get_num_threads()
-    cuda = device != "cpu" and torch.cuda.is_available()
+    # every GPU's stream too: torch.manual_seed reseeds them all (where CUDA has not started, it stays unseeded)
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() or device != "cpu" else []
     try:
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        with torch.random.fork_rng(devices=gpus if torch.cuda.is_available() else []):
             yield
     finally:
         torch.set_num_threads(threads)

@@ -89,11 +89,20 @@ def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, lo
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu, cuda, cuda:N or auto (cuda where available) as a torch.device; UserError for anything else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r}: expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch.optim.Optimizer, str]:

@@ -178,7 +178,7 @@ def search_cpu(step_peak: Callable[[int], int], budget: int, limit: int, start_r
 def find_batch(
     model: torch.nn.Module,
     make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
-    step: Callable,  # train.train_step
+    step: Callable,  # epoch.train_step
     n_users: int,
     n_items: int,
     limit: int,

@@ -82,7 +82,7 @@ class Recommender:
         """The model's rows of the given user ids (each once, in the order given; every user where None)."""
         if users is None:
             return list(range(len(self.users)))
-        users = list(dict.fromkeys(str(u) for u in ([users] if isinstance(users, str | int) else users)))
+        users = list(dict.fromkeys(str(u) for u in list_of(users)))
         if unknown := [u for u in users if u not in self._index]:
             raise UserError(
                 f"{self.path}: unknown user id(s) {', '.join(unknown[:5])}: not among the run's users (not in "
@@ -174,11 +174,13 @@ def list_of(ids: Any) -> list[Any]:
     return list(ids)
 
 
-def load(run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
+def load(
+    run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: str = "cpu", stacklevel: int = 2
+) -> Recommender:
     """The trained model of a run folder, checked against the run's options and data, with its data's ids.
 
     The checkpoint holds the last epoch's weights: "best" loads them too, with a warning where the best epoch was
-    another one."""
+    another one (`stacklevel`: whose line the warning names)."""
     if epoch not in ("best", "last"):
         raise UserError(f"epoch must be 'best' or 'last', got {epoch!r}")
     run_dir = Path(run_dir)
@@ -201,12 +203,14 @@ def load(run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: s
             f"{run_dir / checkpoint.FILE}: its weights do not fit the model of {run_dir / CONFIG} "
             f"({str(e).splitlines()[0]})"
         ) from None
+    if not saved["history"]:
+        raise UserError(f"{run_dir / checkpoint.FILE}: holds no epoch (a damaged or foreign checkpoint)")
     last, best = saved["history"][-1]["epoch"], saved["best"].get("epoch")
     if epoch == "best" and best != last:
         warnings.warn(
             f"{run_dir}: the checkpoint holds the last epoch's model ({last}), not the best one ({best}); loaded the "
             "last",
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return Recommender(run_dir, cfg, ds, model.to(resolve_device(device)).eval(), last)
 

@@ -119,10 +119,12 @@ def _check_free(run_dir: Path, cfg: Config, adopt: bool) -> bool:
     logged = (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size > 0
     earlier = logged or (run_dir / CHECKPOINT).is_file()  # a summary alone: stopped before its first epoch ended
     if earlier and not (adopt and same_config(run_dir, cfg) and not finished(run_dir)):
-        raise UserError(
-            f"--output {run_dir}: holds an earlier run's results; continue it with scalerec train --resume "
-            f"{run_dir}, or choose another folder"
+        how = (
+            "choose another folder"
+            if finished(run_dir)
+            else f"resume it (--resume {run_dir}), or choose another folder"
         )
+        raise UserError(f"--output {run_dir}: holds an earlier run's results; {how}")
     return earlier and (run_dir / CHECKPOINT).is_file()
 
 

@@ -3,9 +3,9 @@ quota, where PyTorch would count every core of the machine), less those that oth
 
 Why less: PyTorch's parallel regions are OpenMP teams that meet at a barrier, and a team with more threads than
 free cores waits at every barrier for a thread the scheduler has put aside. A NeuMF step runs thousands of small
-regions, so one busy process beside a 2-thread run on 2 cores cuts it to about a third of the 1-thread rate,
+regions, so one busy process beside a 2-thread run on 2 cores cuts it to a fraction of the 1-thread rate,
 OpenMP's spin-waiting makes it worse, and passive waiting (OMP_WAIT_POLICY) helps under load but costs a quiet
-machine more than half its rate (benchmarks/contention.py; the figures are in the README). So the team is sized
+machine much of its rate (benchmarks/contention.py; the figures are in docs/performance.md). So the team is sized
 to the cores that are free: measured before the first epoch and again after each epoch, from the CPUs' busy
 time (/proc/stat) less this process's own.
 """

@@ -1,6 +1,6 @@
 """train(config) -> summary: the run from its checks to its summary, one loop that reads top to bottom.
 
-Per epoch: fresh negatives and a shuffle on the device, then batches as slices of device tensors (step.py). The
+Per epoch: fresh negatives and a shuffle on the device, then batches as slices of device tensors (epoch.py). The
 epoch's loss is summed on the device; the only host syncs are at the end of the epoch (loss, metrics) and inside
 the sampler's rejection rounds. Each epoch is committed whole: its checkpoint, its line of metrics.jsonl.
 """
@@ -13,7 +13,6 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from scalerec import checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
@@ -26,8 +25,6 @@ from scalerec.files import WriteError, signals_held, write_atomic
 from scalerec.metrics import evaluator
 from scalerec.run_folder import Claim
 from scalerec.threads import Threads
-
-T = TypeVar("T")
 
 # With fp16 loss scaling, a first step skipped for overflow makes LambdaLR warn that the scheduler stepped
 # before the optimizer; that is expected (the schedule counts steps taken, skipped or not).
@@ -101,7 +98,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     for line in [ds.summary(), *(f"Note: {note}" for note in ds.notes), threads.said]:
         log(line)
 
-    p = assemble(cfg, ds, device, group, saved["batch_size"] if saved else None, log)
+    found = saved["batch_size"] if saved and cfg.train.batch_size == "max" else None  # the batch max found
+    p = assemble(cfg, ds, device, group, found, log)
     e = cfg.eval
     evaluation, hr_key = evaluator(ds, p.model, device, PROTOCOLS[e.eval], e.topk, e.eval_batch_size, log)
     log_setup(cfg, log, p, device, run_dir)

@@ -48,10 +48,12 @@ def run(args: list[str], cwd, processes: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_does(tmp_path):
-    """The same global batch in two halves, their gradients summed: the same losses and weights as one process,
-    up to the order of float sums; only the first process prints and writes."""
-    data = [*SYNTHETIC, "--data-dir", str(tmp_path / "data")]
+@pytest.mark.parametrize("micro", [[], ["--micro-batch", "48"]], ids=["one-backward", "micro-batches"])
+def test_two_processes_train_as_one_does(tmp_path, micro):
+    """The same global batch in two halves, their gradients summed (after the one backward, or after the
+    micro-batches' last): the same losses and weights as one process, up to the order of float sums; only the
+    first process prints and writes."""
+    data = [*SYNTHETIC, "--data-dir", str(tmp_path / "data"), *micro]
     one = run(["train", *data, *tiny(tmp_path / "one", epochs=1)], tmp_path, 1)
     assert one.returncode == 0, one.stderr
     two = run(["train", *data, *tiny(tmp_path / "two", epochs=1)], tmp_path, 2)
@@ -63,6 +65,8 @@ def test_two_processes_train_as_one_does(tmp_path):
     wa, wb = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("one", "two"))
     for name in wa:  # without the summed gradients each process would train on half of every batch
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-5)
+    if micro:
+        return
     refused = run(["find-batch", *data], tmp_path, 2)
     assert refused.returncode != 0 and refused.stderr.count("only scalerec train runs data-parallel") == 1
     again = run(["train", *data, *tiny(tmp_path / "two", epochs=1)], tmp_path, 2)  # every process refuses it

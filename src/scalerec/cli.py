@@ -302,6 +302,19 @@ def said_here(error: BaseException) -> bool:
     return said is None and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+# Under torchrun, how long a process that leaves an error to another one to say waits before it exits: torchrun
+# stops every process as soon as one has exited, which could cut the other short of printing it.
+QUIET_EXIT_DELAY_S = 2.0
+
+
+def _quiet_pause() -> None:
+    """QUIET_EXIT_DELAY_S, or less where torchrun's SIGTERM (or Ctrl-C) ends it: this process has said all it has."""
+    try:
+        time.sleep(QUIET_EXIT_DELAY_S)
+    except KeyboardInterrupt:
+        pass
+
+
 def _terminate(signum, frame) -> None:
     raise Terminated
 
@@ -425,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             rank = os.environ.get("RANK", "0")
             which = f"process {rank}: " if rank != "0" and not str(e).startswith("process ") else ""
             print(f"scalerec: error: {which}{e}", file=sys.stderr)
+        else:  # torchrun stops the others when one exits: the one that says it first
+            _quiet_pause()
         return 2 if isinstance(e, OptionError) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
         where = f"{e.filename}: " if e.filename else ""

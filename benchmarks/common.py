@@ -11,8 +11,13 @@ import torch
 from scalerec.config import DataConfig
 from scalerec.errors import UserError
 
-# MovieLens' shapes for synthetic data: users, items, mean interactions per user.
-SHAPES = {"ml-100k": (943, 1682, 106), "ml-1m": (6040, 3706, 165), "ml-20m": (138493, 26744, 144)}
+# MovieLens' shapes for synthetic data: users, items, mean interactions per user ("tiny": for smoke runs).
+SHAPES = {
+    "ml-100k": (943, 1682, 106),
+    "ml-1m": (6040, 3706, 165),
+    "ml-20m": (138493, 26744, 144),
+    "tiny": (300, 200, 20),
+}
 
 
 def machine() -> dict:

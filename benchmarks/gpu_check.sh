@@ -17,7 +17,7 @@ LOG=${OUT:-/tmp}/gpu_check.jsonl
 exec > >(tee "${OUT:-/tmp}/gpu_check.log") 2>&1  # all of it comes back, not only the tool's last 12,000 characters
 step() { echo "== ${SECONDS}s: $*"; }
 if [ "${SMOKE:-0}" = 1 ]; then
-  DEVICE=cpu SHAPE=ml-100k BATCH=1024 SAMPLES=2048 REPEATS=1 BARE=(--bare-samples 8192) EPOCH_PRECISIONS=(bf16)
+  DEVICE=cpu SHAPE=tiny BATCH=1024 SAMPLES=2048 REPEATS=1 BARE=(--bare-samples 8192) EPOCH_PRECISIONS=(bf16)
   USERS=300 ITEMS=200 TESTS=()
 else
   DEVICE=cuda SHAPE=ml-20m BATCH=1048576 SAMPLES=20971520 REPEATS=3 BARE=() EPOCH_PRECISIONS=(bf16 fp16)

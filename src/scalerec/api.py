@@ -162,9 +162,9 @@ def _process_kept(device: str) -> Iterator[None]:
 
     threads = torch.get_num_threads()
     # every GPU's stream too: torch.manual_seed reseeds them all (where CUDA has not started, it stays unseeded)
-    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() or device != "cpu" else []
+    cuda = torch.cuda.is_available() and (torch.cuda.is_initialized() or device != "cpu")
     try:
-        with torch.random.fork_rng(devices=gpus if torch.cuda.is_available() else []):
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
             yield
     finally:
         torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import warnings
 from collections.abc import Callable, Iterable
@@ -78,6 +79,14 @@ class Recommender:
             f"Recommender({str(self.path)!r}, epoch {self.epoch}: {len(self.users):,} users, {len(self.items):,} items)"
         )
 
+    @functools.cached_property
+    def _seen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's items, in training and held out (seen_index): built once, for every recommend call."""
+        ds = self.dataset
+        pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)]).to(self._device)
+        pairs_i = torch.cat([torch.as_tensor(ds.train_items), torch.as_tensor(ds.test_items)]).to(self._device)
+        return seen_index(pairs_u, pairs_i, ds.n_users)
+
     def rows_of(self, users: Iterable[Any] | None) -> list[int]:
         """The model's rows of the given user ids (each once, in the order given; every user where None)."""
         if users is None:
@@ -103,14 +112,8 @@ class Recommender:
                 f"{needed / 2**30:.1f} GB, more than the {available_bytes() / 2**30:.1f} GB available; ask for fewer "
                 "users or a smaller k"
             )
-        seen = None
-        if exclude_seen:
-            ds = self.dataset
-            pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)]).to(self._device)
-            pairs_i = torch.cat([torch.as_tensor(ds.train_items), torch.as_tensor(ds.test_items)]).to(self._device)
-            seen = seen_index(pairs_u, pairs_i, ds.n_users)
         users = torch.tensor(rows, dtype=torch.int64, device=self._device)
-        items, scores = top_k(self.model, users, len(self.items), k, seen)
+        items, scores = top_k(self.model, users, len(self.items), k, self._seen if exclude_seen else None)
         return items.cpu(), scores.cpu()
 
     def recommend(self, users: Iterable[Any] | None = None, k: int = 10, exclude_seen: bool = True):

@@ -48,17 +48,27 @@ def run(args: list[str], cwd, processes: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("micro", [[], ["--micro-batch", "48"]], ids=["one-backward", "micro-batches"])
-def test_two_processes_train_as_one_does(tmp_path, micro):
-    """The same global batch in two halves, their gradients summed (after the one backward, or after the
-    micro-batches' last): the same losses and weights as one process, up to the order of float sums; only the
-    first process prints and writes."""
+@pytest.mark.parametrize(
+    "micro, summed",
+    [
+        (["--grad-sync", "ddp"], "by DDP"),
+        ([], "in one all-reduce"),  # auto: flat on the CPU
+        (["--grad-sync", "ddp", "--micro-batch", "48"], "in one all-reduce"),
+    ],
+    ids=["ddp", "auto-flat", "micro-batches"],
+)
+def test_two_processes_train_as_one_does(tmp_path, micro, summed):
+    """The same global batch in two halves, their gradients summed (by DDP during the backward, or after the
+    backward or the micro-batches' last): the same losses and weights as one process, up to the order of float
+    sums; only the first process prints and writes. An odd batch splits unequally (DDP averages the processes'
+    gradients, while each share weighs by its size)."""
     data = [*SYNTHETIC, "--data-dir", str(tmp_path / "data"), *micro]
-    one = run(["train", *data, *tiny(tmp_path / "one", epochs=1)], tmp_path, 1)
+    one = run(["train", *data, *tiny(tmp_path / "one", epochs=1), "--batch-size", "255"], tmp_path, 1)
     assert one.returncode == 0, one.stderr
-    two = run(["train", *data, *tiny(tmp_path / "two", epochs=1)], tmp_path, 2)
+    two = run(["train", *data, *tiny(tmp_path / "two", epochs=1), "--batch-size", "255"], tmp_path, 2)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("Epoch 0:") == 1 and "Traceback" not in two.stderr
+    assert f"Data-parallel over 2 processes, each computing 1/2 of every batch; gradients summed {summed}" in two.stdout
     a, b = (json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("one", "two"))
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert abs(b["sampled_HR@10"] - a["sampled_HR@10"]) <= 0.01

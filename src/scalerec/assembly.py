@@ -62,7 +62,9 @@ def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, lo
     o, t = cfg.optim, cfg.train
     torch.manual_seed(t.seed)
     model = build_run_model(cfg, ds.n_users, ds.n_items, device)
-    if group is not None:
+    if group is not None and (t.grad_sync == "ddp" or (t.grad_sync == "auto" and device.type == "cuda")):
+        group.data_parallel(model)  # which also sends rank 0's weights
+    elif group is not None:
         group.broadcast_weights(model)
     sampler = EpochSampler(
         ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, t.negatives, device, t.seed, t.shuffle
@@ -202,8 +204,8 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
     return largest_batch(cfg, model, ds.n_users, ds.n_items, samples, device, log)
 
 
-def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.device, run_dir: Path) -> None:
-    """The run's model, batch, optimizer and schedule, and notes on what would surprise."""
+def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.device, run_dir: Path, group) -> None:
+    """The run's model, batch, optimizer and schedule, its processes, and notes on what would surprise."""
     o = cfg.optim
     model, bs, micro, n, steps, groups, lr = p.model, p.batch, p.micro, p.samples, p.steps, p.groups, p.lr
     lrs = [lr * p.schedule(s) for s in p.schedule_points()]
@@ -220,6 +222,12 @@ def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.d
         f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
         f"precision {cfg.train.precision}"
     )
+    if group is not None:
+        whole = group.ddp is not None and not (micro and micro < -(-bs // group.world))  # a share in one backward
+        log(
+            f"Data-parallel over {group.world} processes, each computing 1/{group.world} of every batch; gradients "
+            + ("summed by DDP during the backward" if whole else "summed in one all-reduce after the backward")
+        )
     if bs > n:
         log(f"Note: batch {bs:,} is larger than the epoch's {n:,} samples: each epoch is one step, of the whole epoch")
     if device.type == "cpu" and cfg.train.precision == "fp16":

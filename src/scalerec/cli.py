@@ -97,7 +97,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN",
         help="continue the run in folder RUN after the last epoch its checkpoint.pt holds, with its own options "
-        "(config.json; only --threads and --cpu-matmul may be given)",
+        "(config.json; only --threads, --cpu-matmul and --grad-sync may be given)",
     )
     _add_config_options(p)
 
@@ -244,8 +244,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def resumed_config(args: argparse.Namespace) -> Any:
-    """`train --resume RUN`: the run's own options (its config.json), with --threads and --cpu-matmul if given: they
-    change the speed (and the rounding), not the run."""
+    """`train --resume RUN`: the run's own options (its config.json), with the speed options (--threads,
+    --cpu-matmul, --grad-sync) if given: they change the speed (and the rounding), not the run."""
     from scalerec.run_folder import CONFIG, SPEED_OPTIONS, read_config
 
     given = ["config"] if args.config else []

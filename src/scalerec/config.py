@@ -231,6 +231,11 @@ class TrainConfig:
     """The CPU step's and scoring's fp32 matrix products (NeuMF's): by oneDNN's inner product or by BLAS (MKL).
     auto: oneDNN on CPUs with AVX-512 (MKL runs AVX2 code on AMD CPUs, where oneDNN's step was faster), BLAS
     elsewhere. The two round differently, so a seed's metrics differ between them."""
+    grad_sync: Literal["auto", "ddp", "flat"] = "auto"
+    """Data-parallel runs (torchrun): how the processes' gradients are summed. ddp: by PyTorch's
+    DistributedDataParallel, in buckets all-reduced while the backward runs; flat: in one all-reduce after the
+    backward; auto: ddp on GPUs, flat on the CPU, where it measured faster (docs/distributed.md). Micro-batches
+    are always summed flat (their slices do not go through the model's forward)."""
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
     dataset or the --data file)."""

@@ -5,8 +5,9 @@ Each process draws the same epoch (the same seed), and takes its slice of each b
 by its global rank (over all machines): the batch is global, so LR scaling rules and warmup read it as in one
 process. Its share's mean loss, weighted by the share's size over the batch's, makes the summed gradient the
 batch's mean one. The first process (rank 0) claims the run folder, logs and writes it; every process trains and
-evaluates. One all-reduce of all the gradients per step (one flat buffer), one every 64 steps for the divergence
-check, one per epoch for the losses.
+evaluates. The gradients are summed by PyTorch's DistributedDataParallel, in buckets all-reduced while the
+backward still runs (or, for micro-batches and with --grad-sync flat, in one flat all-reduce after it); one
+all-reduce every 64 steps for the divergence check, one per epoch for the losses.
 
 A process that dies (killed, out of memory, its machine lost) makes the others' next collective fail at once
 (a closed connection) or, where it hangs, after TIMEOUT: they stop with one line (PeerLost), and under
@@ -52,6 +53,8 @@ def _collective(call: Callable[[], T]) -> T:
     _waiting.set()
     try:
         return call()
+    except torch.OutOfMemoryError:  # this process's own failure, said as such by the caller
+        raise
     except RuntimeError as e:  # DistBackendError, DistNetworkError, gloo's own "Connection reset by peer"
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
         text = text.split("] ", 1)[-1].split(". ", 1)[0]  # gloo: "[path/pair.cc:537] Read error ...: reset by peer."
@@ -73,6 +76,8 @@ def _ignore_term() -> None:
 class Group:
     rank: int
     world: int
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None
+    """The model wrapped by data_parallel(): its forward arms the backward's gradient all-reduce."""
 
     @property
     def is_main(self) -> bool:
@@ -96,6 +101,17 @@ class Group:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def data_parallel(self, model: torch.nn.Module) -> None:
+        """Wrap `model` in DistributedDataParallel (self.ddp), which sends it rank 0's weights: a batch whose
+        forward runs through self.ddp has its gradients averaged over the processes by its backward."""
+        self.ddp = _collective(lambda: torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False))
+
+    def backward(self, loss: torch.Tensor, weight: float) -> None:
+        """The backward of this process's share of a batch (`weight`: its size over the batch's) whose forward ran
+        through self.ddp: DDP averages the gradients over the processes, so the loss is scaled by weight * world
+        to make the average the batch's mean gradient, as sum_gradients does."""
+        _collective(lambda: (loss * (weight * self.world)).backward())
 
     def total(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the processes (a new tensor)."""

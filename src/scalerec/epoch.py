@@ -8,7 +8,6 @@ of every batch, with no host sync; run_epoch draws the epoch's samples, trains, 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import sys
 import time
@@ -29,7 +28,16 @@ if TYPE_CHECKING:
 
 
 def train_step(
-    model, optimizer, scaler, ctx, users, items, labels, micro_batch: int | None = None, sync=None
+    model,
+    optimizer,
+    scaler,
+    ctx,
+    users,
+    items,
+    labels,
+    micro_batch: int | None = None,
+    group: distributed.Group | None = None,
+    weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
     tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
@@ -38,16 +46,22 @@ def train_step(
     is encoded once for the whole batch; each slice gathers its rows from the encodings as leaves of its own
     graph, and their gradients are added into one buffer per encoding (index_add), so that one backward takes
     them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized gradient per slice
-    and gather, a large part of the step at ML-20M's shape. `sync()`, where given, runs between
-    the backward and the optimizer step (data-parallel: the processes' gradients summed)."""
+    and gather, a large part of the step at ML-20M's shape. With a process `group`, the batch is this process's share of
+    the step's (`weight`: its size over the step's), and the processes' gradients are summed before the optimizer
+    step: by DDP during the backward where the group has it, else (and for micro-batches, which do not go through
+    the model's forward) in one all-reduce after it."""
     n = len(labels)
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
+    ddp = group.ddp if group is not None and chunk == n else None
     if chunk == n:
         with ctx:
-            logits = model(users, items)
+            logits = (ddp or model)(users, items)
         total = F.binary_cross_entropy_with_logits(logits.float(), labels)
-        scaler.scale(total).backward()
+        if ddp is None:
+            scaler.scale(total).backward()
+        else:
+            group.backward(scaler.scale(total), weight)
         total = total.detach()
     else:
         with ctx:
@@ -68,8 +82,8 @@ def train_step(
             for grad, r, at in zip(grads, rows, sides):
                 grad.index_add_(0, at[s : s + chunk], r.grad)
         torch.autograd.backward(encodings, grads)
-    if sync is not None:
-        sync()
+    if group is not None and ddp is None:
+        group.sum_gradients(model, weight)
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
     skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
     scaler.update()
@@ -104,13 +118,11 @@ def train_epoch(
     skipped = torch.zeros((), device=users.device)
     for k, s in enumerate(range(0, n, batch_size)):
         e = min(s + batch_size, n)
-        a, b, weight, sync = s, e, 1.0, None
-        if group is not None:
-            a, b, weight = group.share(s, e)
-            sync = functools.partial(group.sum_gradients, model, weight)
+        a, b, weight = (s, e, 1.0) if group is None else group.share(s, e)
         loss, skip = train_step(
-            model, optimizer, scaler, ctx, users[a:b], items[a:b], labels[a:b], micro_batch=micro_batch, sync=sync
-        )
+            model, optimizer, scaler, ctx, users[a:b], items[a:b], labels[a:b],
+            micro_batch=micro_batch, group=group, weight=weight,
+        )  # fmt: skip
         losses[k] = loss * weight
         skipped += skip
         if scheduler is not None:

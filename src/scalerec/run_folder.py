@@ -137,7 +137,7 @@ def finished(run_dir: Path) -> bool:
 
 
 # Options that change the speed (and the rounding) of a run, not the run: --resume takes them
-SPEED_OPTIONS = ("threads", "cpu_matmul")
+SPEED_OPTIONS = ("threads", "cpu_matmul", "grad_sync")
 
 
 def run_options(config: dict[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     p = assemble(cfg, ds, device, group, found, log)
     e = cfg.eval
     evaluation, hr_key = evaluator(ds, p.model, device, PROTOCOLS[e.eval], e.topk, e.eval_batch_size, log)
-    log_setup(cfg, log, p, device, run_dir)
+    log_setup(cfg, log, p, device, run_dir, group)
     best, history = {"epoch": -1, hr_key: -1.0}, []
     if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
         history, best = checkpoint.restore_run(saved, run_dir, p, device, hr_key)

@@ -144,9 +144,14 @@ def test_import_scalerec_does_not_load_torch_and_lists_its_api():
 def test_the_evaluate_command_prints_the_apis_metrics_as_json(capsys, trained):
     import json
 
-    rc, out, err = run_main(capsys, ["evaluate", trained.path, "--protocol", "both", "--threads", "1"])
+    rc, out, err = run_main(capsys, ["evaluate", trained.path, "--protocol", "both", "--threads", "1", "--json"])
     assert rc == 0, err
-    assert json.loads(out) == pytest.approx(scalerec.evaluate(trained, protocol="both", epoch="last"))
+    printed = json.loads(out)
+    assert printed.pop("epoch") == trained.best_epoch and printed.pop("model") == "best"
+    assert printed == pytest.approx(scalerec.evaluate(trained, protocol="both"))
+    rc, out, err = run_main(capsys, ["evaluate", trained.path, "--epoch", "last", "--threads", "1"])
+    assert rc == 0 and out.startswith(f"{trained.path}: epoch {len(trained.metrics) - 1}'s model, the last: ")
+    assert f"sampled_HR@10 = {trained.metrics[-1]['sampled_HR@10']:.4f}" in out
     rc, _, err = run_main(capsys, ["evaluate", trained.path.parent])
     assert rc == 1 and "a sweep folder; give one of its runs (run)" in err and "Traceback" not in err
 

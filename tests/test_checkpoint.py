@@ -11,7 +11,7 @@ import scalerec.epoch as epoch_module
 from scalerec.metrics import seen_index
 from scalerec.model import NeuMF
 from scalerec.recommend import top_k
-from tests.helpers import SYNTHETIC, interrupt_in_epoch, rows, run_main, tiny, write_udata
+from tests.helpers import SYNTHETIC, assert_one_line_error, interrupt_in_epoch, rows, run_main, tiny, write_udata
 
 pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
 
@@ -130,12 +130,17 @@ def test_resume_and_recommend_refuse_changed_data_and_work_from_another_folder(c
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the run's relative --data still names tmp_path/u.data
-    assert run_main(capsys, ["recommend", tmp_path / "run", "--users", "1", "1", "--k", "2"])[1].count("\n1,") == 2
+    rc, before, _ = run_main(capsys, ["recommend", tmp_path / "run", "--users", "1", "1", "--k", "2"])
+    assert rc == 0 and before.count("\n1,") == 2
     lines = data.read_text().splitlines()
     data.write_text("\n".join(lines[:-1]) + "\n")  # one row less: another split
-    for command in (["train", "--resume", tmp_path / "run"], ["recommend", tmp_path / "run"]):
-        rc, _, err = run_main(capsys, command)
-        assert rc == 1 and "is not what the run trained on" in err, err
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "run"])
+    assert rc == 1 and "is not what the run trained on" in err, err
+    # the run's model recommends from its own data.npz, whatever became of the file
+    assert run_main(capsys, ["recommend", tmp_path / "run", "--users", "1", "1", "--k", "2"])[1] == before
+    (tmp_path / "run" / "data.npz").unlink()  # as a run made before scalerec kept it: the data read again
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "run", "--epoch", "last"])
+    assert_one_line_error(rc, err, f"{tmp_path / 'run' / 'checkpoint.pt'}: not trained on this run's data")
 
 
 @pytest.mark.slow

@@ -130,8 +130,8 @@ def _resumed(run: Run | str | Path, config: Any, options: dict[str, Any]) -> Con
 
 def load(run: Run | str | Path, epoch: Literal["best", "last"] = "best", device: str = "cpu") -> Recommender:
     """A run's trained model, checked against the run's options and data, with the ids of its data: see
-    Recommender.recommend, .score and .evaluate. The checkpoint holds the last epoch's weights; "best" loads them
-    too, with a warning where the best epoch was another one."""
+    Recommender.recommend, .score and .evaluate. "best": the best epoch's model (best.pt), "last": the last
+    epoch's (checkpoint.pt); `.epoch` and `.which` say which it is. The run folder holds everything it needs."""
     return _load(run, epoch, device, stacklevel=4)
 
 

@@ -1,7 +1,11 @@
-"""Checkpoints: a run's state after each epoch, for `scalerec train --resume RUN` and `scalerec recommend RUN`.
+"""Checkpoints: a run's state after each epoch, for `scalerec train --resume RUN`, and its best epoch's model.
 
 <run>/checkpoint.pt holds the weights, the optimizer's, schedule's and loss scaler's state, the random streams (the
-sampler's generator and torch's), the batch, and the epochs so far (their metrics rows and the best one).
+sampler's generator and torch's), the batch, and the epochs so far (their metrics rows and the best one), and the
+best epoch's weights where that was an earlier epoch. <run>/best.pt holds the best epoch's model alone (its
+weights, epoch, metrics, the run's options and its data's fingerprint): what recommend, evaluate, export and
+serve use by default. It is written after the checkpoint, so that a run stopped between the two writes it again
+from the checkpoint on resume.
 Resuming from it continues the run where it stopped: on the CPU, with the same metrics as a run never stopped
 (tests/test_checkpoint.py). It is written under a temporary name and renamed, so a crash while writing leaves
 the previous epoch's. torch.save writes a zip whose every member carries a CRC32; load checks them all first,
@@ -25,7 +29,7 @@ from scalerec.errors import UserError
 from scalerec.files import few, is_run_folder, write_with
 from scalerec.run_folder import SUMMARY, checked_row, read_summary, run_options
 
-FILE = "checkpoint.pt"
+FILE, BEST = "checkpoint.pt", "best.pt"
 VERSION = 1
 # What every checkpoint holds, and the type of each (and "config", the run's options, where it was written with them)
 FIELDS = {
@@ -51,6 +55,34 @@ def save(run_dir: Path, state: dict[str, Any]) -> None:
     write_with(run_dir / FILE, write)
 
 
+def save_best(run_dir: Path, weights: dict, best: dict, run_cfg, data_fingerprint: str | None) -> None:
+    """Write best.pt (as save writes the checkpoint): the best epoch's `weights` (a CPU state_dict), its metrics
+    row `best` (with its "epoch"), the run's options and its data's fingerprint."""
+    state = {"model": weights, "epoch": best["epoch"], "metrics": best, "config": run_cfg.to_dict()}
+    state["data_fingerprint"] = data_fingerprint
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save({"version": VERSION, **state}, f)
+
+    write_with(run_dir / BEST, write)
+
+
+def weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, copied to the CPU: the best epoch's, kept while later epochs change the model."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def load_best(run_dir: Path) -> dict[str, Any]:
+    """A run folder's best.pt, checked; UserError naming it where it cannot be read or is not one."""
+    path = Path(run_dir) / BEST
+    state = _read(path, "model")
+    for key, kind in (("model", dict), ("epoch", int), ("metrics", dict), ("config", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise UserError(f"{path}: '{key}' is missing or not a {kind.__name__} (a damaged or foreign model file)")
+    return state
+
+
 def load(run_dir: Path) -> dict[str, Any]:
     """The checkpoint of a run folder, on the CPU; UserError where there is none or it cannot be read."""
     run_dir = Path(run_dir)
@@ -64,24 +96,7 @@ def load(run_dir: Path) -> dict[str, Any]:
             f"{run_dir}: no {FILE} in it (a run saves one after each epoch it finishes, unless trained with "
             "--no-checkpoint)"
         )
-    try:
-        with zipfile.ZipFile(path) as z:
-            damaged = z.testzip()
-    except (zipfile.BadZipFile, OSError) as e:  # truncated, or not a zip at all
-        raise UserError(f"{path}: not a readable scalerec checkpoint ({e})") from None
-    if damaged is not None:
-        raise UserError(f"{path}: damaged ({damaged} does not match its CRC32); resume from a copy, or train anew")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
-    except Exception as e:  # a foreign zip: torch raises its own kinds
-        text = str(e).strip()
-        if "Weights only load failed" in text:
-            why = "it holds Python objects besides tensors and plain data, which are not loaded: they could run code"
-        else:
-            why = (text.splitlines() or [type(e).__name__])[0].split(". ")[0]
-        raise UserError(f"{path}: not a readable scalerec checkpoint ({why})") from None
-    if not isinstance(state, dict) or state.get("version") != VERSION:
-        raise UserError(f"{path}: not a scalerec checkpoint of version {VERSION}")
+    state = _read(path)
     for key, kind in FIELDS.items():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             what = "missing" if key not in state else f"a {type(state[key]).__name__}"
@@ -93,12 +108,36 @@ def load(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def check_run(saved: dict[str, Any], cfg, run_dir: Path) -> None:
-    """UserError where the checkpoint is not this run's: made with other options than its config.json's (a
-    checkpoint copied from another run), --resume's speed options aside."""
+def _read(path: Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A file torch.save wrote (`what`: a checkpoint or a model, in messages), every zip member's CRC32 checked
+    first; tensors and plain data only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            damaged = z.testzip()
+    except (zipfile.BadZipFile, OSError) as e:  # truncated, or not a zip at all
+        raise UserError(f"{path}: not a readable scalerec {what} ({e})") from None
+    if damaged is not None:
+        raise UserError(f"{path}: damaged ({damaged} does not match its CRC32); use a copy, or train anew")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except Exception as e:  # a foreign zip: torch raises its own kinds
+        text = str(e).strip()
+        if "Weights only load failed" in text:
+            why = "it holds Python objects besides tensors and plain data, which are not loaded: they could run code"
+        else:
+            why = (text.splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"{path}: not a readable scalerec {what} ({why})") from None
+    if not isinstance(state, dict) or state.get("version") != VERSION:
+        raise UserError(f"{path}: not a scalerec {what} of version {VERSION}")
+    return state
+
+
+def check_run(saved: dict[str, Any], cfg, run_dir: Path, name: str = FILE) -> None:
+    """UserError where the checkpoint (or best.pt: `name`) is not this run's: made with other options than its
+    config.json's (copied from another run), --resume's speed options aside."""
     if "config" not in saved:  # written without its options: the data check stands alone
         return
-    path = Path(run_dir) / FILE
+    path = Path(run_dir) / name
     try:
         theirs = run_options(build_config(overrides_from_mapping(saved["config"], path, sections_only=True)).to_dict())
     except (UserError, AttributeError, TypeError):
@@ -107,8 +146,8 @@ def check_run(saved: dict[str, Any], cfg, run_dir: Path) -> None:
     if ours != theirs:
         differ = sorted(k for s in ours for k in ours[s] if (theirs.get(s) or {}).get(k, ...) != ours[s][k])
         raise UserError(
-            f"{run_dir / FILE}: another run's checkpoint (its options differ from {run_dir / 'config.json'}'s: "
-            f"{few(differ) or 'its sections'}); resume the run it came from, or train anew"
+            f"{path}: another run's {'checkpoint' if name == FILE else 'model'} (its options differ from "
+            f"{run_dir / 'config.json'}'s: {few(differ) or 'its sections'}); use the run it came from, or train anew"
         )
 
 
@@ -215,3 +254,23 @@ def restore_run(saved: dict, run_dir: Path, p, device, hr_key: str) -> tuple[lis
         raise UserError(f"{run_dir / FILE}: 'best' has no {hr_key} (a damaged or foreign checkpoint)")
     restore(saved, run_dir, p.model, p.optimizer, p.scheduler, p.scaler, p.sampler.generator, device)
     return saved["history"], saved["best"]
+
+
+def restore_best(saved: dict[str, Any], model, run_dir: Path, run_cfg, data_fingerprint: str | None) -> dict | None:
+    """A resumed run's best weights (None where its checkpoint, from an older scalerec, lacks them): the
+    checkpoint's model where the best epoch was its last, else its "best_model". best.pt is written again where
+    the run stopped before writing it."""
+    best, history = saved["best"], saved["history"]
+    if not history:
+        return None
+    kept = weights_copy(model) if best["epoch"] == history[-1]["epoch"] else saved.get("best_model")
+    if kept is not None and not isinstance(kept, dict):
+        raise UserError(f"{Path(run_dir) / FILE}: 'best_model' is not a model's weights (a damaged checkpoint)")
+    path = Path(run_dir) / BEST
+    try:
+        current = load_best(run_dir) if path.is_file() else None
+    except UserError:  # damaged: it is written again
+        current = None
+    if kept is not None and (current is None or current["epoch"] != best["epoch"]):
+        save_best(run_dir, kept, best, run_cfg, data_fingerprint)
+    return kept

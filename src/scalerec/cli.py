@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -23,6 +24,13 @@ DESCRIPTION = (
     "Train Neural Collaborative Filtering recommenders (NeuMF: GMF + MLP) on implicit feedback, with HR@K, "
     "NDCG@K and samples/s every epoch, and scale their batch with LR scaling, warmup, LARS and LAMB."
 )
+
+
+EPOCH = {
+    "choices": ["best", "last"],
+    "default": "best",
+    "help": "best: the run's best epoch's model (best.pt); last: the last epoch's (checkpoint.pt) (default: best)",
+}
 
 
 def _add_field(group: argparse._ArgumentGroup, name: str, hint: Any, default: Any, doc: str) -> None:
@@ -143,11 +151,12 @@ def make_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser(
         "recommend",
         help="top-K items for users, from a trained run's checkpoint",
-        description="Score every item for each user with the last epoch's model of a run (its checkpoint.pt) and "
+        description="Score every item for each user with the best epoch's model of a run (its best.pt) and "
         "print CSV: user,rank,item,score, best first. Users and items go by the ids of the input file; the "
         "items a user interacted with are left out.",
     )
-    rec.add_argument("run", help="a run folder (holding config.json and checkpoint.pt)")
+    rec.add_argument("run", help="a run folder")
+    rec.add_argument("--epoch", **EPOCH)
     rec.add_argument("--users", nargs="+", metavar="ID", help="user ids as in the input file (default: every user)")
     rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
@@ -158,10 +167,12 @@ def make_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate",
         help="HR@K and NDCG@K of a trained run's model, by the sampled or full-ranking protocol",
-        description="Evaluate the last epoch's model of a run (its checkpoint.pt) on the run's held-out items at its "
-        "cut-offs, and print the metrics as one JSON object, each name prefixed with its protocol.",
+        description="Evaluate the best epoch's model of a run (its best.pt) on the run's held-out items at its "
+        "cut-offs: the figures its training log gave for that epoch. Each name is prefixed with its protocol.",
     )
-    ev.add_argument("run", help="a run folder (holding config.json and checkpoint.pt)")
+    ev.add_argument("run", help="a run folder")
+    ev.add_argument("--epoch", **EPOCH)
+    ev.add_argument("--json", action="store_true", help="print one JSON object (with the epoch) instead of a line")
     ev.add_argument(
         "--protocol",
         choices=["sampled", "full", "both"],
@@ -335,7 +346,8 @@ def _recommend(args: argparse.Namespace) -> int:
 
     Threads(args.threads, watch=False)
     output = Path(args.output) if args.output else None
-    text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output)
+    log = print if output is not None else functools.partial(print, file=sys.stderr)  # stdout: the CSV alone
+    text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output, log, args.epoch)
     if output is None:
         sys.stdout.write(text)
     return 0
@@ -348,7 +360,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from scalerec.threads import Threads
 
     Threads(args.threads, watch=False)
-    print(json.dumps(load(Path(args.run), "last", args.device).evaluate(args.protocol)))
+    rec = load(Path(args.run), args.epoch, args.device)
+    metrics = rec.evaluate(args.protocol)
+    if args.json:
+        print(json.dumps({"epoch": rec.epoch, "model": rec.which, **metrics}))
+    else:
+        shown = ", ".join(f"{name} = {value:.4f}" for name, value in metrics.items())
+        print(f"{args.run}: epoch {rec.epoch}'s model, the {rec.which}: {shown}")
     return 0
 
 

@@ -9,10 +9,10 @@ by the ids of the input file.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import io
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +24,14 @@ from scalerec import checkpoint
 from scalerec.assembly import resolve_device
 from scalerec.config import PROTOCOLS, Config
 from scalerec.data.loading import load_dataset
+from scalerec.data.prepare import Dataset
 from scalerec.errors import UserError
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
 from scalerec.kernels import onednn_available, set_cpu_matmul
 from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, scored_batches, seen_index, seen_pairs
 from scalerec.model import build_model
-from scalerec.run_folder import CONFIG, read_config
+from scalerec.run_folder import CONFIG, DATA, read_config
 
 # What one recommendation holds while the CSV is made: its item and score (12 bytes) and its CSV line
 RECOMMENDATION_BYTES = 64
@@ -63,11 +64,13 @@ class Recommender:
     """A trained run's model with the ids of its data (`load` makes one).
 
     `model`: the torch module, in eval mode; `users`, `items`: the ids the model knows, as in the input file (a
-    user's index in `users` is its row in the model); `config`: the run's options; `epoch`: whose weights these are.
+    user's index in `users` is its row in the model); `config`: the run's options; `epoch`: whose weights these are,
+    `which`: "best" (the run's best epoch) or "last".
     """
 
-    def __init__(self, run_dir: Path, config: Config, ds, model: torch.nn.Module, epoch: int) -> None:
+    def __init__(self, run_dir: Path, config: Config, ds, model: torch.nn.Module, epoch: int, which: str) -> None:
         self.path, self.config, self.dataset, self.model, self.epoch = run_dir, config, ds, model, epoch
+        self.which = which
         self.users = ds.user_ids if len(ds.user_ids) else np.arange(ds.n_users)
         self.items = ds.item_ids if len(ds.item_ids) else np.arange(ds.n_items)
         self._index = {str(raw): i for i, raw in enumerate(self.users)}
@@ -76,7 +79,8 @@ class Recommender:
 
     def __repr__(self) -> str:
         return (
-            f"Recommender({str(self.path)!r}, epoch {self.epoch}: {len(self.users):,} users, {len(self.items):,} items)"
+            f"Recommender({str(self.path)!r}, epoch {self.epoch} ({self.which}): {len(self.users):,} users, "
+            f"{len(self.items):,} items)"
         )
 
     @functools.cached_property
@@ -180,21 +184,21 @@ def list_of(ids: Any) -> list[Any]:
 def load(
     run_dir: Path | str, epoch: Literal["best", "last"] = "best", device: str = "cpu", stacklevel: int = 2
 ) -> Recommender:
-    """The trained model of a run folder, checked against the run's options and data, with its data's ids.
+    """The trained model of a run folder with its data's ids and split, each file checked to be the run's.
 
-    The checkpoint holds the last epoch's weights: "best" loads them too, with a warning where the best epoch was
-    another one (`stacklevel`: whose line the warning names)."""
+    "best": best.pt, the best epoch's model; "last": checkpoint.pt, the last epoch's. The run's data.npz holds
+    the ids and the split, so neither the data cache nor the source file is needed. A run made before scalerec
+    kept them reads its data from the cache, and for "best" its last epoch's weights, with a warning where the
+    best epoch was another one (`stacklevel`: whose line the warning names)."""
     if epoch not in ("best", "last"):
         raise UserError(f"epoch must be 'best' or 'last', got {epoch!r}")
     run_dir = Path(run_dir)
-    saved = checkpoint.load(run_dir)
+    saved = _weights(run_dir, epoch, stacklevel + 1)
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir}: not a run folder (no {CONFIG})")
     cfg = read_config(run_dir / CONFIG)
-    checkpoint.check_run(saved, cfg, run_dir)
-    cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
-    ds = load_dataset(cfg.data, log=lambda s: None)  # from the cache the run made
-    checkpoint.check_data(saved, ds, run_dir)
+    checkpoint.check_run(saved, cfg, run_dir, saved["file"])
+    ds = _run_data(run_dir, saved)
     m = cfg.model
     model = build_model(m.model, ds.n_users, ds.n_items, m.factors, m.layers, m.dropout)
     if cfg.train.cpu_matmul != "onednn" or onednn_available():  # where it is not, BLAS scores as well
@@ -203,19 +207,55 @@ def load(
         model.load_state_dict(saved["model"])
     except RuntimeError as e:  # weights of other sizes than the run's options and data make
         raise UserError(
-            f"{run_dir / checkpoint.FILE}: its weights do not fit the model of {run_dir / CONFIG} "
+            f"{run_dir / saved['file']}: its weights do not fit the model of {run_dir / CONFIG} "
             f"({str(e).splitlines()[0]})"
         ) from None
+    return Recommender(run_dir, cfg, ds, model.to(resolve_device(device)).eval(), saved["epoch"], saved["which"])
+
+
+def _weights(run_dir: Path, epoch: str, stacklevel: int) -> dict[str, Any]:
+    """The weights `load` asks for, with "epoch", "which" (best or last), "file" (whence) and what checks them."""
+    if epoch == "best" and (run_dir / checkpoint.BEST).is_file():
+        best = checkpoint.load_best(run_dir)
+        return {**best, "which": "best", "file": checkpoint.BEST}
+    if not (run_dir / checkpoint.FILE).is_file() and (run_dir / checkpoint.BEST).is_file():
+        raise UserError(
+            f"{run_dir}: no {checkpoint.FILE} (trained with --no-checkpoint): only the best epoch's model is kept "
+            "(epoch 'best')"
+        )
+    saved = checkpoint.load(run_dir)
     if not saved["history"]:
         raise UserError(f"{run_dir / checkpoint.FILE}: holds no epoch (a damaged or foreign checkpoint)")
     last, best = saved["history"][-1]["epoch"], saved["best"].get("epoch")
     if epoch == "best" and best != last:
         warnings.warn(
-            f"{run_dir}: the checkpoint holds the last epoch's model ({last}), not the best one ({best}); loaded the "
-            "last",
+            f"{run_dir}: no {checkpoint.BEST} (made before scalerec kept the best epoch's model): loaded the last "
+            f"epoch's ({last}), not the best one ({best})",
             stacklevel=stacklevel,
         )
-    return Recommender(run_dir, cfg, ds, model.to(resolve_device(device)).eval(), last)
+    which = "best" if epoch == "best" and best == last else "last"
+    return {**saved, "epoch": last, "which": which, "file": checkpoint.FILE}
+
+
+def _run_data(run_dir: Path, saved: dict[str, Any]):
+    """The run's data (its data.npz; for a run made before it, from the data cache), checked to be what the
+    weights were trained on."""
+    path = run_dir / DATA
+    if path.is_file():
+        try:
+            ds = Dataset.load(path)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path}: not a readable scalerec run data file ({e})") from None
+    elif "data" in saved:
+        ds = load_dataset(checkpoint.data_config(saved, run_dir), log=lambda s: None)  # from the data cache
+    else:
+        raise UserError(f"{run_dir}: no {DATA} (the run's ids and split, which its model needs)")
+    if saved.get("data_fingerprint") not in (None, checkpoint.fingerprint(ds)):
+        raise UserError(
+            f"{run_dir / saved['file']}: not trained on this run's data ({path if path.is_file() else ds.source}: "
+            "other rows, ids or split); train a new run on it"
+        )
+    return ds
 
 
 def recommend_run(
@@ -225,15 +265,17 @@ def recommend_run(
     include_seen: bool = False,
     output: Path | None = None,
     log: Callable[[str], None] = print,
+    epoch: Literal["best", "last"] = "best",
 ) -> str:
     """`scalerec recommend`: CSV text `user,rank,item,score` for the given users (by their ids in the input file;
-    default every user), written to `output` (atomically) or returned for printing."""
+    default every user) from the run's best (or last) epoch's model, written to `output` (atomically) or returned
+    for printing. `log` says which model, and where the CSV went."""
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         what = "is a folder" if output.is_dir() else f"its folder {output.parent} does not exist"
         raise UserError(f"--output {output}: {what} (expected a file to write the CSV to)")
-    rec = load(run_dir, "last")
+    rec = load(run_dir, epoch, stacklevel=3)
     rows = rec.rows_of(users)
     items, scores = rec.top(rows, k, exclude_seen=not include_seen)
     buf = io.StringIO()
@@ -244,7 +286,10 @@ def recommend_run(
             if item >= 0:
                 out.writerow([rec.users[user], rank, rec.items[item], f"{score:.6g}"])
     text = buf.getvalue()
+    model = f"epoch {rec.epoch}'s model, the {rec.which}"
     if output is not None:
         write_atomic(Path(output), text)
-        log(f"Top {min(k, len(rec.items))} items of {len(rows):,} users (epoch {rec.epoch}'s model): {output}")
+        log(f"Top {min(k, len(rec.items))} items of {len(rows):,} users ({model}): {output}")
+    else:
+        log(f"Top {min(k, len(rec.items))} items of {len(rows):,} users ({model})")
     return text

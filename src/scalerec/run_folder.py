@@ -18,8 +18,8 @@ from scalerec.errors import UserError
 from scalerec.files import LOCK, FolderLock, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
-CHECKPOINT, FAILED = "checkpoint.pt", "failed.json"
-WRITTEN = (CONFIG, METRICS, SUMMARY, CHECKPOINT, FAILED)  # what a run writes (each by write_with)
+CHECKPOINT, BEST, DATA, FAILED = "checkpoint.pt", "best.pt", "data.npz", "failed.json"
+WRITTEN = (CONFIG, METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED)  # what a run writes (each by write_with)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Claim:
         """Once the run's checks have passed and it is about to write: remove what killed writes left, a sweep's
         record of an earlier failed attempt, and, for a run that starts anew, an earlier attempt's logs."""
         remove_temporaries(self.run_dir, WRITTEN)
-        for name in (FAILED,) if self.resume else (METRICS, SUMMARY, CHECKPOINT, FAILED):
+        for name in (FAILED,) if self.resume else (METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED):
             (self.run_dir / name).unlink(missing_ok=True)
 
     def shared(self) -> Claim:
@@ -117,7 +117,8 @@ def _check_free(run_dir: Path, cfg: Config, adopt: bool) -> bool:
     if runs := sorted(d.name for d in run_dir.iterdir() if d.is_dir() and is_run_folder(d)):
         raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
     logged = (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size > 0
-    earlier = logged or (run_dir / CHECKPOINT).is_file()  # a summary alone: stopped before its first epoch ended
+    # results of an earlier run (a summary alone: stopped before its first epoch ended)
+    earlier = logged or (run_dir / CHECKPOINT).is_file() or (run_dir / BEST).is_file()
     if earlier and not (adopt and same_config(run_dir, cfg) and not finished(run_dir)):
         how = (
             "choose another folder"

@@ -94,7 +94,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     ds = load_dataset(cfg.data, log)
     if saved is not None:
         checkpoint.check_data(saved, ds, run_dir)
-    fingerprint = checkpoint.fingerprint(ds) if cfg.train.checkpoint and main else None
+    fingerprint = checkpoint.fingerprint(ds) if main else None
     for line in [ds.summary(), *(f"Note: {note}" for note in ds.notes), threads.said]:
         log(line)
 
@@ -103,7 +103,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     e = cfg.eval
     evaluation, hr_key = evaluator(ds, p.model, device, PROTOCOLS[e.eval], e.topk, e.eval_batch_size, log)
     log_setup(cfg, log, p, device, run_dir, group)
-    best, history = {"epoch": -1, hr_key: -1.0}, []
+    best, history, kept = {"epoch": -1, hr_key: -1.0}, [], None  # kept: the best epoch's weights
     if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
         history, best = checkpoint.restore_run(saved, run_dir, p, device, hr_key)
         log(f"Resuming {run_dir} at epoch {len(history)} of {cfg.train.epochs} (best so far: epoch {best['epoch']})")
@@ -111,7 +111,12 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         held.clean()
         if saved is None:
             write_atomic(run_dir / run_folder.CONFIG, run_cfg.to_json() + "\n")
+        if not (run_dir / run_folder.DATA).is_file():  # the ids and split the model needs, whatever the cache holds
+            ds.save(run_dir / run_folder.DATA)
         run_folder.write_metrics(run_dir, history)  # on resume: the checkpoint's epochs, and no later line
+        if saved is not None:
+            kept = checkpoint.restore_best(saved, p.model, run_dir, run_cfg, fingerprint)
+    extra = {"data": checkpoint.absolute(cfg.data), "data_fingerprint": fingerprint}
 
     state, error, stop = "finished", None, None  # stop: Ctrl-C, SIGTERM or a failure, raised once the summary says so
     try:
@@ -126,10 +131,14 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
             else:
                 new_best = best
             row["best_epoch"] = new_best["epoch"]
-            with signals_held():  # the checkpoint, the metrics and the history agree, whatever stops the run
+            kept = checkpoint.weights_copy(p.model) if main and new_best is not best else kept
+            with signals_held():  # the checkpoint, best.pt, the metrics and the history agree, whatever stops the run
                 if main and cfg.train.checkpoint:
-                    extra = {"data": checkpoint.absolute(cfg.data), "data_fingerprint": fingerprint}
-                    checkpoint.save(run_dir, checkpoint.state(p, device, [*history, row], new_best, run_cfg, extra))
+                    earlier = {"best_model": kept} if kept is not None and new_best["epoch"] != epoch else {}
+                    now = checkpoint.state(p, device, [*history, row], new_best, run_cfg, {**extra, **earlier})
+                    checkpoint.save(run_dir, now)
+                if main and new_best is not best:
+                    checkpoint.save_best(run_dir, kept, new_best, run_cfg, fingerprint)
                 history.append(row)
                 best = new_best
                 if main:

@@ -71,7 +71,8 @@ class Dataset:
         )
         return sorted_unique(keys)
 
-    _ARRAYS = ("train_users", "train_items", "test_users", "test_items", "eval_negatives", "user_ids", "item_ids")
+    _INDICES = ("train_users", "train_items", "test_users", "test_items", "eval_negatives")
+    _ARRAYS = (*_INDICES, "user_ids", "item_ids")
 
     def save(self, path: Path) -> None:
         """Write to `path` atomically: a temporary file in the same folder, then a rename."""
@@ -86,6 +87,8 @@ class Dataset:
             "version": CACHE_VERSION,
         }
         arrays = {k: getattr(self, k) for k in self._ARRAYS}
+        for k in self._INDICES:  # contiguous ids: int32 halves the file; load makes them int64 again
+            arrays[k] = arrays[k].astype(np.int32) if max(self.n_users, self.n_items) < 2**31 else arrays[k]
         write_with(path, lambda tmp: np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays))
 
     @classmethod
@@ -94,7 +97,8 @@ class Dataset:
             meta = json.loads(str(z["meta"]))
             if meta.pop("version", None) != CACHE_VERSION:
                 raise ValueError("stale cache version")
-            return cls(**meta, **{k: z[k] for k in cls._ARRAYS})
+            arrays = {k: z[k].astype(np.int64) if k in cls._INDICES else z[k] for k in cls._ARRAYS}
+            return cls(**meta, **arrays)
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:

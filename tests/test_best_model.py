@@ -1,0 +1,116 @@
+"""The run's best model kept (best.pt) beside the last (checkpoint.pt), with the data it needs (data.npz): used by
+default, reprinting the training log's figures, and working from a folder copied elsewhere without the data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import scalerec
+from tests.helpers import assert_one_line_error, interrupt_in_epoch, run_main, tiny_config
+
+pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
+
+
+def overfitting(tmp_path, name: str = "run", **train_kw):
+    """A run of seconds whose best epoch (3, by sampled HR@10) is not its last (5)."""
+    cfg = tiny_config(tmp_path, **{"epochs": 6, "output": str(tmp_path / name), **train_kw})
+    cfg.optim.lr = 0.01
+    return cfg
+
+
+def test_the_best_epochs_model_is_kept_and_used_by_default(capsys, tmp_path):
+    run = scalerec.train(overfitting(tmp_path), log=None)
+    assert run.best_epoch == 3 and len(run.metrics) == 6  # the case this test is about: best is not last
+    best = torch.load(run.path / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["metrics"]["sampled_HR@10"] == run.metrics[3]["sampled_HR@10"]
+    saved = torch.load(run.path / "checkpoint.pt", weights_only=True)  # the last epoch's, and the best's weights
+    assert saved["history"][-1]["epoch"] == 5
+    for name, weight in best["model"].items():
+        assert torch.equal(saved["best_model"][name], weight)
+    assert not torch.equal(saved["model"]["gmf_user.weight"], best["model"]["gmf_user.weight"])
+
+    for epoch, row in (("best", run.metrics[3]), ("last", run.metrics[5])):
+        rc, out, err = run_main(capsys, ["evaluate", run.path, "--epoch", epoch, "--json"])
+        assert rc == 0, err
+        printed = json.loads(out)
+        assert printed.pop("epoch") == row["epoch"] and printed.pop("model") == epoch
+        assert printed == {k: v for k, v in row.items() if "@" in k}  # the log's figures, to the last digit
+    rec = scalerec.load(run)
+    assert (rec.epoch, rec.which) == (3, "best") and scalerec.load(run, epoch="last").epoch == 5
+    for name, weight in best["model"].items():
+        assert torch.equal(rec.model.state_dict()[name], weight)
+    rc, out, err = run_main(capsys, ["recommend", run.path, "--k", "3"])
+    assert rc == 0 and err.strip().endswith("(epoch 3's model, the best)"), err
+    assert out.splitlines()[0] == "user,rank,item,score"  # stdout holds the CSV alone
+
+
+def test_a_run_folder_copied_elsewhere_without_the_data_recommends_and_evaluates(tmp_path, monkeypatch):
+    rows = [f"user {u},item {(u * 7 + k * 3) % 50},{k}" for u in range(60) for k in range(9)]
+    (tmp_path / "clicks.csv").write_text("user,item,time\n" + "\n".join(rows) + "\n")
+    run = scalerec.train(
+        data=str(tmp_path / "clicks.csv"), epochs=2, batch_size=256, factors=8, layers=[16, 16, 8],
+        eval_negatives=20, threads=1, output=str(tmp_path / "run"), log=None,
+    )  # fmt: skip
+    before = scalerec.load(run)
+    recommended, metrics = before.recommend(["user 3", "user 17"], k=5), before.evaluate("both")
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run.path, moved)
+    shutil.rmtree(run.path)
+    shutil.rmtree(tmp_path / "data_dir")  # the data cache
+    (tmp_path / "clicks.csv").unlink()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    after = scalerec.load(moved)
+    assert after.recommend(["user 3", "user 17"], k=5).equals(recommended)
+    assert after.evaluate("both") == metrics
+    assert list(after.users[:2]) == ["user 0", "user 1"]
+
+
+def test_resume_writes_best_pt_again_where_the_run_stopped_before_it(tmp_path, monkeypatch):
+    whole = scalerec.train(overfitting(tmp_path, "whole"), log=None)
+    interrupt_in_epoch(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        scalerec.train(overfitting(tmp_path), log=None)
+    monkeypatch.undo()
+    (tmp_path / "run" / "best.pt").unlink()  # stopped after epoch 4's checkpoint, before its best.pt
+    resumed = scalerec.train(resume=tmp_path / "run", log=None)
+    figures = [[(k, v) for k, v in r.items() if "@" in k or k == "loss"] for r in resumed.metrics]
+    assert figures == [[(k, v) for k, v in r.items() if "@" in k or k == "loss"] for r in whole.metrics]
+    assert resumed.best_epoch == 3  # and epoch 5 no new best: best.pt was written again on resume
+    a, b = (torch.load(p / "best.pt", weights_only=True) for p in (whole.path, resumed.path))
+    assert a["epoch"] == b["epoch"] == 3
+    for name, weight in a["model"].items():
+        assert torch.equal(b["model"][name], weight)
+
+
+def test_without_checkpoints_the_best_model_is_still_kept(capsys, tmp_path):
+    run = scalerec.train(overfitting(tmp_path, checkpoint=False, epochs=2), log=None)
+    assert not (run.path / "checkpoint.pt").exists() and (run.path / "best.pt").is_file()
+    assert scalerec.load(run).epoch == run.best_epoch
+    rc, _, err = run_main(capsys, ["recommend", run.path, "--epoch", "last"])
+    assert_one_line_error(rc, err, "no checkpoint.pt (trained with --no-checkpoint)", "(epoch 'best')")
+
+
+def test_a_model_or_data_file_from_another_run_or_damaged_is_one_line(capsys, tmp_path):
+    ours = scalerec.train(overfitting(tmp_path, epochs=1), log=None)
+    other_cfg = overfitting(tmp_path, "other", epochs=1)
+    other_cfg.model.factors = 4
+    other_cfg.data.synthetic_users = 300
+    other = scalerec.train(other_cfg, log=None)
+    shutil.copy(ours.path / "best.pt", tmp_path / "best.pt")
+    shutil.copy(other.path / "best.pt", ours.path / "best.pt")
+    rc, _, err = run_main(capsys, ["evaluate", ours.path])
+    assert_one_line_error(rc, err, f"{ours.path / 'best.pt'}: another run's model (its options differ", "factors")
+    shutil.copy(tmp_path / "best.pt", ours.path / "best.pt")
+    shutil.copy(other.path / "data.npz", ours.path / "data.npz")
+    rc, _, err = run_main(capsys, ["recommend", ours.path])
+    assert_one_line_error(rc, err, f"{ours.path / 'best.pt'}: not trained on this run's data")
+    (ours.path / "data.npz").write_bytes(b"PK\x03\x04 half a file")
+    rc, _, err = run_main(capsys, ["recommend", ours.path])
+    assert_one_line_error(rc, err, f"{ours.path / 'data.npz'}: not a readable scalerec run data file")
+    (ours.path / "best.pt").write_bytes((ours.path / "best.pt").read_bytes()[:1000])
+    rc, _, err = run_main(capsys, ["recommend", ours.path])
+    assert_one_line_error(rc, err, f"{ours.path / 'best.pt'}: not a readable scalerec model")

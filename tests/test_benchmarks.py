@@ -170,9 +170,10 @@ def test_data_parallel(tmp_path):
         "16", "8", "--factors", "8", tmp_path=tmp_path,
     )  # fmt: skip
     runs = {line["run"]: line for line in lines}
-    assert set(runs) == {"one", "parallel", "ratio"} and runs["parallel"]["processes"] == 2
-    assert runs["parallel"]["loss"] == pytest.approx(runs["one"]["loss"], abs=2e-4)  # one batch, split in two
-    assert runs["ratio"]["parallel_over_one"] > 0 and len(runs["one"]["samples_per_s"]) == 1
+    assert set(runs) == {"one", "ddp", "flat", "ratio"} and runs["ddp"]["processes"] == runs["flat"]["processes"] == 2
+    for way in ("ddp", "flat"):  # one batch, split in two
+        assert runs[way]["loss"] == pytest.approx(runs["one"]["loss"], abs=2e-4)
+    assert runs["ratio"]["ddp_over_flat"] > 0 and len(runs["one"]["samples_per_s"]) == 1
 
 
 @pytest.mark.slow

@@ -67,8 +67,9 @@ def test_resume_refuses_other_options_a_finished_run_and_a_missing_or_broken_che
     assert rc == 1 and "not a readable scalerec checkpoint" in err and "Traceback" not in err
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "none", epochs=1), "--no-checkpoint"])[0] == 0
     assert not (tmp_path / "none" / "checkpoint.pt").exists()
-    rc, _, err = run_main(capsys, ["recommend", tmp_path / "none"])
-    assert rc == 1 and "no checkpoint.pt in it" in err
+    assert run_main(capsys, ["recommend", tmp_path / "none"])[0] == 0  # its best.pt
+    rc, _, err = run_main(capsys, ["recommend", tmp_path / "none", "--epoch", "last"])
+    assert rc == 1 and "no checkpoint.pt (trained with --no-checkpoint)" in err
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "nowhere"])
     assert rc == 1 and "not a folder (expected a run folder)" in err
 

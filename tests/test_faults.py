@@ -130,7 +130,7 @@ def test_another_runs_checkpoint_is_refused_before_anything_is_written(capsys, t
     (tmp_path / "b" / "failed.json").write_text('{"state": "failed", "error": "an earlier attempt"}')
     (tmp_path / "b" / "checkpoint.ptq1w2e3r4.tmp.pt").write_bytes(b"half")  # a killed write's
     before = contents(tmp_path / "b")
-    for command in (["train", "--resume", tmp_path / "b"], ["recommend", tmp_path / "b"]):
+    for command in (["train", "--resume", tmp_path / "b"], ["recommend", tmp_path / "b", "--epoch", "last"]):
         rc, _, err = run_main(capsys, command)
         assert_one_line_error(rc, err, f"{tmp_path / 'b' / 'checkpoint.pt'}: another run's checkpoint", "data_seed")
     assert contents(tmp_path / "b") == before  # every file as it was, the failure record and the temporary too
@@ -175,7 +175,7 @@ def test_a_checkpoint_without_its_fields_is_one_line(capsys, tmp_path, monkeypat
     state = torch.load(path, weights_only=True)
     edit(state)
     torch.save(state, path)
-    for command in (["train", "--resume", tmp_path / "run"], ["recommend", tmp_path / "run"]):
+    for command in (["train", "--resume", tmp_path / "run"], ["recommend", tmp_path / "run", "--epoch", "last"]):
         rc, _, err = run_main(capsys, command)
         assert_one_line_error(rc, err, f"{path}", fragment)
 

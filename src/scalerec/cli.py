@@ -148,42 +148,7 @@ def make_parser() -> argparse.ArgumentParser:
         "the CPU, --memory-budget-gb, default 80% of the memory available).",
     )
     _add_config_options(find, leave_out=FIND_BATCH_UNUSED)
-    rec = sub.add_parser(
-        "recommend",
-        help="top-K items for users, from a trained run's checkpoint",
-        description="Score every item for each user with the best epoch's model of a run (its best.pt) and "
-        "print CSV: user,rank,item,score, best first. Users and items go by the ids of the input file; the "
-        "items a user interacted with are left out.",
-    )
-    rec.add_argument("run", help="a run folder")
-    rec.add_argument("--epoch", **EPOCH)
-    rec.add_argument("--users", nargs="+", metavar="ID", help="user ids as in the input file (default: every user)")
-    rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
-    rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
-    rec.add_argument("--output", metavar="FILE", help="write the CSV to FILE (atomically) instead of printing it")
-    rec.add_argument(
-        "--threads", type=positive_int, help="CPU threads for PyTorch (default: the CPUs the process may use)"
-    )
-    ev = sub.add_parser(
-        "evaluate",
-        help="HR@K and NDCG@K of a trained run's model, by the sampled or full-ranking protocol",
-        description="Evaluate the best epoch's model of a run (its best.pt) on the run's held-out items at its "
-        "cut-offs: the figures its training log gave for that epoch. Each name is prefixed with its protocol.",
-    )
-    ev.add_argument("run", help="a run folder")
-    ev.add_argument("--epoch", **EPOCH)
-    ev.add_argument("--json", action="store_true", help="print one JSON object (with the epoch) instead of a line")
-    ev.add_argument(
-        "--protocol",
-        choices=["sampled", "full", "both"],
-        default="sampled",
-        help="sampled: among the run's evaluation negatives; full: among every item the user did not train on "
-        "(default: sampled)",
-    )
-    ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="(default: cpu)")
-    ev.add_argument(
-        "--threads", type=positive_int, help="CPU threads for PyTorch (default: the CPUs the process may use)"
-    )
+    _trained_run_parsers(sub)
     report = sub.add_parser("report", help="rebuild the tables, plots and report.md of a run or sweep folder")
     report.add_argument("folder", help="a run folder, or a sweep folder holding run folders")
     data = sub.add_parser("data", help="obtain datasets")
@@ -210,6 +175,74 @@ def make_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(DataConfig):
         _add_field(group, f.name, hints[f.name], f.default, docs.get(f.name, ""))
     return parser
+
+
+def _trained_run_parsers(sub) -> None:
+    """recommend, evaluate, export and serve: the commands that use a trained run's model."""
+    threads = {"type": positive_int, "help": "CPU threads for PyTorch (default: the CPUs the process may use)"}
+    rec = sub.add_parser(
+        "recommend",
+        help="top-K items for users, from a trained run's checkpoint",
+        description="Score every item for each user with the best epoch's model of a run (its best.pt) and "
+        "print CSV: user,rank,item,score, best first. Users and items go by the ids of the input file; the "
+        "items a user interacted with are left out.",
+    )
+    rec.add_argument("run", help="a run folder")
+    rec.add_argument("--epoch", **EPOCH)
+    rec.add_argument("--users", nargs="+", metavar="ID", help="user ids as in the input file (default: every user)")
+    rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
+    rec.add_argument("--output", metavar="FILE", help="write the CSV to FILE (atomically) instead of printing it")
+    rec.add_argument("--threads", **threads)
+    ev = sub.add_parser(
+        "evaluate",
+        help="HR@K and NDCG@K of a trained run's model, by the sampled or full-ranking protocol",
+        description="Evaluate the best epoch's model of a run (its best.pt) on the run's held-out items at its "
+        "cut-offs: the figures its training log gave for that epoch. Each name is prefixed with its protocol.",
+    )
+    ev.add_argument("run", help="a run folder")
+    ev.add_argument("--epoch", **EPOCH)
+    ev.add_argument("--json", action="store_true", help="print one JSON object (with the epoch) instead of a line")
+    ev.add_argument(
+        "--protocol",
+        choices=["sampled", "full", "both"],
+        default="sampled",
+        help="sampled: among the run's evaluation negatives; full: among every item the user did not train on "
+        "(default: sampled)",
+    )
+    ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="(default: cpu)")
+    ev.add_argument("--threads", **threads)
+    exp = sub.add_parser(
+        "export",
+        help="a trained run's model as an ONNX or torch.export file, with its ids",
+        description="Write a run's best epoch's model as DIR/model.onnx (ONNX: inputs user and item, int64 indices "
+        "[batch]; output score, float32 logits) or DIR/model.pt2 (torch.export), with DIR/ids.json (the input "
+        "file's user and item ids in index order). The file is loaded back and its scores compared with scalerec's "
+        "before the export is said done.",
+    )
+    exp.add_argument("run", help="a run folder")
+    exp.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="(default: onnx)")
+    exp.add_argument("--output", metavar="DIR", required=True, help="the folder to write into (made if missing)")
+    exp.add_argument("--epoch", **EPOCH)
+    exp.add_argument("--threads", **threads)
+    srv = sub.add_parser(
+        "serve",
+        help="answer recommendation requests over HTTP with a trained run's model",
+        description="Load a run's best epoch's model once and answer GET /health, GET /recommend?user=ID&k=10, "
+        "POST /recommend {users, k} and POST /score {user, items} with JSON, until SIGTERM or Ctrl-C "
+        "(docs/serving.md).",
+    )
+    srv.add_argument("run", help="a run folder")
+    srv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="(default: 8000; 0: any free port, said at start)")
+    srv.add_argument("--epoch", **EPOCH)
+    srv.add_argument(
+        "--cold-start",
+        choices=["none", "popular"],
+        default="none",
+        help="an unknown user: none: 404; popular: the most popular items, marked cold_start (default: none)",
+    )
+    srv.add_argument("--threads", type=positive_int, default=1, help="CPU threads for PyTorch (default: 1)")
 
 
 def refuse_many_processes(command: str) -> None:
@@ -370,6 +403,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from scalerec.export import export_run
+    from scalerec.threads import Threads
+
+    Threads(args.threads, watch=False)
+    export_run(Path(args.run), args.format, Path(args.output), args.epoch)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from scalerec.serve import serve
+
+    cold_start = None if args.cold_start == "none" else args.cold_start
+    serve(Path(args.run), args.host, args.port, args.epoch, cold_start, args.threads)
+    return 0
+
+
 def _find_batch(args: argparse.Namespace) -> int:
     from scalerec.assembly import find_largest_batch
 
@@ -430,6 +480,8 @@ COMMANDS = {
     "train": _train,
     "recommend": _recommend,
     "evaluate": _evaluate,
+    "export": _export,
+    "serve": _serve,
     "find-batch": _find_batch,
     "sweep": _sweep,
     "report": _report,

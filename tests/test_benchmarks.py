@@ -214,3 +214,19 @@ def test_contention(tmp_path):
     assert all(len(r["samples_per_s"]) == 1 and r["samples_per_s"][0] > 0 and r["threads_used"] for r in runs)
     ratios = {line["load"]: line for line in lines if "setting" not in line}
     assert ratios["busy"]["default_over_threads_1"] > 0 and len(ratios) == 2
+
+
+@pytest.mark.slow
+def test_serve_load(tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra")
+    train = [sys.executable, "-m", "scalerec", "train", "--dataset", "synthetic", "--synthetic-users", "200"]
+    train += ["--epochs", "1", "--factors", "8", "--layers", "16", "16", "8", "--output", str(tmp_path / "run")]
+    subprocess.run(train, check=True, capture_output=True, env={**os.environ, "SCALEREC_DATA_DIR": str(tmp_path)})
+    lines = run(
+        "serve_load.py", "--run", str(tmp_path / "run"), "--requests", "40", "--clients", "2", tmp_path=tmp_path
+    )
+    by = {line["setting"]: line for line in lines}
+    assert set(by) == {"get_k10", "post_100_users", "mix_malformed"}
+    assert by["get_k10"]["statuses"] == {"200": 40} and by["post_100_users"]["statuses"] == {"200": 2}
+    assert by["mix_malformed"]["statuses"] == {"200": 30, "400": 8, "404": 2}  # every fourth malformed: a 4xx
+    assert all(x["errors_5xx"] == x["errors_without_message"] == 0 and x["p99_ms"] >= x["p50_ms"] > 0 for x in lines)

@@ -15,7 +15,7 @@ import torch
 import scalerec
 from tests.helpers import assert_one_line_error, run_main
 
-pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
+pytestmark = [pytest.mark.usefixtures("isolated"), pytest.mark.slow]  # servers and exporters: seconds each
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (pip install 'scalerec[export]')")
 
 

@@ -16,7 +16,7 @@ import pytest
 import scalerec
 from tests.helpers import assert_one_line_error, run_main
 
-pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_path
+pytestmark = [pytest.mark.usefixtures("isolated"), pytest.mark.slow]  # servers and exporters: seconds each
 pytest.importorskip("fastapi", reason="the serve extra (pip install 'scalerec[serve]')")
 pytest.importorskip("uvicorn", reason="the serve extra (pip install 'scalerec[serve]')")
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scalerec.kernels import Encoding
+
 NAN_RANK = 2**31
 
 
@@ -124,16 +126,22 @@ def seen_pairs(seen: tuple[torch.Tensor, torch.Tensor], users: torch.Tensor) -> 
 
 
 def scored_batches(
-    model: nn.Module, users: torch.Tensor, n_items: int, scores_per_batch: int = FULL_SCORES_PER_BATCH
+    model: nn.Module,
+    users: torch.Tensor,
+    n_items: int,
+    scores_per_batch: int = FULL_SCORES_PER_BATCH,
+    item_enc: Encoding | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """(the users' slice, their scores against every item [len, n_items], fp32) in batches: the one scoring path
-    of full ranking and recommendation. Every item is encoded once; users are scored in batches with the model's
+    of full ranking and recommendation. Every item is encoded once (or `item_enc` given: every item's encoding in
+    eval mode, kept by a caller that scores again and again); users are scored in batches with the model's
     score_grid (which tiles its own activations), at most `scores_per_batch` scores at a time, in eval mode."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            item_enc = model.encode_items(torch.arange(n_items, device=users.device))
+            if item_enc is None:
+                item_enc = model.encode_items(torch.arange(n_items, device=users.device))
             # at most 4096 users at a time too, so that a tile of pairs holds at least two items of a small catalogue
             step = max(1, min(4096, scores_per_batch // n_items))
             for s in range(0, len(users), step):

@@ -28,7 +28,7 @@ from scalerec.data.prepare import Dataset
 from scalerec.errors import UserError
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
-from scalerec.kernels import onednn_available, set_cpu_matmul
+from scalerec.kernels import Encoding, onednn_available, set_cpu_matmul
 from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, scored_batches, seen_index, seen_pairs
 from scalerec.model import build_model
 from scalerec.run_folder import CONFIG, DATA, read_config
@@ -45,13 +45,15 @@ def top_k(
     k: int,
     seen: tuple[torch.Tensor, torch.Tensor] | None,
     scores_per_batch: int = FULL_SCORES_PER_BATCH,
+    item_enc: Encoding | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(items [U, k], scores [U, k]) of the k highest-scoring items of each user, best first; the user's `seen`
-    items (seen_index) left out. Fewer than k unseen items: the rest are -1 with score -inf."""
+    items (seen_index) left out. Fewer than k unseen items: the rest are -1 with score -inf. `item_enc`: every
+    item's encoding, where the caller keeps it (scored_batches)."""
     k_items = min(k, n_items)
     items = torch.full((len(users), k), -1, dtype=torch.int64, device=users.device)
     scores = torch.full((len(users), k), float("-inf"), device=users.device)
-    for at, grid in scored_batches(model, users, n_items, scores_per_batch):
+    for at, grid in scored_batches(model, users, n_items, scores_per_batch, item_enc):
         if seen is not None:
             grid[seen_pairs(seen, users[at])] = float("-inf")
         best, where = grid.topk(k_items, dim=1)  # sorted, highest first
@@ -65,7 +67,8 @@ class Recommender:
 
     `model`: the torch module, in eval mode; `users`, `items`: the ids the model knows, as in the input file (a
     user's index in `users` is its row in the model); `config`: the run's options; `epoch`: whose weights these are,
-    `which`: "best" (the run's best epoch) or "last".
+    `which`: "best" (the run's best epoch) or "last". Every item's encoding is made once, at the first
+    recommendation, and kept: a model whose weights change afterwards needs a new Recommender.
     """
 
     def __init__(self, run_dir: Path, config: Config, ds, model: torch.nn.Module, epoch: int, which: str) -> None:
@@ -90,6 +93,13 @@ class Recommender:
         pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)]).to(self._device)
         pairs_i = torch.cat([torch.as_tensor(ds.train_items), torch.as_tensor(ds.test_items)]).to(self._device)
         return seen_index(pairs_u, pairs_i, ds.n_users)
+
+    @functools.cached_property
+    def _items_encoded(self) -> Encoding:
+        """Every item's encoding in eval mode, made once: each recommend call scores users against it."""
+        self.model.eval()
+        with torch.no_grad():
+            return self.model.encode_items(torch.arange(len(self.items), device=self._device))
 
     def rows_of(self, users: Iterable[Any] | None) -> list[int]:
         """The model's rows of the given user ids (each once, in the order given; every user where None)."""
@@ -117,7 +127,8 @@ class Recommender:
                 "users or a smaller k"
             )
         users = torch.tensor(rows, dtype=torch.int64, device=self._device)
-        items, scores = top_k(self.model, users, len(self.items), k, self._seen if exclude_seen else None)
+        seen = self._seen if exclude_seen else None
+        items, scores = top_k(self.model, users, len(self.items), k, seen, item_enc=self._items_encoded)
         return items.cpu(), scores.cpu()
 
     def recommend(self, users: Iterable[Any] | None = None, k: int = 10, exclude_seen: bool = True):

@@ -13,7 +13,6 @@ user gets the most popular items instead ("cold_start": true; their score is the
 interactions).
 """
 
-
 import functools
 import json
 import socket

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("isolated")  # the cache and runs/ in tmp_p
 
 
 def overfitting(tmp_path, name: str = "run", **train_kw):
-    """A run of seconds whose best epoch (3, by sampled HR@10) is not its last (5)."""
+    """A run of seconds whose best epoch (4, by the validation items' sampled HR@10) is not its last (5)."""
     cfg = tiny_config(tmp_path, **{"epochs": 6, "output": str(tmp_path / name), **train_kw})
     cfg.optim.lr = 0.01
     return cfg
@@ -24,27 +24,27 @@ def overfitting(tmp_path, name: str = "run", **train_kw):
 
 def test_the_best_epochs_model_is_kept_and_used_by_default(capsys, tmp_path):
     run = scalerec.train(overfitting(tmp_path), log=None)
-    assert run.best_epoch == 3 and len(run.metrics) == 6  # the case this test is about: best is not last
+    assert run.best_epoch == 4 and len(run.metrics) == 6  # the case this test is about: best is not last
     best = torch.load(run.path / "best.pt", weights_only=True)
-    assert best["epoch"] == 3 and best["metrics"]["sampled_HR@10"] == run.metrics[3]["sampled_HR@10"]
+    assert best["epoch"] == 4 and best["metrics"]["sampled_HR@10"] == run.metrics[4]["sampled_HR@10"]
     saved = torch.load(run.path / "checkpoint.pt", weights_only=True)  # the last epoch's, and the best's weights
     assert saved["history"][-1]["epoch"] == 5
     for name, weight in best["model"].items():
         assert torch.equal(saved["best_model"][name], weight)
     assert not torch.equal(saved["model"]["gmf_user.weight"], best["model"]["gmf_user.weight"])
 
-    for epoch, row in (("best", run.metrics[3]), ("last", run.metrics[5])):
+    for epoch, row in (("best", run.metrics[4]), ("last", run.metrics[5])):
         rc, out, err = run_main(capsys, ["evaluate", run.path, "--epoch", epoch, "--json"])
         assert rc == 0, err
         printed = json.loads(out)
         assert printed.pop("epoch") == row["epoch"] and printed.pop("model") == epoch
         assert printed == {k: v for k, v in row.items() if "@" in k}  # the log's figures, to the last digit
     rec = scalerec.load(run)
-    assert (rec.epoch, rec.which) == (3, "best") and scalerec.load(run, epoch="last").epoch == 5
+    assert (rec.epoch, rec.which) == (4, "best") and scalerec.load(run, epoch="last").epoch == 5
     for name, weight in best["model"].items():
         assert torch.equal(rec.model.state_dict()[name], weight)
     rc, out, err = run_main(capsys, ["recommend", run.path, "--k", "3"])
-    assert rc == 0 and err.strip().endswith("(epoch 3's model, the best)"), err
+    assert rc == 0 and err.strip().endswith("(epoch 4's model, the best)"), err
     assert out.splitlines()[0] == "user,rank,item,score"  # stdout holds the CSV alone
 
 
@@ -75,13 +75,13 @@ def test_resume_writes_best_pt_again_where_the_run_stopped_before_it(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         scalerec.train(overfitting(tmp_path), log=None)
     monkeypatch.undo()
-    (tmp_path / "run" / "best.pt").unlink()  # stopped after epoch 4's checkpoint, before its best.pt
+    (tmp_path / "run" / "best.pt").unlink()  # stopped after epoch 4's checkpoint (a new best), before its best.pt
     resumed = scalerec.train(resume=tmp_path / "run", log=None)
     figures = [[(k, v) for k, v in r.items() if "@" in k or k == "loss"] for r in resumed.metrics]
     assert figures == [[(k, v) for k, v in r.items() if "@" in k or k == "loss"] for r in whole.metrics]
-    assert resumed.best_epoch == 3  # and epoch 5 no new best: best.pt was written again on resume
+    assert resumed.best_epoch == 4  # and epoch 5 no new best: best.pt was written again on resume
     a, b = (torch.load(p / "best.pt", weights_only=True) for p in (whole.path, resumed.path))
-    assert a["epoch"] == b["epoch"] == 3
+    assert a["epoch"] == b["epoch"] == 4
     for name, weight in a["model"].items():
         assert torch.equal(b["model"][name], weight)
 

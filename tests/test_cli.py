@@ -36,7 +36,7 @@ def check_run_folder(out: Path, epochs: int) -> tuple[dict, list[dict]]:
         assert 0 < r["loss"] < 10 and np.isfinite(r["loss"])
         assert 0 <= r["sampled_NDCG@10"] <= r["sampled_HR@10"] <= 1
         assert r["samples_per_s"] > 0 and r["train_s"] > 0 and r["eval_s"] >= 0
-    hrs = [r["sampled_HR@10"] for r in rows]
+    hrs = [r["valid_sampled_HR@10"] for r in rows]  # chosen on the validation items
     for n, r in enumerate(rows):  # best so far: the first epoch with the highest HR@10
         assert r["best_epoch"] == int(np.argmax(hrs[: n + 1]))
     return config, rows
@@ -380,7 +380,7 @@ def test_train_udata_end_to_end(capsys, tmp_path):
     rc, out, err = run_main(capsys, ["train", "--data", path, *tiny(out_dir)])
     assert rc == 0, err
     first = out.splitlines()[0]
-    assert first == f"Data: MovieLens-100K from {path}. #user=60, #item=80, #train=420, #test=60"
+    assert first == f"Data: MovieLens-100K from {path}. #user=60, #item=80, #train=360, #test=60, #valid=60"
     assert any(ln.startswith("Epoch 1: sampled_HR@10 = ") for ln in out.splitlines())
     config, _ = check_run_folder(out_dir, epochs=2)
     assert config["data"]["data"] == str(path) and config["data"]["dataset"] == "ml-100k"
@@ -470,7 +470,8 @@ def test_data_info_prints_sizes_times_split_and_what_was_dropped(capsys, tmp_pat
     assert f"Users: 30  Items: 40  Interactions: {n}  Density: {n / 1200:.4%}" in out
     assert f"Rows read: {n + 1}" in out
     assert "Time: 2024-01-01 00:00:00 UTC to 2024-01-06 00:00:00 UTC" in out  # the loner's row is gone too
-    assert f"{n - 30} training interactions, 30 test users" in out and "5 evaluation negatives" in out
+    assert f"{n - 60} training interactions, 30 test users" in out and "5 evaluation negatives" in out
+    assert "30 validation users with their second-latest item held out too" in out
     assert "Dropped or adjusted: 1 user with a single interaction dropped" in out
 
 

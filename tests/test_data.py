@@ -4,6 +4,7 @@ are only read (never copied) and those tests skip when ../shared/data is absent.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -483,12 +484,13 @@ def test_load_dataset_cache_follows_the_file(tmp_path):
     cfg = DataConfig(data=str(path), data_dir=str(tmp_path / "dd"), eval_negatives=10)
     a = load_dataset(cfg, log=print)
     assert a.name == "MovieLens-100K" and a.source == str(path)
-    assert (a.n_users, len(a.train_users), len(a.test_users)) == (20, 100, 20)
+    assert (a.n_users, len(a.train_users), len(a.valid_users), len(a.test_users)) == (20, 80, 20, 20)
     assert len(list((tmp_path / "dd" / "cache").glob("ml-100k-*.npz"))) == 1
     assert_same(load_dataset(cfg, log=print), a)
     path.write_text(udata(rows + [(21, 1, 3, 5), (21, 2, 3, 6)]))  # the file changed: not the old cache
     b = load_dataset(cfg, log=print)
-    assert (b.n_users, len(b.train_users)) == (21, 101)
+    assert (b.n_users, len(b.train_users), len(b.valid_users)) == (21, 81, 20)  # user 21: too few to validate
+    assert "1 user with fewer than 3 interactions: a test item, no validation" in b.notes
 
 
 # ---------------------------------------------------------------- NCF files
@@ -651,8 +653,12 @@ def test_synthetic_skew_is_ml1m_like():
 def test_real_ml100k(tmp_path):
     cfg = DataConfig(data=str(SHARED_DATA / "ml-100k" / "u.data"), data_dir=str(tmp_path))
     ds = load_dataset(cfg, log=print)
-    assert (ds.n_users, ds.n_items, len(ds.train_users), len(ds.test_users)) == (943, 1682, 99057, 943)
-    assert ds.eval_negatives.shape == (943, 100) and ds.notes == []
+    sizes = (ds.n_users, ds.n_items, len(ds.train_users), len(ds.valid_users), len(ds.test_users))
+    assert sizes == (943, 1682, 98114, 943, 943)  # every user has 20 ratings or more: a validation item each
+    assert ds.eval_negatives.shape == ds.valid_negatives.shape == (943, 100) and ds.notes == []
+    without = load_dataset(dataclasses.replace(cfg, valid=False), log=print)  # the NCF paper's leave-one-out
+    assert (len(without.train_users), len(without.valid_users)) == (99057, 0)
+    np.testing.assert_array_equal(without.eval_negatives, ds.eval_negatives)  # the same test candidates
 
 
 @pytest.mark.skipif(
@@ -709,8 +715,8 @@ def test_bad_lines_in_other_layouts_name_the_line(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "ml-latest-small").is_dir(), reason="../shared/data/ml-latest-small absent")
 def test_real_ml_latest_small_csv(tmp_path):
     ds = load_dataset(DataConfig(data=str(SHARED_DATA / "ml-latest-small" / "ratings.csv"), data_dir=str(tmp_path)))
-    assert (ds.n_users, ds.n_items, len(ds.test_users)) == (610, 9724, 610)
-    assert len(ds.train_users) + len(ds.test_users) == 100836
+    assert (ds.n_users, ds.n_items, len(ds.test_users), len(ds.valid_users)) == (610, 9724, 610, 610)
+    assert len(ds.train_users) + len(ds.valid_users) + len(ds.test_users) == 100836
 
 
 def test_nanosecond_timestamps_keep_their_order(tmp_path):
@@ -842,7 +848,7 @@ def test_movielens_zip_layouts_train_end_to_end(tmp_path, zip_name, members):
     }
     path = make_zip(tmp_path / zip_name, {k: text[v] if v in text else v for k, v in members.items()})
     ds = load_dataset(DataConfig(data=str(path), data_dir=str(tmp_path / "cache"), eval_negatives=3), lambda s: None)
-    assert len(ds.train_users) + len(ds.test_users) == len(rows) and ds.n_users == 39
+    assert len(ds.train_users) + len(ds.valid_users) + len(ds.test_users) == len(rows) and ds.n_users == 39
     assert ds.source.endswith(zip_name)
 
 

@@ -84,7 +84,7 @@ def test_a_checked_download_is_kept_and_trains(tmp_path, monkeypatch):
     ds = load_dataset(cfg, lambda s: None)
     assert (tmp_path / "data" / "ml-1m" / "ml-1m.zip").read_bytes() == data
     assert ds.name == "MovieLens-1M" and "files.grouplens.org" in ds.source
-    assert len(ds.train_users) + len(ds.test_users) == len(ROWS)
+    assert len(ds.train_users) + len(ds.valid_users) + len(ds.test_users) == len(ROWS)
     load_dataset(cfg, lambda s: None)  # the second time: the kept zip, no download
     assert asked == ["https://files.grouplens.org/datasets/movielens/ml-1m.zip"]
 

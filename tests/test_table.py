@@ -46,7 +46,9 @@ def test_string_ids_and_dates_hold_out_each_users_latest(tmp_path):
     assert list(ds.item_ids) == ["book-1", "book-2", "book-3", "film-7", "film-9"]
     held_out = {ds.user_ids[u]: ds.item_ids[i] for u, i in zip(ds.test_users, ds.test_items)}
     assert held_out == {"alice": "film-9", "bob": "book-1", "carol": "film-7"}  # dates, not file order
-    assert len(ds.train_users) == len(ROWS) - 3
+    validated = {ds.user_ids[u]: ds.item_ids[i] for u, i in zip(ds.valid_users, ds.valid_items)}
+    assert validated == {"alice": "book-1", "carol": "book-3"}  # the second-latest; bob has two rows only
+    assert len(ds.train_users) == len(ROWS) - 3 - 2
 
 
 def test_columns_found_by_their_usual_names_in_tsv_and_parquet(tmp_path):

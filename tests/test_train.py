@@ -89,7 +89,7 @@ def test_logged_loss_is_the_epoch_mean_and_lines_match_the_notebook(tmp_path, mo
     epoch = next(x for x in lines if x.startswith("Epoch 0: "))
     for part in ("sampled_HR@10 = ", "sampled_NDCG@10 = ", "loss = ", "train_time = ", "val_time = ", "throughput = "):
         assert part in epoch
-    assert "New best sampled_HR@10!" in lines
+    assert "valid_sampled_HR@10 = " in epoch and "New best valid_sampled_HR@10!" in lines
 
 
 def test_output_that_is_a_file_or_an_earlier_run_is_refused_before_any_work(tmp_path):
@@ -267,10 +267,10 @@ def test_eval_both_logs_each_protocol_and_picks_the_best_epoch_by_full_ranking(t
         # the sampled negatives are a subset of the full ranking's candidates: a rank can only grow
         assert r["full_HR@10"] <= r["sampled_HR@10"] and r["full_NDCG@10"] <= r["sampled_NDCG@10"]
     assert rows[-1]["full_HR@10"] > 0.05  # 200 items: chance is 0.05
-    full = [r["full_HR@10"] for r in rows]
+    full = [r["valid_full_HR@10"] for r in rows]  # chosen on the validation items' full ranking
     assert summary["best"]["epoch"] == full.index(max(full))
     assert any("full_HR@10 = " in line and "sampled_HR@10 = " in line for line in lines)
-    assert "New best full_HR@10!" in lines
+    assert "New best valid_full_HR@10!" in lines
 
 
 def test_eval_full_alone_runs_no_sampled_evaluation(tmp_path):

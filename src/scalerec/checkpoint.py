@@ -170,7 +170,10 @@ def fingerprint(ds) -> str:
     """A digest of a dataset's split and ids: what resume and recommend check the data against, so that a data
     file changed since the run is refused rather than silently trained on or recommended from."""
     h = hashlib.blake2b(digest_size=16)
-    for a in (ds.train_users, ds.train_items, ds.test_users, ds.test_items, ds.user_ids, ds.item_ids):
+    arrays = [ds.train_users, ds.train_items, ds.test_users, ds.test_items, ds.user_ids, ds.item_ids]
+    if len(ds.valid_users):  # a split without validation keeps the digest it had before validation existed
+        arrays += [ds.valid_users, ds.valid_items]
+    for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(str((a.dtype, a.shape)).encode())
         h.update(a.tobytes())

@@ -76,6 +76,10 @@ class DataConfig:
     eval_negatives: int = 100
     """Sampled negatives per test user for evaluation (100 by default, 99 for the NCF paper's protocol).
     Ignored for --dataset ncf with a .test.negative file, whose negatives are used as they are."""
+    valid: bool | None = None
+    """Hold out each user's second-latest interaction as a validation item, on which the best epoch is chosen
+    (default: on, except for the NCF paper's files, whose protocol has none). Users with fewer than 3 interactions
+    keep a test item only."""
     data_seed: int = 0
     """Seed for the evaluation negatives and the synthetic data, fixed apart from the training seed so that
     runs with different training seeds are scored on the same candidates."""
@@ -236,6 +240,9 @@ class TrainConfig:
     DistributedDataParallel, in buckets all-reduced while the backward runs; flat: in one all-reduce after the
     backward; auto: ddp on GPUs, flat on the CPU, where it measured faster (docs/distributed.md). Micro-batches
     are always summed flat (their slices do not go through the model's forward)."""
+    patience: int | None = None
+    """Stop after this many epochs without a better validation metric (the one that picks the best epoch;
+    default: train every epoch)."""
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
     dataset or the --data file)."""
@@ -260,6 +267,8 @@ class TrainConfig:
             raise ValueError(f"negatives must be >= 0, got {self.negatives}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1, got {self.patience}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
@@ -279,6 +288,10 @@ class EvalConfig:
     eval_batch_size: int = 16
     """Test users scored per batch of sampled evaluation (small batches keep the candidates' activations in
     cache)."""
+    select_on: Literal["valid", "test"] = "valid"
+    """Which split's metric picks the best epoch: valid (the validation items; the test metrics are reported at
+    that epoch) or test (the test items themselves, as the NCF paper and the notebook do). Without a validation
+    split, test."""
 
     def __post_init__(self) -> None:
         self.topk = tuple(int(k) for k in self.topk)

@@ -196,10 +196,12 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
 
 def log_epoch(cfg: Config, log, epoch: int, metrics: dict, loss: float, train_s, val_s, n, skipped: int) -> None:
     shown = ", ".join(
-        f"{p}_{m}@{kk} = {metrics[f'{p}_{m}@{kk}']:.4f}"
+        f"{split}{p}_{m}@{kk} = {metrics[f'{split}{p}_{m}@{kk}']:.4f}"
+        for split in ("", "valid_")
         for p in PROTOCOLS[cfg.eval.eval]
         for kk in cfg.eval.topk
         for m in ("HR", "NDCG")
+        if f"{split}{p}_{m}@{kk}" in metrics
     )
     log(
         f"Epoch {epoch}: {shown}, loss = {loss:.4f}, "

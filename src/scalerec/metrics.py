@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scalerec.config import PROTOCOLS
 from scalerec.kernels import Encoding
 
 NAN_RANK = 2**31
@@ -182,12 +184,17 @@ def evaluator(
     topk: tuple[int, ...],
     batch_users: int,
     log: Callable[[str], None] = lambda s: None,
+    split: str = "test",
 ) -> tuple[Callable[[], dict[str, float]], str]:
     """(a function computing each protocol's metrics on the dataset's held-out items, each name prefixed with its
-    protocol; the metric that picks the best epoch). The test tensors are moved to the device once."""
-    test_users = torch.tensor(ds.test_users, device=device)
-    test_items = torch.tensor(ds.test_items, device=device)
-    test_negatives = torch.tensor(ds.eval_negatives, device=device)
+    protocol; the metric that picks the best epoch). The test tensors are moved to the device once. With
+    split="valid", the validation items instead, ranked among items the user did not train on (the test item
+    among them), each name prefixed with valid_; the test items' full ranking leaves out the validation item."""
+    valid = split == "valid"
+    prefix = "valid_" if valid else ""
+    test_users = torch.tensor(ds.valid_users if valid else ds.test_users, device=device)
+    test_items = torch.tensor(ds.valid_items if valid else ds.test_items, device=device)
+    test_negatives = torch.tensor(ds.valid_negatives if valid else ds.eval_negatives, device=device)
     candidates = {"sampled": test_negatives.shape[1] + 1, "full": ds.n_items}
     for protocol in protocols:  # a cut-off at or past every candidate: its HR is 1 whatever the model
         if trivial := [kk for kk in topk if kk >= candidates[protocol]]:
@@ -196,19 +203,33 @@ def evaluator(
                 f"so HR@K for K = {', '.join(map(str, trivial))} is 1 by construction"
             )
     seen = None
-    if "full" in protocols:  # each user's training items, left out of its full ranking
-        train_users = torch.tensor(ds.train_users, device=device)
-        seen = seen_index(train_users, torch.tensor(ds.train_items, device=device), ds.n_users)
-        del train_users
+    if "full" in protocols:  # each user's known items (training, and for the test the validation one) left out
+        known = [(ds.train_users, ds.train_items)] + ([] if valid else [(ds.valid_users, ds.valid_items)])
+        users, items = (torch.tensor(np.concatenate(a), device=device) for a in zip(*known))
+        seen = seen_index(users, items, ds.n_users)
+        del users, items
 
     def evaluation() -> dict[str, float]:
         out = {}
         if "sampled" in protocols:
             found = evaluate(model, test_users, test_items, test_negatives, ds.n_items, topk, batch_users)
-            out.update({f"sampled_{name}": v for name, v in found.items()})
+            out.update({f"{prefix}sampled_{name}": v for name, v in found.items()})
         if seen is not None:
             rank = full_ranks(model, test_users, test_items, seen, ds.n_items)
-            out.update({f"full_{name}": v for name, v in metrics_from_ranks(rank, topk, recall=True).items()})
+            ranked = metrics_from_ranks(rank, topk, recall=True)
+            out.update({f"{prefix}full_{name}": v for name, v in ranked.items()})
         return out
 
-    return evaluation, f"{protocols[-1]}_HR@{topk[0]}"
+    return evaluation, f"{prefix}{protocols[-1]}_HR@{topk[0]}"
+
+
+def run_evaluator(ds, model: nn.Module, device: torch.device, e, log: Callable[[str], None] = lambda s: None):
+    """(an epoch's evaluation: the test items' metrics, and the validation items' (valid_...) where the data has
+    a validation split; the metric that picks the best epoch: validation's unless `e.select_on` is test). `e`: the
+    run's EvalConfig."""
+    protocols = PROTOCOLS[e.eval]
+    test, test_key = evaluator(ds, model, device, protocols, e.topk, e.eval_batch_size, log)
+    if not len(ds.valid_users):
+        return test, test_key
+    valid, valid_key = evaluator(ds, model, device, protocols, e.topk, e.eval_batch_size, split="valid")
+    return (lambda: {**valid(), **test()}), (valid_key if e.select_on == "valid" else test_key)

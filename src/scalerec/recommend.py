@@ -9,6 +9,7 @@ by the ids of the input file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import warnings
@@ -29,7 +30,7 @@ from scalerec.errors import UserError
 from scalerec.files import write_atomic
 from scalerec.find_batch import available_bytes
 from scalerec.kernels import Encoding, onednn_available, set_cpu_matmul
-from scalerec.metrics import FULL_SCORES_PER_BATCH, evaluator, scored_batches, seen_index, seen_pairs
+from scalerec.metrics import FULL_SCORES_PER_BATCH, run_evaluator, scored_batches, seen_index, seen_pairs
 from scalerec.model import build_model
 from scalerec.run_folder import CONFIG, DATA, read_config
 
@@ -90,9 +91,9 @@ class Recommender:
     def _seen(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every user's items, in training and held out (seen_index): built once, for every recommend call."""
         ds = self.dataset
-        pairs_u = torch.cat([torch.as_tensor(ds.train_users), torch.as_tensor(ds.test_users)]).to(self._device)
-        pairs_i = torch.cat([torch.as_tensor(ds.train_items), torch.as_tensor(ds.test_items)]).to(self._device)
-        return seen_index(pairs_u, pairs_i, ds.n_users)
+        users = torch.as_tensor(np.concatenate([ds.train_users, ds.valid_users, ds.test_users]), device=self._device)
+        items = torch.as_tensor(np.concatenate([ds.train_items, ds.valid_items, ds.test_items]), device=self._device)
+        return seen_index(users, items, ds.n_users)
 
     @functools.cached_property
     def _items_encoded(self) -> Encoding:
@@ -175,13 +176,12 @@ class Recommender:
     def evaluate(self, protocol: Literal["sampled", "full", "both"] = "sampled") -> dict[str, float]:
         """HR@K and NDCG@K (and, in full ranking, recall) of the held-out items at the run's cut-offs, each name
         prefixed with its protocol: sampled (among the run's evaluation negatives), full (among every item the user
-        did not train on), or both."""
+        did not train on), or both; the test items', and the validation items' (valid_...) where the run has them:
+        the figures its training log gave."""
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        e = self.config.eval
-        evaluation, _ = evaluator(
-            self.dataset, self.model, self._device, PROTOCOLS[protocol], e.topk, e.eval_batch_size
-        )
+        e = dataclasses.replace(self.config.eval, eval=protocol)
+        evaluation, _ = run_evaluator(self.dataset, self.model, self._device, e)
         return evaluation()
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from scalerec import checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import Parts, assemble, log_setup, resolve_device
-from scalerec.config import PROTOCOLS, Config
+from scalerec.config import Config
 from scalerec.data.loading import load_dataset
 from scalerec.epoch import run_epoch
 from scalerec.errors import OptionError, Terminated, UserError
 from scalerec.files import WriteError, signals_held, write_atomic
-from scalerec.metrics import evaluator
+from scalerec.metrics import run_evaluator
 from scalerec.run_folder import Claim
 from scalerec.threads import Threads
 
@@ -100,8 +100,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
 
     found = saved["batch_size"] if saved and cfg.train.batch_size == "max" else None  # the batch max found
     p = assemble(cfg, ds, device, group, found, log)
-    e = cfg.eval
-    evaluation, hr_key = evaluator(ds, p.model, device, PROTOCOLS[e.eval], e.topk, e.eval_batch_size, log)
+    evaluation, hr_key = run_evaluator(ds, p.model, device, cfg.eval, log)
     log_setup(cfg, log, p, device, run_dir, group)
     best, history, kept = {"epoch": -1, hr_key: -1.0}, [], None  # kept: the best epoch's weights
     if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
@@ -145,6 +144,9 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
                     run_folder.write_metrics(run_dir, history)
             if changed := threads.adjust(epoch):
                 log(changed)
+            if cfg.train.patience and epoch - best["epoch"] >= cfg.train.patience and epoch + 1 < cfg.train.epochs:
+                log(f"Stopping early: no better {hr_key} in {cfg.train.patience} epochs (--patience)")
+                break
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the epochs so far stay logged, summary.json says it stopped
         state, error, stop = _stopped(e, group)
         if state == "interrupted":
@@ -203,7 +205,9 @@ def _finish(cfg: Config, log, run_dir: Path, ds, p: Parts, history: list, best: 
     if stop is not None:
         raise stop
     if history:
-        ndcg = hr_key.replace("HR@", "NDCG@")
-        shown = f"{hr_key} = {best[hr_key]:.4f}, {ndcg} = {best[ndcg]:.4f}"
-        log(f"Best {shown} at epoch {best['epoch']}; results in {run_dir}")
+        test = hr_key.removeprefix("valid_")  # the test metrics at the epoch chosen (on validation, or on them)
+        ndcg = test.replace("HR@", "NDCG@")
+        chosen = f" (chosen on {hr_key} = {best[hr_key]:.4f})" if hr_key != test else ""
+        shown = f"{test} = {best[test]:.4f}, {ndcg} = {best[ndcg]:.4f}"
+        log(f"Best epoch {best['epoch']}{chosen}: test {shown}; results in {run_dir}")
     return summary

@@ -20,10 +20,11 @@ def _when(value: float, unit: str | None) -> str:
 
 def describe(ds: Dataset) -> list[str]:
     """Lines of text about a dataset, for people."""
-    train, test = len(ds.train_users), len(ds.test_users)
-    interactions = train + test
-    per_user = np.bincount(ds.train_users, minlength=ds.n_users) + np.bincount(ds.test_users, minlength=ds.n_users)
-    per_item = np.bincount(ds.train_items, minlength=ds.n_items) + np.bincount(ds.test_items, minlength=ds.n_items)
+    train, valid, test = len(ds.train_users), len(ds.valid_users), len(ds.test_users)
+    interactions = train + valid + test
+    users = np.concatenate([ds.train_users, ds.valid_users, ds.test_users])
+    items = np.concatenate([ds.train_items, ds.valid_items, ds.test_items])
+    per_user, per_item = np.bincount(users, minlength=ds.n_users), np.bincount(items, minlength=ds.n_items)
     lines = [
         f"Dataset: {ds.name}",
         f"Source: {ds.source}",
@@ -49,6 +50,7 @@ def describe(ds: Dataset) -> list[str]:
     lines.append(
         f"Split (leave-one-out): {train:,} training interactions, {test:,} test users with one held-out item "
         f"each, {negatives} evaluation negatives per test user"
+        + (f"; {valid:,} validation users with their second-latest item held out too" if valid else "")
     )
     lines += [f"Dropped or adjusted: {note}" for note in ds.notes] or ["Dropped or adjusted: nothing"]
     return lines

@@ -38,6 +38,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     data_dir = Path(cfg.data_dir) if cfg.data_dir else download.default_data_dir()
     cache_dir = data_dir / "cache"
     options = {"eval_negatives": cfg.eval_negatives, "data_seed": cfg.data_seed}
+    valid = cfg.valid is not False  # on unless turned off; the NCF paper's split has none
     core = {"min_user_interactions": cfg.min_user_interactions, "min_item_interactions": cfg.min_item_interactions}
     columns = {k: getattr(cfg, k) for k in TABLE_OPTIONS if getattr(cfg, k) is not None}
     dataset = cfg.dataset
@@ -56,12 +57,16 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
 
         def generate() -> Dataset:
             users, items, ts = synthetic.generate(*sizes, cfg.data_seed)
-            return from_interactions(users, items, ts, "Synthetic", source, cfg.eval_negatives, cfg.data_seed, **core)
+            negatives, seed = cfg.eval_negatives, cfg.data_seed
+            return from_interactions(users, items, ts, "Synthetic", source, negatives, seed, **core, valid=valid)
 
         # cached too: ML-20M's shape takes a minute to generate and prepare
         identity = {"name": "synthetic", **options, **core, "sizes": sizes, "generator": synthetic.VERSION}
+        identity["valid"] = valid
         return cached(cache_dir, identity, generate, log)
     if dataset == "ncf":
+        if cfg.valid:
+            raise UserError("--valid: the NCF paper's files come split into train and test, with no validation")
         if core != {"min_user_interactions": 2, "min_item_interactions": 1}:
             raise UserError(
                 "--min-user-interactions and --min-item-interactions do not apply to the NCF paper's "
@@ -74,9 +79,9 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     path, source, name = _ratings_source(cfg, data_dir, log)
     slug = "ml-100k" if name == "MovieLens-100K" else path.stem
     identity = {"name": slug, **options, **core, "file": file_identity(path), "source": source}
-    identity.update(columns=columns, min_rating=cfg.min_rating)
+    identity.update(columns=columns, min_rating=cfg.min_rating, valid=valid)
     any_table = bool(columns) or table.is_table_file(path)
-    return cached(cache_dir, identity, lambda: _from_file(cfg, path, source, name, any_table, core), log)
+    return cached(cache_dir, identity, lambda: _from_file(cfg, path, source, name, any_table, core, valid), log)
 
 
 def _ratings_source(cfg: DataConfig, data_dir: Path, log) -> tuple[Path, str, str]:
@@ -98,8 +103,9 @@ def _ratings_source(cfg: DataConfig, data_dir: Path, log) -> tuple[Path, str, st
     return path, download.source_of(cfg.dataset, path), download.RELEASES[cfg.dataset].title
 
 
-def _from_file(cfg: DataConfig, path: Path, source: str, name: str, any_table: bool, core: dict) -> Dataset:
-    """A ratings file or table read, its positives kept (--min-rating), and prepared; notes on how it was read."""
+def _from_file(cfg: DataConfig, path: Path, source: str, name: str, any_table: bool, core: dict, valid) -> Dataset:
+    """A ratings file or table read, its positives kept (--min-rating), and prepared (with a validation split
+    where `valid`); notes on how it was read."""
     if any_table:
         raw = table.read_table_file(path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, cfg.sep)
     else:
@@ -124,7 +130,7 @@ def _from_file(cfg: DataConfig, path: Path, source: str, name: str, any_table: b
         raw.timestamps = None if raw.timestamps is None else raw.timestamps[positive]
     ds = from_interactions(
         raw.users, raw.items, raw.timestamps, name, source, cfg.eval_negatives, cfg.data_seed, **core,
-        time_unit=raw.time_unit, user_names=raw.user_names, item_names=raw.item_names,
+        time_unit=raw.time_unit, user_names=raw.user_names, item_names=raw.item_names, valid=valid,
     )  # fmt: skip
     ds.notes[:0] = notes
     ds.stats["rows"] = rows

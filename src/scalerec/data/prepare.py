@@ -26,6 +26,8 @@ from scalerec.errors import UserError
 from scalerec.files import TMP, WriteError, remove_orphans, write_with, writing_in
 
 CACHE_VERSION = 3  # bump when the processing changes, so old caches are rebuilt
+# A user needs this many interactions for a validation item: one to train on, one to validate, one to test
+VALID_MIN = 3
 
 
 @dataclass
@@ -48,6 +50,12 @@ class Dataset:
     """int64, each test user's held-out item."""
     eval_negatives: np.ndarray
     """int64 (len(test_users), N) candidates scored against the test item; -1 marks an empty slot."""
+    valid_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """int64, the users that have a validation item (empty without a validation split)."""
+    valid_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """int64, each validation user's second-latest item, held out from training as the test item is."""
+    valid_negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    """int64 (len(valid_users), N) candidates scored against the validation item."""
     user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """Raw user id of each contiguous user id (empty when the file's ids are used as they are)."""
     item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -62,16 +70,17 @@ class Dataset:
         return (
             f"Data: {self.name} from {self.source}. #user={self.n_users}, #item={self.n_items}, "
             f"#train={len(self.train_users)}, #test={len(self.test_users)}"
+            + (f", #valid={len(self.valid_users)}" if len(self.valid_users) else "")
         )
 
     def positive_keys(self) -> np.ndarray:
-        """Sorted user * n_items + item of every known interaction (train and test)."""
-        keys = np.concatenate(
-            [self.train_users * self.n_items + self.train_items, self.test_users * self.n_items + self.test_items]
-        )
-        return sorted_unique(keys)
+        """Sorted user * n_items + item of every known interaction (train, validation and test)."""
+        pairs = ((self.train_users, self.train_items), (self.valid_users, self.valid_items))
+        pairs += ((self.test_users, self.test_items),)
+        return sorted_unique(np.concatenate([u * self.n_items + i for u, i in pairs]))
 
     _INDICES = ("train_users", "train_items", "test_users", "test_items", "eval_negatives")
+    _INDICES += ("valid_users", "valid_items", "valid_negatives")
     _ARRAYS = (*_INDICES, "user_ids", "item_ids")
 
     def save(self, path: Path) -> None:
@@ -97,8 +106,8 @@ class Dataset:
             meta = json.loads(str(z["meta"]))
             if meta.pop("version", None) != CACHE_VERSION:
                 raise ValueError("stale cache version")
-            arrays = {k: z[k].astype(np.int64) if k in cls._INDICES else z[k] for k in cls._ARRAYS}
-            return cls(**meta, **arrays)
+            arrays = {k: z[k].astype(np.int64) if k in cls._INDICES else z[k] for k in cls._ARRAYS if k in z.files}
+            return cls(**meta, **arrays)  # a file without a validation split has no valid_* arrays
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -217,8 +226,11 @@ def from_interactions(
     time_unit: str | None = None,
     user_names: np.ndarray | None = None,
     item_names: np.ndarray | None = None,
+    valid: bool = False,
 ) -> Dataset:
-    """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives.
+    """Implicit feedback, contiguous ids, leave-one-out by time, sampled evaluation negatives. With `valid`, each
+    user's second-latest interaction is held out as a validation item too (users with fewer than VALID_MIN keep a
+    test item only), with negatives of its own.
 
     Users with fewer than `min_user_interactions` distinct items and items with fewer than
     `min_item_interactions` users are dropped, repeatedly until none is left (a k-core). Without timestamps the
@@ -256,25 +268,36 @@ def from_interactions(
     last = np.cumsum(counts) - 1
     is_test = np.zeros(len(u), bool)
     is_test[last] = True
+    is_valid = np.zeros(len(u), bool)
+    if valid:
+        is_valid[last[counts >= VALID_MIN] - 1] = True
+        if short := int((counts < VALID_MIN).sum()):
+            notes.append(f"{count(short, 'user')} with fewer than {VALID_MIN} interactions: a test item, no validation")
+    held = is_test | is_valid
     ds = Dataset(
         name=name,
         source=source,
         n_users=len(user_ids),
         n_items=n_items,
-        train_users=u[~is_test].astype(np.int64, copy=False),
-        train_items=i[~is_test].astype(np.int64, copy=False),
+        train_users=u[~held].astype(np.int64, copy=False),
+        train_items=i[~held].astype(np.int64, copy=False),
         test_users=u[is_test].astype(np.int64, copy=False),
         test_items=i[is_test].astype(np.int64, copy=False),
         eval_negatives=np.zeros((0, 0), np.int64),
+        valid_users=u[is_valid].astype(np.int64, copy=False),
+        valid_items=i[is_valid].astype(np.int64, copy=False),
         user_ids=user_ids,
         item_ids=item_ids,
         notes=notes,
         stats=stats,
     )
     try:
-        ds.eval_negatives = sample_eval_negatives(
-            ds.test_users, n_items, ds.positive_keys(), eval_negatives, seed, user_ids=user_ids
-        )
+        keys = ds.positive_keys()
+        ds.eval_negatives = sample_eval_negatives(ds.test_users, n_items, keys, eval_negatives, seed, user_ids=user_ids)
+        if valid:  # a stream of their own: the test negatives stay those of a run without validation
+            ds.valid_negatives = sample_eval_negatives(
+                ds.valid_users, n_items, keys, eval_negatives, seed + 1, user_ids=user_ids
+            )
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
     return ds

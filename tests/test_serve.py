@@ -57,7 +57,12 @@ def test_the_server_answers_as_recommend_does_and_stops_on_sigterm(capsys, run):
     p, address = start(run.path)
     try:
         status, health = call(address, "/health")
-        assert status == 200 and health == {"status": "ok", "model": str(run.path), "epoch": 1, "which": "best"}
+        assert status == 200 and health == {
+            "status": "ok",
+            "model": str(run.path),
+            "epoch": run.best_epoch,
+            "which": "best",
+        }
         rc, csv, _ = run_main(capsys, ["recommend", run.path, "--users", "u7", "--k", "5"])
         printed = [line.split(",") for line in csv.splitlines()[1:]]
         status, got = call(address, "/recommend?user=u7&k=5")
@@ -137,3 +142,16 @@ def test_many_requests_at_once_get_answers(run):
     finally:
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=20)
+
+
+def test_answers_name_users_and_items_as_the_file_does(tmp_path):
+    from scalerec.serve import Service
+
+    rows = [f"{u}\t{(u * 7 + k * 3) % 50 + 1}\t5\t{1000 + k}" for u in range(1, 41) for k in range(6)]
+    (tmp_path / "u.data").write_text("\n".join(rows) + "\n")
+    run = scalerec.train(data=str(tmp_path / "u.data"), epochs=1, factors=4, layers=[8, 8], eval_negatives=20, log=None)
+    service = Service(scalerec.load(run))
+    got = service.recommend(["3", 3], 2)  # a query string's "3" and JSON's 3: the file's integer 3 both times
+    assert got[0] == got[1] and got[0]["user"] == 3 and all(isinstance(x["item"], int) for x in got[0]["items"])
+    scored = service.score("3", [str(got[0]["items"][0]["item"])])
+    assert scored["user"] == 3 and scored["scores"][0]["item"] == got[0]["items"][0]["item"]

@@ -297,10 +297,10 @@ def recommend_run(
             if item >= 0:
                 out.writerow([rec.users[user], rank, rec.items[item], f"{score:.6g}"])
     text = buf.getvalue()
-    model = f"epoch {rec.epoch}'s model, the {rec.which}"
+    said = f"Top {min(k, len(rec.items))} items of {len(rows):,} user{'' if len(rows) == 1 else 's'}"
+    said += f" (epoch {rec.epoch}'s model, the {rec.which})"
     if output is not None:
         write_atomic(Path(output), text)
-        log(f"Top {min(k, len(rec.items))} items of {len(rows):,} users ({model}): {output}")
-    else:
-        log(f"Top {min(k, len(rec.items))} items of {len(rows):,} users ({model})")
+        said += f": {output}"
+    log(said)
     return text

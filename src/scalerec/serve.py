@@ -70,7 +70,8 @@ class Service:
             r = at[str(user)]
             found = items[r] >= 0
             ids, best = self.rec.items[items[r][found].numpy()], scores[r][found].tolist()
-            out.append({"user": user, "items": [{"item": plain(i), "score": s} for i, s in zip(ids, best)]})
+            raw = plain(self.rec.users[self.rec._index[str(user)]])  # as the file has it: 1, not "1"
+            out.append({"user": raw, "items": [{"item": plain(i), "score": s} for i, s in zip(ids, best)]})
         return out
 
     def score(self, user: Any, items: Any) -> dict[str, Any]:
@@ -81,7 +82,9 @@ class Service:
         if unknown := [i for i in items if str(i) not in self.rec._item_index]:
             raise BadRequest(404, f"unknown item(s) {', '.join(map(str, unknown[:5]))}: not among the model's items")
         scores = self.rec.score(user, items).tolist()
-        return {"user": user, "scores": [{"item": i, "score": s} for i, s in zip(items, scores)]}
+        raw = [plain(self.rec.items[self.rec._item_index[str(i)]]) for i in items]
+        user = plain(self.rec.users[self.rec._index[str(user)]])
+        return {"user": user, "scores": [{"item": i, "score": s} for i, s in zip(raw, scores)]}
 
     def _k(self, k: Any) -> int:
         try:

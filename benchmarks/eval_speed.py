@@ -20,6 +20,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 from common import SHAPES, data_config, machine, run
 
@@ -61,7 +62,8 @@ def main() -> None:
     ds = load_dataset(data, log=lambda s: None)
     users, items = torch.tensor(ds.test_users), torch.tensor(ds.test_items)
     negatives = torch.tensor(ds.eval_negatives)
-    seen = seen_index(torch.tensor(ds.train_users), torch.tensor(ds.train_items), ds.n_users)
+    known = [(ds.train_users, ds.train_items), (ds.valid_users, ds.valid_items)]  # as the test's full ranking
+    seen = seen_index(*(torch.tensor(np.concatenate(a)) for a in zip(*known)), ds.n_users)
     mcfg = ModelConfig()
     for name in args.models:
         torch.manual_seed(0)

@@ -114,3 +114,65 @@ def test_a_model_or_data_file_from_another_run_or_damaged_is_one_line(capsys, tm
     (ours.path / "best.pt").write_bytes((ours.path / "best.pt").read_bytes()[:1000])
     rc, _, err = run_main(capsys, ["recommend", ours.path])
     assert_one_line_error(rc, err, f"{ours.path / 'best.pt'}: not a readable scalerec model")
+
+
+def test_movielens_titles_travel_with_the_model(capsys, tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    rows = [f"{u}\t{(u * 7 + k * 3) % 30 + 1}\t5\t{1000 + k}" for u in range(1, 41) for k in range(6)]
+    (folder / "u.data").write_text("\n".join(rows) + "\n")
+    items = "".join(f"{i}|Film number {i}, caf\xe9 ({1990 + i})|01-Jan-1995||http://x|0|1\n" for i in range(1, 31))
+    (folder / "u.item").write_bytes(items.encode("latin-1"))  # as MovieLens-100K ships it
+    run = scalerec.train(data=str(folder), epochs=1, factors=4, layers=[8, 8], eval_negatives=10, log=None)
+    top = scalerec.load(run).recommend([3], k=2)
+    assert list(top.columns) == ["user", "rank", "item", "score", "title"]
+    assert all(t == f"Film number {i}, caf\xe9 ({1990 + i})" for i, t in zip(top["item"], top["title"]))
+    rc, out, _ = run_main(capsys, ["recommend", run.path, "--users", "3", "--k", "2"])
+    assert out.splitlines()[0] == "user,rank,item,score,title" and '"Film number' in out  # quoted: it has a comma
+    shutil.rmtree(folder)  # the titles travel in data.npz
+    from scalerec.serve import Service
+
+    served = Service(scalerec.load(run)).recommend(["3"], 2)[0]["items"]
+    assert [x["title"] for x in served] == list(top["title"])
+    rc, _, err = run_main(capsys, ["export", run.path, "--format", "torch", "--output", tmp_path / "out"])
+    assert rc == 0, err
+    ids = json.loads((tmp_path / "out" / "ids.json").read_text())
+    assert ids["titles"][ids["items"].index(int(top["item"][0]))] == top["title"][0]
+
+
+def test_evaluate_on_new_rows_ranks_each_among_the_items_its_user_did_not_have(capsys, tmp_path):
+    run = scalerec.train(overfitting(tmp_path, epochs=1), log=None)
+    rec = scalerec.load(run)
+    ds = rec.dataset
+    known = set(zip(ds.train_users.tolist(), ds.train_items.tolist()))
+    known |= set(zip(ds.valid_users.tolist(), ds.valid_items.tolist())) | set(
+        zip(ds.test_users.tolist(), ds.test_items.tolist())
+    )
+    new = [(u, i) for u in range(0, 400, 7) for i in range(0, 200, 37) if (u, i) not in known][:40]
+    rows = [f"{rec.users[u]},{rec.items[i]}" for u, i in new]
+    rows += [
+        "no-such-user,1",
+        f"{rec.users[0]},no-such-item",
+        f"{rec.users[ds.test_users[0]]},{rec.items[ds.test_items[0]]}",
+    ]
+    (tmp_path / "new.csv").write_text("user,item\n" + "\n".join(rows) + "\n")
+    rc, out, err = run_main(capsys, ["evaluate", run.path, "--data", tmp_path / "new.csv", "--json"])
+    assert rc == 0, err
+    got = json.loads(out)
+    assert (got["rows"], got["evaluated"], got["unknown_users"], got["unknown_items"], got["seen_before"]) == (
+        43,
+        40,
+        1,
+        1,
+        1,
+    )
+    ranks = []  # by hand: the items scoring at least as high, among those the user did not have
+    for u, i in new:
+        scores = rec.score(rec.users[u], list(rec.items))
+        others = [j for j in range(len(rec.items)) if j != i and (u, j) not in known]
+        ranks.append(sum(scores[j] >= scores[i] for j in others))
+    assert got["full_HR@10"] == pytest.approx(sum(r < 10 for r in ranks) / len(ranks), abs=1e-6)
+    rc, out, _ = run_main(capsys, ["evaluate", run.path, "--data", tmp_path / "new.csv"])
+    assert "40 of 43 rows evaluated; skipped: 1 of users the model does not know, 1 of items it does not know" in out
+    rc, _, err = run_main(capsys, ["evaluate", run.path, "--data", tmp_path / "new.csv", "--protocol", "both"])
+    assert_one_line_error(rc, err, "--data: new rows are ranked among every item (--protocol full)")

@@ -1012,3 +1012,22 @@ def test_times_in_seconds_and_milliseconds_mixed_get_a_note(tmp_path, scale):
         assert len(mixed) == 1 and "(18 like Unix seconds, 12 like Unix milliseconds)" in mixed[0]
     else:
         assert mixed == []
+
+
+def test_titles_are_read_beside_each_movielens_layout_and_a_broken_file_is_a_note(tmp_path):
+    ratings = "".join(f"{u}::{(u + k) % 4 + 1}::5::{100 + k}\n" for u in range(1, 7) for k in range(3))
+    for name, titles in [
+        ("movies.dat", "".join(f"{i}::Film {i} (1995)::Drama\n" for i in range(1, 5))),
+        ("movies.csv", 'movieId,title,genres\n1,"Film, the first (1995)",Drama\n2,Two,Drama\n'),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "ratings.dat").write_text(ratings)
+        (folder / name).write_text(titles)
+        ds = load_dataset(DataConfig(data=str(folder), data_dir=str(tmp_path / "dd"), eval_negatives=1))
+        got = dict(zip(ds.item_ids.tolist(), ds.item_titles.tolist()))
+        assert got[1] == ("Film 1 (1995)" if name == "movies.dat" else "Film, the first (1995)")
+        assert name == "movies.dat" or got[3] == ""  # an item without a title: ""
+    (tmp_path / "movies.csv" / "movies.csv").write_text('movieId,title\n1,"never closed\n')
+    ds = load_dataset(DataConfig(data=str(tmp_path / "movies.csv"), data_dir=str(tmp_path / "dd2"), eval_negatives=1))
+    assert ds.item_titles.size == 0 and any(n.startswith("item titles not read from movies.csv") for n in ds.notes)

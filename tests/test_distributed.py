@@ -244,3 +244,13 @@ def test_a_job_stopped_as_a_whole_is_interrupted_not_failed(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["state"] == "interrupted", (summary, done.stderr[-2000:])
     assert summary["epochs"] == len(rows(tmp_path / "run")) >= 1 and "scalerec: error" not in done.stderr
+
+
+def test_every_process_of_a_step_sums_its_gradients_the_same_way():
+    """DDP's all-reduce is armed by its forward: where one process's share needs micro-batches and another's does
+    not (shares of 4 and 5 with --micro-batch 4), both must sum flat, or the collectives of the two differ."""
+    for rank in (0, 1):
+        group = Group(rank, 2, ddp=object())  # a group that has DDP
+        assert group.by_ddp(9, 4) is False and group.by_ddp(9, 5) is True and group.by_ddp(8, 4) is True
+        assert group.by_ddp(1, 1) is True and group.by_ddp(9, None) is True  # a batch below the world: whole
+    assert Group(0, 2).by_ddp(8, None) is False  # --grad-sync flat: no DDP

@@ -99,6 +99,11 @@ def test_the_server_answers_as_recommend_does_and_stops_on_sigterm(capsys, run):
             ("/score", {"user": "u7", "items": ["no-such-item"]}, None, 404, "unknown item(s) no-such-item"),
             ("/score", {"user": "u7", "items": "3"}, None, 400, "'items' must be a non-empty list"),
             ("/score", [1, 2], None, 400, "a JSON object with 'user', 'items'"),
+            ("/recommend", None, b"[" * 100000, 400, "the body is not JSON"),  # nested past Python's recursion
+            ("/score", {"user": None, "items": ["3"]}, None, 404, "unknown user None"),
+            ("/score", {"user": 1.5, "items": ["3"]}, None, 404, "unknown user 1.5"),
+            ("/recommend", {"users": [None, [1], {"a": 1}]}, None, 404, "unknown user(s) None, [1], {'a': 1}"),
+            ("/recommend", {"users": ["u7"], "k": None}, None, 400, "k must be"),
         ]
         for path, body, raw, code, message in bad:
             status, answer = call(address, path, body, raw)

@@ -97,3 +97,62 @@ def test_the_ncf_files_have_no_validation_and_refuse_one(capsys, tmp_path):
     assert "#valid" not in out and "valid_" not in (tmp_path / "run" / "metrics.jsonl").read_text()
     rc, _, err = run_main(capsys, [*base, tmp_path / "run2", "--valid"])
     assert_one_line_error(rc, err, "--valid: the NCF paper's files come split into train and test, with no validation")
+
+
+def test_a_run_made_before_the_validation_split_loads_and_resumes_without_one(tmp_path, monkeypatch):
+    from tests.helpers import interrupt_in_epoch
+
+    cfg = tiny_config(tmp_path, epochs=2)
+    cfg.data.valid = False
+    interrupt_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        scalerec.train(cfg, log=None)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    del config["data"]["valid"]  # as scalerec wrote them before --valid existed
+    (run / "config.json").write_text(json.dumps(config))
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    del saved["config"]["data"]["valid"], saved["data"]["valid"]
+    torch.save(saved, run / "checkpoint.pt")
+    (run / "data.npz").unlink()
+    assert scalerec.load(run, epoch="last").dataset.valid_users.size == 0  # read again from the cache, as it was
+    resumed = scalerec.train(resume=run, log=None)
+    assert len(resumed.metrics) == 2 and "valid_sampled_HR@10" not in resumed.metrics[-1]
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_resumed_to_finish_its_files(tmp_path):
+    run = scalerec.train(tiny_config(tmp_path, epochs=2), log=None)
+    whole = (run.path / "best.pt").read_bytes()
+    (run.path / "summary.json").unlink()  # killed after the last epoch's checkpoint, before anything after it
+    (run.path / "best.pt").unlink()
+    lines = (run.path / "metrics.jsonl").read_text().splitlines()
+    (run.path / "metrics.jsonl").write_text(lines[0] + "\n")
+    again = scalerec.train(resume=run.path, log=None)
+    assert again.summary["state"] == "finished" and len(again.metrics) == 2 and again.metrics == run.metrics
+    best = torch.load(run.path / "best.pt", weights_only=True)
+    assert best["epoch"] == run.best_epoch and len(whole) > 0
+    with pytest.raises(scalerec.UserError, match="all 2 epochs are done; nothing to resume"):
+        scalerec.train(resume=run.path, log=None)
+
+
+def test_an_early_stopped_run_is_finished(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=30, patience=1)
+    cfg.optim.lr = 0.05
+    run = scalerec.train(cfg, log=None)
+    assert len(run.metrics) < 30
+    with pytest.raises(scalerec.UserError, match=f"it stopped early after {len(run.metrics)} epochs"):
+        scalerec.train(resume=run.path, log=None)
+
+
+def test_the_report_takes_each_runs_best_epoch_as_its_training_chose_it():
+    from scalerec.report import best_row
+
+    metrics = [
+        {"epoch": 0, "sampled_HR@10": 0.6, "valid_sampled_HR@10": 0.7},
+        {"epoch": 1, "sampled_HR@10": 0.5, "valid_sampled_HR@10": 0.8},  # validation's best: not the test's
+    ]
+    run = {"config": {"eval": {"topk": [10], "eval": "sampled"}}, "metrics": metrics}
+    assert best_row(run)["epoch"] == 1
+    run["config"]["eval"]["select_on"] = "test"
+    assert best_row(run)["epoch"] == 0

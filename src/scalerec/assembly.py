@@ -223,7 +223,7 @@ def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.d
         f"precision {cfg.train.precision}"
     )
     if group is not None:
-        whole = group.ddp is not None and not (micro and micro < -(-bs // group.world))  # a share in one backward
+        whole = group.by_ddp(bs, micro)
         log(
             f"Data-parallel over {group.world} processes, each computing 1/{group.world} of every batch; gradients "
             + ("summed by DDP during the backward" if whole else "summed in one all-reduce after the backward")

@@ -192,7 +192,7 @@ def absolute(data) -> dict[str, Any]:
 def data_config(saved: dict[str, Any], run_dir: Path):
     """The checkpoint's DataConfig: the run's data options with absolute paths (the same files from any folder)."""
     try:
-        return DataConfig(**saved["data"])
+        return DataConfig(**{"valid": False, **saved["data"]})  # made before --valid existed: none
     except (TypeError, ValueError) as e:
         raise UserError(f"{Path(run_dir) / FILE}: 'data' is not a run's data options ({e})") from None
 
@@ -229,9 +229,12 @@ def to_resume(cfg, held, adopt: bool) -> dict[str, Any] | None:
         raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
     saved = load(run_dir)
     check_run(saved, cfg, run_dir)
-    if len(saved["history"]) >= cfg.train.epochs and not adopt:
-        done = "its epoch is" if cfg.train.epochs == 1 else f"all {cfg.train.epochs} epochs are"
-        raise UserError(f"{run_dir}: {done} done; nothing to resume")
+    # a run stopped after its last epoch's checkpoint, before its summary, is resumed to write its files whole
+    if (read_summary(run_dir / SUMMARY) or {}).get("state") == "finished" and not adopt:
+        why = "its epoch is done" if cfg.train.epochs == 1 else f"all {cfg.train.epochs} epochs are done"
+        if len(saved["history"]) < cfg.train.epochs:
+            why = f"it stopped early after {len(saved['history'])} epochs (--patience)"
+        raise UserError(f"{run_dir}: {why}; nothing to resume")
     return saved
 
 

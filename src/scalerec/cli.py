@@ -206,10 +206,17 @@ def _trained_run_parsers(sub) -> None:
     ev.add_argument(
         "--protocol",
         choices=["sampled", "full", "both"],
-        default="sampled",
         help="sampled: among the run's evaluation negatives; full: among every item the user did not train on "
-        "(default: sampled)",
+        "(default: sampled; with --data, full, the only one)",
     )
+    ev.add_argument(
+        "--data",
+        metavar="FILE",
+        help="new rows of user, item (and time) by the run's ids, instead of the run's held-out items: each ranked "
+        "among the items its user did not have (full ranking); rows of unknown users or items are counted and skipped",
+    )
+    for name in ("user-col", "item-col", "sep"):
+        ev.add_argument(f"--{name}", help=f"--data as any table: its {name.replace('-col', ' column')}")
     ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="(default: cpu)")
     ev.add_argument("--threads", **threads)
     exp = sub.add_parser(
@@ -389,17 +396,26 @@ def _recommend(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from scalerec.recommend import load
+    from scalerec.recommend import describe_counts, evaluate_file, load
     from scalerec.threads import Threads
 
     Threads(args.threads, watch=False)
+    if args.data and args.protocol not in (None, "full"):
+        raise OptionError(
+            f"--data: new rows are ranked among every item (--protocol full), not --protocol {args.protocol}"
+        )
     rec = load(Path(args.run), args.epoch, args.device)
-    metrics = rec.evaluate(args.protocol)
+    if args.data:
+        columns = {"user_col": args.user_col, "item_col": args.item_col, "sep": args.sep}
+        metrics = evaluate_file(rec, Path(args.data), columns)
+        said = f" on {args.data} ({describe_counts(metrics)})"
+    else:
+        metrics, said = rec.evaluate(args.protocol or "sampled"), ""
     if args.json:
         print(json.dumps({"epoch": rec.epoch, "model": rec.which, **metrics}))
     else:
-        shown = ", ".join(f"{name} = {value:.4f}" for name, value in metrics.items())
-        print(f"{args.run}: epoch {rec.epoch}'s model, the {rec.which}: {shown}")
+        shown = ", ".join(f"{name} = {value:.4f}" for name, value in metrics.items() if "@" in name)
+        print(f"{args.run}: epoch {rec.epoch}'s model, the {rec.which}{said}: {shown}")
     return 0
 
 

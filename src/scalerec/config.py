@@ -409,6 +409,8 @@ def overrides_from_mapping(raw: dict[str, Any], path: Path, sections_only: bool 
     top level or in their sections (only in sections where `sections_only`: a run's config.json)."""
     owner = field_owner()
     out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    if sections_only and isinstance(raw.get("data"), dict) and "valid" not in raw["data"]:
+        raw = {**raw, "data": {**raw["data"], "valid": False}}  # a run made before --valid existed had none
     for key, value in raw.items():
         key = str(key).replace("-", "_")
         if key in SECTIONS and (isinstance(value, dict) or key not in owner or sections_only):

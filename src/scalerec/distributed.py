@@ -107,6 +107,12 @@ class Group:
         forward runs through self.ddp has its gradients averaged over the processes by its backward."""
         self.ddp = _collective(lambda: torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False))
 
+    def by_ddp(self, batch: int, micro_batch: int | None) -> bool:
+        """Whether a step of `batch` samples sums its gradients by DDP: where the group has it and no process's
+        share needs micro-batches. The same in every process (the largest share decides), as DDP needs."""
+        largest = batch if batch < self.world else -(-batch // self.world)
+        return self.ddp is not None and (micro_batch is None or micro_batch >= largest)
+
     def backward(self, loss: torch.Tensor, weight: float) -> None:
         """The backward of this process's share of a batch (`weight`: its size over the batch's) whose forward ran
         through self.ddp: DDP averages the gradients over the processes, so the loss is scaled by weight * world

@@ -38,6 +38,7 @@ def train_step(
     micro_batch: int | None = None,
     group: distributed.Group | None = None,
     weight: float = 1.0,
+    by_ddp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
     tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
@@ -48,12 +49,12 @@ def train_step(
     them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized gradient per slice
     and gather, a large part of the step at ML-20M's shape. With a process `group`, the batch is this process's share of
     the step's (`weight`: its size over the step's), and the processes' gradients are summed before the optimizer
-    step: by DDP during the backward where the group has it, else (and for micro-batches, which do not go through
-    the model's forward) in one all-reduce after it."""
+    step: with `by_ddp` (the whole share in one backward) by the group's DDP during the backward, else in one
+    all-reduce after it. Every process of the group must take the same way at each step."""
     n = len(labels)
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
-    ddp = group.ddp if group is not None and chunk == n else None
+    ddp = group.ddp if by_ddp else None  # by_ddp: the whole share in one backward
     if chunk == n:
         with ctx:
             logits = (ddp or model)(users, items)
@@ -119,9 +120,10 @@ def train_epoch(
     for k, s in enumerate(range(0, n, batch_size)):
         e = min(s + batch_size, n)
         a, b, weight = (s, e, 1.0) if group is None else group.share(s, e)
+        by_ddp = group is not None and group.by_ddp(e - s, micro_batch)  # the same answer in every process
         loss, skip = train_step(
             model, optimizer, scaler, ctx, users[a:b], items[a:b], labels[a:b],
-            micro_batch=micro_batch, group=group, weight=weight,
+            micro_batch=micro_batch, group=group, weight=weight, by_ddp=by_ddp,
         )  # fmt: skip
         losses[k] = loss * weight
         skipped += skip

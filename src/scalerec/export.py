@@ -60,10 +60,10 @@ def export_run(run_dir: Path, fmt: str, output: Path, epoch: str = "best", log: 
     if fmt == "onnx":
         _needs("onnx", "onnxruntime", "onnxscript")
     rec = load(run_dir, epoch, stacklevel=3)
-    module = PerSample(rec.model.cpu()).eval()
     users, items = _check_pairs(rec)
     with torch.no_grad():
-        expected = rec.model(users, items).numpy()  # scalerec's own path: the CPU kernels
+        expected = rec.model.cpu()(users, items).numpy()  # scalerec's own path: the CPU kernels, as it scores
+    module = PerSample(rec.model).eval()
     output.mkdir(parents=True, exist_ok=True)
     path = output / FORMATS[fmt]
     got: dict[str, float] = {}
@@ -77,8 +77,9 @@ def export_run(run_dir: Path, fmt: str, output: Path, epoch: str = "best", log: 
                 f"pairs (at most {TOLERANCE:g} expected); not written"
             )
 
-    write_with(path, write)
+    (output / FORMATS[fmt]).unlink(missing_ok=True)  # never a model beside another run's ids, whatever stops this
     write_atomic(output / "ids.json", json.dumps(ids_of(rec)) + "\n")
+    write_with(path, write)
     log(
         f"Exported epoch {rec.epoch}'s model (the {rec.which}) of {run_dir} to {path}, its ids to "
         f"{output / 'ids.json'}; its scores on {len(users):,} pairs differ from scalerec's by at most {got['diff']:.2g}"
@@ -87,8 +88,12 @@ def export_run(run_dir: Path, fmt: str, output: Path, epoch: str = "best", log: 
 
 
 def ids_of(rec: Recommender) -> dict[str, Any]:
-    """ids.json: the input file's user and item ids in index order (a model's index i is users[i])."""
-    return {"users": np.asarray(rec.users).tolist(), "items": np.asarray(rec.items).tolist()}
+    """ids.json: the input file's user and item ids in index order (a model's index i is users[i]), and the
+    items' titles where the data has them."""
+    ids = {"users": np.asarray(rec.users).tolist(), "items": np.asarray(rec.items).tolist()}
+    if rec.titles is not None:
+        ids["titles"] = rec.titles.tolist()
+    return ids
 
 
 def _check_pairs(rec: Recommender) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,6 +87,12 @@ class Recommender:
             f"{len(self.items):,} items)"
         )
 
+    @property
+    def titles(self) -> np.ndarray | None:
+        """Each item's title (by its index, as `items`), where the data has them (MovieLens); else None."""
+        titles = self.dataset.item_titles
+        return titles if len(titles) == len(self.items) else None
+
     @functools.cached_property
     def _seen(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every user's items, in training and held out (seen_index): built once, for every recommend call."""
@@ -143,14 +149,15 @@ class Recommender:
         found = items >= 0
         user_rows = torch.tensor(rows, dtype=torch.int64)[:, None].expand_as(items)[found].numpy()
         ranks = torch.arange(1, items.shape[1] + 1).expand_as(items)[found].numpy()
-        return pd.DataFrame(
-            {
-                "user": self.users[user_rows],
-                "rank": ranks,
-                "item": self.items[items[found].numpy()],
-                "score": scores[found].numpy(),
-            }
-        )
+        columns = {
+            "user": self.users[user_rows],
+            "rank": ranks,
+            "item": self.items[items[found].numpy()],
+            "score": scores[found].numpy(),
+        }
+        if self.titles is not None:
+            columns["title"] = self.titles[items[found].numpy()]
+        return pd.DataFrame(columns)
 
     @torch.no_grad()
     def score(self, users: Iterable[Any], items: Iterable[Any]):
@@ -183,6 +190,58 @@ class Recommender:
         e = dataclasses.replace(self.config.eval, eval=protocol)
         evaluation, _ = run_evaluator(self.dataset, self.model, self._device, e)
         return evaluation()
+
+
+def evaluate_file(rec: Recommender, path: Path, columns: dict[str, str | None]) -> dict[str, Any]:
+    """`scalerec evaluate RUN --data FILE`: each row of FILE (user, item; any time is not needed) ranked by full
+    ranking among the items its user did not interact with in the run's data, at the run's cut-offs. Rows of
+    users or items the model does not know, and of items the user already had, are counted and skipped.
+    `columns`: --user-col, --item-col, --sep for a table. Returns the metrics (full_...) and the counts."""
+    from scalerec.data import movielens, table
+    from scalerec.data.prepare import is_member
+    from scalerec.metrics import full_ranks, metrics_from_ranks
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"--data {path}: {'not a file' if path.exists() else 'no such file'} (expected user, item rows)"
+        )
+    if any(columns.values()) or table.is_table_file(path):
+        raw = table.read_table_file(path, columns.get("user_col"), columns.get("item_col"), sep=columns.get("sep"))
+    else:
+        raw = movielens.read_ratings_file(path)
+    names = [raw.user_names[raw.users] if raw.user_names is not None else raw.users]
+    names.append(raw.item_names[raw.items] if raw.item_names is not None else raw.items)
+    users = np.array([rec._index.get(str(u), -1) for u in names[0]], dtype=np.int64)
+    items = np.array([rec._item_index.get(str(i), -1) for i in names[1]], dtype=np.int64)
+    known = (users >= 0) & (items >= 0)
+    seen = np.zeros(len(users), bool)
+    seen[known] = is_member(rec.dataset.positive_keys(), users[known] * len(rec.items) + items[known])
+    kept = known & ~seen
+    counts = {"rows": len(users), "evaluated": int(kept.sum()), "unknown_users": int((users < 0).sum())}
+    counts.update(unknown_items=int(((users >= 0) & (items < 0)).sum()), seen_before=int(seen.sum()))
+    if not kept.any():
+        raise UserError(f"--data {path}: no row to evaluate ({describe_counts(counts)})")
+    u, i = (torch.as_tensor(a[kept], device=rec._device) for a in (users, items))
+    rank = full_ranks(rec.model, u, i, rec._seen, len(rec.items))
+    found = metrics_from_ranks(rank, rec.config.eval.topk, recall=True)
+    return {**{f"full_{name}": v for name, v in found.items()}, **counts}
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """The rows of a --data file, and why some were skipped, in words."""
+    skipped = [
+        f"{counts[key]:,} {why}"
+        for key, why in (
+            ("unknown_users", "of users the model does not know"),
+            ("unknown_items", "of items it does not know"),
+            ("seen_before", "of items the user already had in the run's data"),
+        )
+        if counts[key]
+    ]
+    return f"{counts['evaluated']:,} of {counts['rows']:,} rows evaluated" + (
+        f"; skipped: {', '.join(skipped)}" if skipped else ""
+    )
 
 
 def list_of(ids: Any) -> list[Any]:
@@ -291,11 +350,13 @@ def recommend_run(
     items, scores = rec.top(rows, k, exclude_seen=not include_seen)
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
-    out.writerow(["user", "rank", "item", "score"])
+    titles = rec.titles
+    out.writerow(["user", "rank", "item", "score", *(["title"] if titles is not None else [])])
     for row, user in enumerate(rows):
         for rank, (item, score) in enumerate(zip(items[row].tolist(), scores[row].tolist()), start=1):
             if item >= 0:
-                out.writerow([rec.users[user], rank, rec.items[item], f"{score:.6g}"])
+                title = [titles[item]] if titles is not None else []
+                out.writerow([rec.users[user], rank, rec.items[item], f"{score:.6g}", *title])
     text = buf.getvalue()
     said = f"Top {min(k, len(rec.items))} items of {len(rows):,} user{'' if len(rows) == 1 else 's'}"
     said += f" (epoch {rec.epoch}'s model, the {rec.which})"

@@ -66,6 +66,16 @@ def hr_key(run: dict) -> str:
     return f"{PROTOCOLS[ev.get('eval', 'sampled')][-1]}_HR@{k}"
 
 
+def best_row(run: dict) -> dict:
+    """The metrics row of the run's best epoch as its training chose it: on the validation items' metric where the
+    run has them (and did not --select-on test), else on the reported one."""
+    hr, metrics = hr_key(run), run["metrics"]
+    chosen = f"valid_{hr}" if f"valid_{hr}" in metrics[0] else hr
+    if run["config"]["eval"].get("select_on", "valid") == "test":
+        chosen = hr
+    return max(metrics, key=lambda m: m[chosen])  # the first of equals, as training keeps the first
+
+
 def run_order(name: str) -> tuple:
     """Sweep runs are numbered "1-...", "10-...": sort by that number, then by name."""
     head = name.split("-", 1)[0]
@@ -113,7 +123,7 @@ def peak_lr(run: dict) -> float | None:
 def table(runs: list[dict]) -> list[dict]:
     """One row per run; s_to_base_HR is the training time until the run reached the base run's best HR."""
     base = base_run(runs)
-    base_hr = max(m[hr_key(base)] for m in base["metrics"]) if base else None
+    base_hr = best_row(base)[hr_key(base)] if base else None
     rows = []
     for r in runs:
         cfg, summary, metrics = r["config"], r["summary"], r["metrics"]
@@ -136,7 +146,7 @@ def table(runs: list[dict]) -> list[dict]:
         if metrics:
             hr = hr_key(r)
             ndcg = hr.replace("HR@", "NDCG@")
-            best = max(metrics, key=lambda m: m[hr])
+            best = best_row(r)
             elapsed, reached = 0.0, ""
             for m in metrics:
                 elapsed += m["train_s"]

@@ -47,6 +47,7 @@ class Service:
         self.rec, self.cold_start = rec, cold_start
         ds = rec.dataset
         self.popular = np.bincount(ds.train_items, minlength=len(rec.items)) if cold_start == "popular" else None
+        self.by_popularity = None if self.popular is None else np.argsort(-self.popular, kind="stable")
 
     def health(self) -> dict[str, Any]:
         rec = self.rec
@@ -71,7 +72,11 @@ class Service:
             found = items[r] >= 0
             ids, best = self.rec.items[items[r][found].numpy()], scores[r][found].tolist()
             raw = plain(self.rec.users[self.rec._index[str(user)]])  # as the file has it: 1, not "1"
-            out.append({"user": raw, "items": [{"item": plain(i), "score": s} for i, s in zip(ids, best)]})
+            answer = [{"item": plain(i), "score": s} for i, s in zip(ids, best)]
+            if self.rec.titles is not None:
+                for entry, index in zip(answer, items[r][found].tolist()):
+                    entry["title"] = str(self.rec.titles[index])
+            out.append({"user": raw, "items": answer})
         return out
 
     def score(self, user: Any, items: Any) -> dict[str, Any]:
@@ -81,7 +86,7 @@ class Service:
             raise BadRequest(404, f"unknown user {user}: not among the model's users")
         if unknown := [i for i in items if str(i) not in self.rec._item_index]:
             raise BadRequest(404, f"unknown item(s) {', '.join(map(str, unknown[:5]))}: not among the model's items")
-        scores = self.rec.score(user, items).tolist()
+        scores = self.rec.score(str(user), [str(i) for i in items]).tolist()
         raw = [plain(self.rec.items[self.rec._item_index[str(i)]]) for i in items]
         user = plain(self.rec.users[self.rec._index[str(user)]])
         return {"user": user, "scores": [{"item": i, "score": s} for i, s in zip(raw, scores)]}
@@ -96,8 +101,11 @@ class Service:
         return min(value, len(self.rec.items))
 
     def _popular(self, user: Any, k: int) -> dict[str, Any]:
-        order = np.argsort(-self.popular, kind="stable")[:k]
+        order = self.by_popularity[:k]
         items = [{"item": plain(self.rec.items[i]), "score": float(self.popular[i])} for i in order]
+        if self.rec.titles is not None:
+            for entry, index in zip(items, order):
+                entry["title"] = str(self.rec.titles[index])
         return {"user": user, "items": items, "cold_start": True}
 
 
@@ -115,12 +123,14 @@ def app_for(service: Service):
             return JSONResponse({"error": str(e)}, status_code=e.status)
         except UserError as e:  # the Recommender's own checks
             return JSONResponse({"error": str(e)}, status_code=400)
+        except Exception as e:  # a request shaped as nothing above foresaw: still its own answer, never a 5xx
+            return JSONResponse({"error": f"cannot answer this request ({type(e).__name__}: {e})"}, status_code=400)
 
     async def body(request: Request, *fields: str) -> dict[str, Any]:
         try:
             data = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(400, f"the body is not JSON ({e})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise BadRequest(400, f"the body is not JSON ({type(e).__name__}: {e})") from None
         if not isinstance(data, dict) or any(f not in data for f in fields):
             raise BadRequest(400, f"the body must be a JSON object with {', '.join(repr(f) for f in fields)}")
         return data

@@ -81,6 +81,7 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     identity = {"name": slug, **options, **core, "file": file_identity(path), "source": source}
     identity.update(columns=columns, min_rating=cfg.min_rating, valid=valid)
     any_table = bool(columns) or table.is_table_file(path)
+    identity["titles"] = not any_table  # MovieLens' titles: caches made before they were read are made again
     return cached(cache_dir, identity, lambda: _from_file(cfg, path, source, name, any_table, core, valid), log)
 
 
@@ -134,4 +135,10 @@ def _from_file(cfg: DataConfig, path: Path, source: str, name: str, any_table: b
     )  # fmt: skip
     ds.notes[:0] = notes
     ds.stats["rows"] = rows
+    if not any_table:  # MovieLens' titles, where its titles file lies beside the ratings
+        titles, note = movielens.read_titles(path)
+        if titles:
+            ds.item_titles = np.array([titles.get(str(i), "") for i in ds.item_ids])
+        if note:
+            ds.notes.append(note)
     return ds

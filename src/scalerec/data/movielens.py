@@ -7,6 +7,7 @@ A malformed file is reported as a `UserError` naming the file, the line and what
 from __future__ import annotations
 
 import codecs
+import io
 import zipfile
 from pathlib import Path
 
@@ -154,3 +155,51 @@ def read_ratings_file(path: str | Path) -> Interactions:
     if path.suffix == ".inter":
         return read_inter(path, str(path))
     return read_ratings(path, str(path))
+
+
+# MovieLens' item titles, beside its ratings file: (file name, field separator, encodings tried in turn)
+TITLE_FILES = (
+    ("u.item", "|", ("latin-1",)),
+    ("movies.dat", "::", ("utf-8", "latin-1")),
+    ("movies.csv", ",", ("utf-8",)),
+)
+
+
+def read_titles(ratings: Path) -> tuple[dict[str, str], str | None]:
+    """({item id: title}, a note where a titles file was found but could not be read) for the MovieLens ratings
+    file `ratings` (a file, or a zip holding one): from u.item, movies.dat or movies.csv beside it. No titles file:
+    ({}, None); titles are never a reason to refuse the ratings."""
+    ratings = Path(ratings)
+    for name, sep, encodings in TITLE_FILES:
+        try:
+            data = _title_bytes(ratings, name)
+            if data is None:
+                continue
+            return _parse_titles(data, sep, encodings), None
+        except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+            return {}, f"item titles not read from {name} ({type(e).__name__}: {e})"
+    return {}, None
+
+
+def _title_bytes(ratings: Path, name: str) -> bytes | None:
+    if zipfile.is_zipfile(ratings):
+        with zipfile.ZipFile(ratings) as zf:
+            found = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == name]
+            return zf.read(min(found, key=len)) if found else None
+    path = ratings.parent / name
+    return path.read_bytes() if path.is_file() else None
+
+
+def _parse_titles(data: bytes, sep: str, encodings: tuple[str, ...]) -> dict[str, str]:
+    for encoding in encodings:
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            if encoding == encodings[-1]:
+                raise
+    if sep == ",":  # movies.csv: quoted titles may hold commas
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
+    rows = (line.split(sep) for line in text.splitlines() if line.strip())
+    return {row[0]: row[1] for row in rows if len(row) > 1}

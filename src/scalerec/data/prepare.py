@@ -25,7 +25,7 @@ from scalerec import __version__
 from scalerec.errors import UserError
 from scalerec.files import TMP, WriteError, remove_orphans, write_with, writing_in
 
-CACHE_VERSION = 3  # bump when the processing changes, so old caches are rebuilt
+CACHE_VERSION = 3  # bump when the processing changes, so old caches are rebuilt (and run folders' data unread)
 # A user needs this many interactions for a validation item: one to train on, one to validate, one to test
 VALID_MIN = 3
 
@@ -60,6 +60,9 @@ class Dataset:
     """Raw user id of each contiguous user id (empty when the file's ids are used as they are)."""
     item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """Raw item id of each contiguous item id (empty when the file's ids are used as they are)."""
+    item_titles: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U1"))
+    """Each contiguous item's title, where the source has them (MovieLens' u.item, movies.dat, movies.csv; "" for
+    an item without one); empty otherwise."""
     notes: list[str] = field(default_factory=list)
     """What was dropped or adjusted while preparing, said once in the log."""
     stats: dict = field(default_factory=dict)
@@ -81,7 +84,7 @@ class Dataset:
 
     _INDICES = ("train_users", "train_items", "test_users", "test_items", "eval_negatives")
     _INDICES += ("valid_users", "valid_items", "valid_negatives")
-    _ARRAYS = (*_INDICES, "user_ids", "item_ids")
+    _ARRAYS = (*_INDICES, "user_ids", "item_ids", "item_titles")
 
     def save(self, path: Path) -> None:
         """Write to `path` atomically: a temporary file in the same folder, then a rename."""

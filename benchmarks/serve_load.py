@@ -49,10 +49,13 @@ def trained(args, tmp: Path) -> Path:
     return out
 
 
-def start(run_dir: Path, threads: int) -> tuple[subprocess.Popen, str, int]:
+def start(run_dir: Path, threads: int, precompute: int | None) -> tuple[subprocess.Popen, str, int]:
     cmd = [sys.executable, "-m", "scalerec", "serve", str(run_dir), "--port", "0", "--threads", str(threads)]
+    cmd += ["--precompute", str(precompute)] if precompute else []
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
+    while line.startswith("Precomputed"):
+        line = p.stdout.readline()
     if "on http://" not in line:
         p.kill()
         sys.exit(f"scalerec serve did not start: {line}{p.stderr.read()}")
@@ -134,6 +137,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000, help="per setting (POST: a twentieth as many)")
     p.add_argument("--threads", type=int, default=1, help="the server's PyTorch threads")
     p.add_argument("--limit-s", type=float, default=120, help="at most this long per setting")
+    p.add_argument("--precompute", type=int, help="scalerec serve --precompute K: every user's top K at start")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = trained(args, Path(tmp))
@@ -141,13 +145,14 @@ def main() -> None:
 
         rec = scalerec.load(run_dir)
         users = [str(u) for u in rec.users]
-        server, host, port = start(run_dir, args.threads)
+        server, host, port = start(run_dir, args.threads, args.precompute)
         try:
             base = {"bench": "serve_load", **machine(), "items": len(rec.items), "clients": args.clients}
             load(host, port, settings(users, 50, random.Random(1))["get_k10"], args.clients, 30)  # warm up
             for name, requests in settings(users, args.requests, random.Random(0)).items():
                 got = load(host, port, requests, args.clients, args.limit_s)
-                print(json.dumps({**base, "setting": name, "server_threads": args.threads, **got}), flush=True)
+                mode = {"server_threads": args.threads, "precompute": args.precompute}
+                print(json.dumps({**base, "setting": name, **mode, **got}), flush=True)
         finally:
             server.terminate()
             server.communicate(timeout=30)

@@ -26,6 +26,8 @@ def start(run_path, *options: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "scalerec", "serve", str(run_path), "--port", "0", "--threads", "1", *options]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     line = p.stdout.readline()
+    while line.startswith("Precomputed"):
+        line = p.stdout.readline()
     if "on http://" not in line:
         p.kill()
         raise AssertionError(f"no server: {line}{p.stderr.read()}")
@@ -160,3 +162,16 @@ def test_answers_name_users_and_items_as_the_file_does(tmp_path):
     assert got[0] == got[1] and got[0]["user"] == 3 and all(isinstance(x["item"], int) for x in got[0]["items"])
     scored = service.score("3", [str(got[0]["items"][0]["item"])])
     assert scored["user"] == 3 and scored["scores"][0]["item"] == got[0]["items"][0]["item"]
+
+
+def test_precomputed_answers_are_the_live_ones(run):
+    from scalerec.serve import Service
+
+    live, table = Service(scalerec.load(run)), Service(scalerec.load(run))
+    table.precompute(8, batch=7)  # batches that do not divide the users
+    users = [f"u{u}" for u in range(60)]
+    for k in (1, 8, 20):  # 20: past the table, scored live
+        a, b = live.recommend(users, k), table.recommend(users, k)
+        assert [[x["item"] for x in r["items"]] for r in a] == [[x["item"] for x in r["items"]] for r in b]
+        for ra, rb in zip(a, b):
+            assert [x["score"] for x in ra["items"]] == pytest.approx([x["score"] for x in rb["items"]], abs=1e-5)

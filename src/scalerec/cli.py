@@ -250,6 +250,13 @@ def _trained_run_parsers(sub) -> None:
         help="an unknown user: none: 404; popular: the most popular items, marked cold_start (default: none)",
     )
     srv.add_argument("--threads", type=positive_int, default=1, help="CPU threads for PyTorch (default: 1)")
+    srv.add_argument(
+        "--precompute",
+        type=positive_int,
+        metavar="K",
+        help="score every user at start and answer requests for up to K items from that table (the same lists; "
+        "the start takes a full scoring of every user)",
+    )
 
 
 def refuse_many_processes(command: str) -> None:
@@ -432,7 +439,7 @@ def _serve(args: argparse.Namespace) -> int:
     from scalerec.serve import serve
 
     cold_start = None if args.cold_start == "none" else args.cold_start
-    serve(Path(args.run), args.host, args.port, args.epoch, cold_start, args.threads)
+    serve(Path(args.run), args.host, args.port, args.epoch, cold_start, args.threads, precompute=args.precompute or 0)
     return 0
 
 

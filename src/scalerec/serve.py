@@ -16,6 +16,7 @@ interactions).
 import functools
 import json
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,21 @@ class Service:
         self.rec, self.cold_start = rec, cold_start
         ds = rec.dataset
         self.popular = np.bincount(ds.train_items, minlength=len(rec.items)) if cold_start == "popular" else None
+        self.table: tuple[torch.Tensor, torch.Tensor] | None = None  # every user's top K, where precomputed
         self.by_popularity = None if self.popular is None else np.argsort(-self.popular, kind="stable")
+
+    def precompute(self, k: int, batch: int = 256) -> None:
+        """Every user's k best unseen items, computed now by the same scoring as a request's: requests for up to k
+        items are then answered from this table (exact; scores up to the float rounding of a batch of users)."""
+        rows = list(range(len(self.rec.users)))
+        parts = [self.rec.top(rows[s : s + batch], k) for s in range(0, len(rows), batch)]
+        self.table = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+    def _top(self, known: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rec.rows_of(known)
+        if self.table is not None and k <= self.table[0].shape[1]:
+            return self.table[0][rows, :k], self.table[1][rows, :k]
+        return self.rec.top(rows, k)
 
     def health(self) -> dict[str, Any]:
         rec = self.rec
@@ -61,7 +76,7 @@ class Service:
         if unknown and self.popular is None:
             raise BadRequest(404, f"unknown user(s) {', '.join(map(str, unknown[:5]))}: not among the model's users")
         if known:
-            items, scores = self.rec.top(self.rec.rows_of(known), k)
+            items, scores = self._top(known, k)
         at = {u: r for r, u in enumerate(known)}
         out = []
         for user in users:
@@ -200,6 +215,7 @@ def serve(
     cold_start: str | None = None,
     threads: int = 1,
     log: Callable[[str], None] | None = None,
+    precompute: int = 0,
 ) -> None:
     """Load the run's model once and answer requests until SIGTERM or Ctrl-C (requests in flight finish).
     `threads`: PyTorch's per request; requests run side by side in the server's thread pool."""
@@ -210,7 +226,12 @@ def serve(
     rec = load(run_dir, epoch, stacklevel=3)
     sock = listen(host, port)
     torch.set_num_threads(threads)
-    app = app_for(Service(rec, cold_start))
+    service = Service(rec, cold_start)
+    if precompute:
+        t0 = time.perf_counter()
+        service.precompute(min(precompute, len(rec.items)))
+        log(f"Precomputed the top {precompute} items of {len(rec.users):,} users in {time.perf_counter() - t0:.1f} s")
+    app = app_for(service)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     bound = sock.getsockname()

@@ -267,15 +267,7 @@ def from_interactions(
     n_items = len(item_ids)
     if not untimed:  # of the interactions kept
         stats.update(time_min=t.min().item(), time_max=t.max().item())
-    counts = np.bincount(u, minlength=len(user_ids))
-    last = np.cumsum(counts) - 1
-    is_test = np.zeros(len(u), bool)
-    is_test[last] = True
-    is_valid = np.zeros(len(u), bool)
-    if valid:
-        is_valid[last[counts >= VALID_MIN] - 1] = True
-        if short := int((counts < VALID_MIN).sum()):
-            notes.append(f"{count(short, 'user')} with fewer than {VALID_MIN} interactions: a test item, no validation")
+    is_test, is_valid = _held_out(u, len(user_ids), valid, notes)
     held = is_test | is_valid
     ds = Dataset(
         name=name,
@@ -304,6 +296,21 @@ def from_interactions(
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
     return ds
+
+
+def _held_out(u: np.ndarray, n_users: int, valid: bool, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(is_test, is_valid) masks over rows sorted by user then time: each user's last row, and with `valid` its
+    second-to-last where the user has VALID_MIN rows or more (the others counted in `notes`)."""
+    counts = np.bincount(u, minlength=n_users)
+    last = np.cumsum(counts) - 1
+    is_test = np.zeros(len(u), bool)
+    is_test[last] = True
+    is_valid = np.zeros(len(u), bool)
+    if valid:
+        is_valid[last[counts >= VALID_MIN] - 1] = True
+        if short := int((counts < VALID_MIN).sum()):
+            notes.append(f"{count(short, 'user')} with fewer than {VALID_MIN} interactions: a test item, no validation")
+    return is_test, is_valid
 
 
 def _k_core(u, i, t, user_ids, item_ids, min_user: int, min_item: int, source: str, notes: list[str]):

@@ -48,7 +48,7 @@ def measure(name: str, data: DataConfig) -> None:
             seconds = time.perf_counter() - t0
             cache = sum(f.stat().st_size for f in Path(tmp, "cache").glob("*.npz"))
             line = {"bench": "prepare_speed", **machine(), "dataset": name, "phase": phase}
-            line.update(users=ds.n_users, items=ds.n_items, interactions=len(ds.train_users) + len(ds.test_users))
+            line.update(users=ds.n_users, items=ds.n_items, interactions=len(ds.positive_keys()))
             line.update(seconds=round(seconds, 2), peak_memory_mb=round(peak_rss_bytes() / 2**20))
             print(json.dumps({**line, "cache_mb": round(cache / 2**20, 1)}), flush=True)
 

@@ -176,7 +176,9 @@ def test_report_reads_full_ranking_runs_and_runs_from_before_the_protocol_names(
     sweep(base, grid_runs({"batch_size": [256]}), tmp_path / "s", lambda s: None)
     (row,) = table(collect(tmp_path / "s"))
     metrics = [json.loads(x) for x in (tmp_path / "s" / "1-batch_size=256" / "metrics.jsonl").read_text().splitlines()]
-    assert row["eval"] == "full" and row["best_HR"] == f"{max(m['full_HR@10'] for m in metrics):.4f}"
+    chosen = max(metrics, key=lambda m: m["valid_full_HR@10"])  # the epoch training chose, on validation
+    assert row["eval"] == "full" and row["best_HR"] == f"{chosen['full_HR@10']:.4f}"
+    assert row["best_epoch"] == chosen["epoch"] == metrics[-1]["best_epoch"]
     # an older run: HR@10 without a protocol, no eval option in its config
     old = tmp_path / "s" / "1-batch_size=256"
     config = json.loads((old / "config.json").read_text())

@@ -77,9 +77,10 @@ def export_run(run_dir: Path, fmt: str, output: Path, epoch: str = "best", log: 
                 f"pairs (at most {TOLERANCE:g} expected); not written"
             )
 
-    (output / FORMATS[fmt]).unlink(missing_ok=True)  # never a model beside another run's ids, whatever stops this
-    write_atomic(output / "ids.json", json.dumps(ids_of(rec)) + "\n")
+    # ids.json goes first and comes last: where it is, it is the model's beside it, whatever stops the export
+    (output / "ids.json").unlink(missing_ok=True)
     write_with(path, write)
+    write_atomic(output / "ids.json", json.dumps(ids_of(rec)) + "\n")
     log(
         f"Exported epoch {rec.epoch}'s model (the {rec.which}) of {run_dir} to {path}, its ids to "
         f"{output / 'ids.json'}; its scores on {len(users):,} pairs differ from scalerec's by at most {got['diff']:.2g}"

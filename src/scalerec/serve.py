@@ -225,12 +225,12 @@ def serve(
     log = log or functools.partial(print, flush=True)  # at once, also into a pipe: the address is in it
     rec = load(run_dir, epoch, stacklevel=3)
     sock = listen(host, port)
-    torch.set_num_threads(threads)
     service = Service(rec, cold_start)
-    if precompute:
+    if precompute:  # before any request: on every thread the process has
         t0 = time.perf_counter()
         service.precompute(min(precompute, len(rec.items)))
         log(f"Precomputed the top {precompute} items of {len(rec.users):,} users in {time.perf_counter() - t0:.1f} s")
+    torch.set_num_threads(threads)
     app = app_for(service)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)

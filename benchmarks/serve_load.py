@@ -2,12 +2,13 @@
 clients (keep-alive connections, as a service's callers hold them) sending a fixed number of requests for random
 users. Prints one JSON line per setting: requests/s, p50/p99 latency, and the answers by status.
 
-Settings: GET /recommend?user=ID&k=10; POST /recommend of 100 users at k=10; and a mix in which every fourth
-request is malformed (unknown user, bad k, broken JSON: each must get a 4xx with an error, the rest a 200). Requests
-go to 127.0.0.1 only, bounded in count and time. Run:
+Each setting runs against a server that scores every request live, and one started with --precompute 100 (every
+user's top 100 scored at start: the same lists, looked up). Settings: GET /recommend?user=ID&k=10; POST
+/recommend of 100 users at k=10; and a mix in which every fourth request is malformed (unknown user, bad k, broken
+JSON: each must get a 4xx with an error, the rest a 200). Requests go to 127.0.0.1 only, bounded in count and time. Run:
 
     .venv/bin/python benchmarks/serve_load.py                       # trains a NeuMF on the NCF paper's ML-1M first
-    .venv/bin/python benchmarks/serve_load.py --run runs/my-run --clients 8 --requests 4000
+    .venv/bin/python benchmarks/serve_load.py --run runs/my-run --clients 8 --requests 4000 --precompute 0
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000, help="per setting (POST: a twentieth as many)")
     p.add_argument("--threads", type=int, default=1, help="the server's PyTorch threads")
     p.add_argument("--limit-s", type=float, default=120, help="at most this long per setting")
-    p.add_argument("--precompute", type=int, help="scalerec serve --precompute K: every user's top K at start")
+    p.add_argument(
+        "--precompute", type=int, nargs="+", default=[0, 100], metavar="K",
+        help="one server per K: 0 scores each request live, K > 0 is scalerec serve --precompute K (default: 0 100)",
+    )  # fmt: skip
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = trained(args, Path(tmp))
@@ -145,17 +149,18 @@ def main() -> None:
 
         rec = scalerec.load(run_dir)
         users = [str(u) for u in rec.users]
-        server, host, port = start(run_dir, args.threads, args.precompute)
-        try:
-            base = {"bench": "serve_load", **machine(), "items": len(rec.items), "clients": args.clients}
-            load(host, port, settings(users, 50, random.Random(1))["get_k10"], args.clients, 30)  # warm up
-            for name, requests in settings(users, args.requests, random.Random(0)).items():
-                got = load(host, port, requests, args.clients, args.limit_s)
-                mode = {"server_threads": args.threads, "precompute": args.precompute}
-                print(json.dumps({**base, "setting": name, **mode, **got}), flush=True)
-        finally:
-            server.terminate()
-            server.communicate(timeout=30)
+        base = {"bench": "serve_load", **machine(), "items": len(rec.items), "clients": args.clients}
+        for precompute in args.precompute:
+            server, host, port = start(run_dir, args.threads, precompute)
+            try:
+                load(host, port, settings(users, 50, random.Random(1))["get_k10"], args.clients, 30)  # warm up
+                for name, requests in settings(users, args.requests, random.Random(0)).items():
+                    got = load(host, port, requests, args.clients, args.limit_s)
+                    mode = {"server_threads": args.threads, "precompute": precompute}
+                    print(json.dumps({**base, "setting": name, **mode, **got}), flush=True)
+            finally:
+                server.terminate()
+                server.communicate(timeout=30)
 
 
 if __name__ == "__main__":

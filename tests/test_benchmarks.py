@@ -225,8 +225,9 @@ def test_serve_load(tmp_path):
     lines = run(
         "serve_load.py", "--run", str(tmp_path / "run"), "--requests", "40", "--clients", "2", tmp_path=tmp_path
     )
-    by = {line["setting"]: line for line in lines}
-    assert set(by) == {"get_k10", "post_100_users", "mix_malformed"}
-    assert by["get_k10"]["statuses"] == {"200": 40} and by["post_100_users"]["statuses"] == {"200": 2}
-    assert by["mix_malformed"]["statuses"] == {"200": 30, "400": 8, "404": 2}  # every fourth malformed: a 4xx
+    for precompute in (0, 100):  # live, and every user's top 100 at start
+        by = {line["setting"]: line for line in lines if line["precompute"] == precompute}
+        assert set(by) == {"get_k10", "post_100_users", "mix_malformed"}
+        assert by["get_k10"]["statuses"] == {"200": 40} and by["post_100_users"]["statuses"] == {"200": 2}
+        assert by["mix_malformed"]["statuses"] == {"200": 30, "400": 8, "404": 2}  # every fourth malformed: a 4xx
     assert all(x["errors_5xx"] == x["errors_without_message"] == 0 and x["p99_ms"] >= x["p50_ms"] > 0 for x in lines)

@@ -241,8 +241,8 @@ class TrainConfig:
     backward; auto: ddp on GPUs, flat on the CPU, where it measured faster (docs/distributed.md). Micro-batches
     are always summed flat (their slices do not go through the model's forward)."""
     patience: int | None = None
-    """Stop after this many epochs without a better validation metric (the one that picks the best epoch;
-    default: train every epoch)."""
+    """Stop after this many epochs without a better validation metric, the one that picks the best epoch
+    (default: none, every epoch is trained)."""
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
     dataset or the --data file)."""

@@ -174,5 +174,13 @@ def test_evaluate_on_new_rows_ranks_each_among_the_items_its_user_did_not_have(c
     assert got["full_HR@10"] == pytest.approx(sum(r < 10 for r in ranks) / len(ranks), abs=1e-6)
     rc, out, _ = run_main(capsys, ["evaluate", run.path, "--data", tmp_path / "new.csv"])
     assert "40 of 43 rows evaluated; skipped: 1 of users the model does not know, 1 of items it does not know" in out
+    rated = "user,item,rating\n" + "\n".join(f"{r},{5 if n % 2 else 1}" for n, r in enumerate(rows[:40])) + "\n"
+    (tmp_path / "rated.csv").write_text(rated)
+    config = json.loads((run.path / "config.json").read_text())
+    rec.config.data.min_rating = 4  # as a run trained with --min-rating 4: rows rated 1 are no positives
+    from scalerec.recommend import evaluate_file
+
+    got = evaluate_file(rec, tmp_path / "rated.csv", {})
+    assert (got["evaluated"], got["below_min_rating"]) == (20, 20) and config["data"]["min_rating"] is None
     rc, _, err = run_main(capsys, ["evaluate", run.path, "--data", tmp_path / "new.csv", "--protocol", "both"])
     assert_one_line_error(rc, err, "--data: new rows are ranked among every item (--protocol full)")

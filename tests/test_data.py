@@ -1015,19 +1015,33 @@ def test_times_in_seconds_and_milliseconds_mixed_get_a_note(tmp_path, scale):
 
 
 def test_titles_are_read_beside_each_movielens_layout_and_a_broken_file_is_a_note(tmp_path):
-    ratings = "".join(f"{u}::{(u + k) % 4 + 1}::5::{100 + k}\n" for u in range(1, 7) for k in range(3))
-    for name, titles in [
-        ("movies.dat", "".join(f"{i}::Film {i} (1995)::Drama\n" for i in range(1, 5))),
-        ("movies.csv", 'movieId,title,genres\n1,"Film, the first (1995)",Drama\n2,Two,Drama\n'),
-    ]:
+    rows = [(u, (u + k) % 4 + 1, 100 + k) for u in range(1, 7) for k in range(3)]
+    dat = "".join(f"{u}::{i}::5::{t}\n" for u, i, t in rows)
+    csv = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},5,{t}\n" for u, i, t in rows)
+    cases = [
+        ("ratings.dat", dat, "movies.dat", "".join(f"{i}::Film {i} (1995)::Drama\n" for i in range(1, 5))),
+        ("ratings.csv", csv, "movies.csv", 'movieId,title,genres\n1,"Film, the first (1995)",Drama\n2,Two,Drama\n'),
+    ]
+    for ratings, text, name, titles in cases:
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "ratings.dat").write_text(ratings)
+        (folder / ratings).write_text(text)
         (folder / name).write_text(titles)
-        ds = load_dataset(DataConfig(data=str(folder), data_dir=str(tmp_path / "dd"), eval_negatives=1))
+        (folder / "u.item").write_text("1|Another release's film|x\n")  # not this ratings file's: never read
+        ds = load_dataset(DataConfig(data=str(folder / ratings), data_dir=str(tmp_path / "dd"), eval_negatives=1))
         got = dict(zip(ds.item_ids.tolist(), ds.item_titles.tolist()))
         assert got[1] == ("Film 1 (1995)" if name == "movies.dat" else "Film, the first (1995)")
         assert name == "movies.dat" or got[3] == ""  # an item without a title: ""
-    (tmp_path / "movies.csv" / "movies.csv").write_text('movieId,title\n1,"never closed\n')
-    ds = load_dataset(DataConfig(data=str(tmp_path / "movies.csv"), data_dir=str(tmp_path / "dd2"), eval_negatives=1))
-    assert ds.item_titles.size == 0 and any(n.startswith("item titles not read from movies.csv") for n in ds.notes)
+    broken = tmp_path / "movies.csv"
+    for bad, why in (
+        ('movieId,title\n1,"never closed\n', "item titles not read"),
+        ("movieId\n1\n", "an id and a title"),
+    ):
+        (broken / "movies.csv").write_text(bad)
+        ds = load_dataset(
+            DataConfig(data=str(broken / "ratings.csv"), data_dir=str(tmp_path / "dd2"), eval_negatives=1)
+        )
+        assert ds.item_titles.size == 0 and any(why in n for n in ds.notes), ds.notes
+    (broken / "movies.csv").write_text("movieId,title\n90,Elsewhere\n91,Also elsewhere\n")  # another release's
+    ds = load_dataset(DataConfig(data=str(broken / "ratings.csv"), data_dir=str(tmp_path / "dd3"), eval_negatives=1))
+    assert ds.item_titles.size == 0 and any(n.startswith("item titles not used: 4 of 4") for n in ds.notes)

@@ -156,3 +156,12 @@ def test_the_report_takes_each_runs_best_epoch_as_its_training_chose_it():
     assert best_row(run)["epoch"] == 1
     run["config"]["eval"]["select_on"] = "test"
     assert best_row(run)["epoch"] == 0
+
+
+def test_an_early_stopped_run_killed_before_its_summary_resumes_without_training_more(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=30, patience=1)
+    cfg.optim.lr = 0.05
+    run = scalerec.train(cfg, log=None)
+    (run.path / "summary.json").unlink()  # killed after its last checkpoint, before the summary said finished
+    again = scalerec.train(resume=run.path, log=None)
+    assert again.metrics == run.metrics and again.summary["state"] == "finished"

@@ -214,12 +214,16 @@ def evaluate_file(rec: Recommender, path: Path, columns: dict[str, str | None]) 
     names.append(raw.item_names[raw.items] if raw.item_names is not None else raw.items)
     users = np.array([rec._index.get(str(u), -1) for u in names[0]], dtype=np.int64)
     items = np.array([rec._item_index.get(str(i), -1) for i in names[1]], dtype=np.int64)
-    known = (users >= 0) & (items >= 0)
+    low = np.zeros(len(users), bool)  # below the run's --min-rating: not positives, as in training
+    if rec.config.data.min_rating is not None and raw.ratings is not None:
+        low = raw.ratings < np.float64(rec.config.data.min_rating)
+    known = (users >= 0) & (items >= 0) & ~low
     seen = np.zeros(len(users), bool)
     seen[known] = is_member(rec.dataset.positive_keys(), users[known] * len(rec.items) + items[known])
     kept = known & ~seen
-    counts = {"rows": len(users), "evaluated": int(kept.sum()), "unknown_users": int((users < 0).sum())}
-    counts.update(unknown_items=int(((users >= 0) & (items < 0)).sum()), seen_before=int(seen.sum()))
+    counts = {"rows": len(users), "evaluated": int(kept.sum()), "unknown_users": int(((users < 0) & ~low).sum())}
+    counts.update(unknown_items=int(((users >= 0) & (items < 0) & ~low).sum()), seen_before=int(seen.sum()))
+    counts["below_min_rating"] = int(low.sum())
     if not kept.any():
         raise UserError(f"--data {path}: no row to evaluate ({describe_counts(counts)})")
     u, i = (torch.as_tensor(a[kept], device=rec._device) for a in (users, items))
@@ -236,6 +240,7 @@ def describe_counts(counts: dict[str, int]) -> str:
             ("unknown_users", "of users the model does not know"),
             ("unknown_items", "of items it does not know"),
             ("seen_before", "of items the user already had in the run's data"),
+            ("below_min_rating", "rated below the run's --min-rating"),
         )
         if counts[key]
     ]

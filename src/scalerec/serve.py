@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from scalerec.errors import Terminated, UserError
+from scalerec.find_batch import available_bytes
 from scalerec.recommend import Recommender, load
 
 
@@ -55,6 +56,11 @@ class Service:
         """Every user's k best unseen items, computed now by the same scoring as a request's: requests for up to k
         items are then answered from this table (exact; scores up to the float rounding of a batch of users)."""
         rows = list(range(len(self.rec.users)))
+        if (needed := len(rows) * k * 12) > available_bytes():  # an item (8 bytes) and a score (4) per entry
+            raise UserError(
+                f"--precompute {k}: every user's top {k} takes {needed / 2**30:.1f} GB, more than the "
+                f"{available_bytes() / 2**30:.1f} GB available; a smaller K, or none"
+            )
         parts = [self.rec.top(rows[s : s + batch], k) for s in range(0, len(rows), batch)]
         self.table = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 

@@ -120,6 +120,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     state, error, stop = "finished", None, None  # stop: Ctrl-C, SIGTERM or a failure, raised once the summary says so
     try:
         for epoch in range(len(history), cfg.train.epochs):
+            if cfg.train.patience and epoch - 1 - best["epoch"] >= cfg.train.patience:  # a resumed run that had stopped
+                break
             row = run_epoch(cfg, p, epoch, group, evaluation, log)
             if "diverged" in row:
                 state, error = "diverged", row["diverged"]

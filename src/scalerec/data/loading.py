@@ -81,7 +81,8 @@ def load_dataset(cfg: DataConfig, log: Callable[[str], None] = print) -> Dataset
     identity = {"name": slug, **options, **core, "file": file_identity(path), "source": source}
     identity.update(columns=columns, min_rating=cfg.min_rating, valid=valid)
     any_table = bool(columns) or table.is_table_file(path)
-    identity["titles"] = not any_table  # MovieLens' titles: caches made before they were read are made again
+    titles = None if any_table else movielens.titles_file(path)  # the cache follows MovieLens' titles file too
+    identity["titles"] = file_identity(titles) if titles is not None else not any_table
     return cached(cache_dir, identity, lambda: _from_file(cfg, path, source, name, any_table, core, valid), log)
 
 
@@ -137,8 +138,11 @@ def _from_file(cfg: DataConfig, path: Path, source: str, name: str, any_table: b
     ds.stats["rows"] = rows
     if not any_table:  # MovieLens' titles, where its titles file lies beside the ratings
         titles, note = movielens.read_titles(path)
-        if titles:
-            ds.item_titles = np.array([titles.get(str(i), "") for i in ds.item_ids])
+        named = np.array([titles.get(str(i), "") for i in ds.item_ids]) if titles else None
+        if named is not None and (named != "").mean() < 0.5:  # another release's titles: none rather than wrong
+            note = f"item titles not used: {int((named == '').sum()):,} of {len(named):,} items have none in the file"
+        elif named is not None:
+            ds.item_titles = named
         if note:
             ds.notes.append(note)
     return ds

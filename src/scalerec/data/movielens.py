@@ -157,37 +157,51 @@ def read_ratings_file(path: str | Path) -> Interactions:
     return read_ratings(path, str(path))
 
 
-# MovieLens' item titles, beside its ratings file: (file name, field separator, encodings tried in turn)
-TITLE_FILES = (
-    ("u.item", "|", ("latin-1",)),
-    ("movies.dat", "::", ("utf-8", "latin-1")),
-    ("movies.csv", ",", ("utf-8",)),
-)
+# MovieLens' item titles, beside each ratings file of its release: (file name, field separator, encodings in turn)
+TITLE_FILES = {
+    "u.data": ("u.item", "|", ("latin-1",)),
+    "ratings.dat": ("movies.dat", "::", ("utf-8", "latin-1")),
+    "ratings.csv": ("movies.csv", ",", ("utf-8",)),
+}
 
 
 def read_titles(ratings: Path) -> tuple[dict[str, str], str | None]:
-    """({item id: title}, a note where a titles file was found but could not be read) for the MovieLens ratings
-    file `ratings` (a file, or a zip holding one): from u.item, movies.dat or movies.csv beside it. No titles file:
-    ({}, None); titles are never a reason to refuse the ratings."""
+    """({item id: title}, a note where the titles file was found but could not be read) for the MovieLens ratings
+    file `ratings` (a file, or a zip holding one): from the titles file of its release in the same folder (u.item
+    beside u.data, movies.dat beside ratings.dat, movies.csv beside ratings.csv). No titles file: ({}, None);
+    titles are never a reason to refuse the ratings."""
     ratings = Path(ratings)
-    for name, sep, encodings in TITLE_FILES:
-        try:
-            data = _title_bytes(ratings, name)
-            if data is None:
-                continue
-            return _parse_titles(data, sep, encodings), None
-        except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-            return {}, f"item titles not read from {name} ({type(e).__name__}: {e})"
-    return {}, None
+    try:
+        found = _title_bytes(ratings)
+        if found is None:
+            return {}, None
+        name, data = found
+        _, sep, encodings = next(t for t in TITLE_FILES.values() if t[0] == name)
+        return _parse_titles(data, sep, encodings), None
+    except (OSError, zipfile.BadZipFile, ValueError, IndexError, KeyError, UnicodeDecodeError) as e:
+        return {}, f"item titles not read ({type(e).__name__}: {e})"
 
 
-def _title_bytes(ratings: Path, name: str) -> bytes | None:
+def _title_bytes(ratings: Path) -> tuple[str, bytes] | None:
+    """(the titles file's name, its bytes) beside the ratings file (in a zip: beside its ratings member)."""
     if zipfile.is_zipfile(ratings):
         with zipfile.ZipFile(ratings) as zf:
-            found = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == name]
-            return zf.read(min(found, key=len)) if found else None
-    path = ratings.parent / name
-    return path.read_bytes() if path.is_file() else None
+            names = zf.namelist()
+            members = [n for n in names if n.rsplit("/", 1)[-1] in TITLE_FILES]
+            if not members:
+                return None
+            member = min(members, key=lambda n: RATING_FILES.index(n.rsplit("/", 1)[-1]))  # as the ratings are read
+            folder, _, base = member.rpartition("/")
+            wanted = (f"{folder}/" if folder else "") + TITLE_FILES[base][0]
+            return (TITLE_FILES[base][0], zf.read(wanted)) if wanted in names else None
+    path = titles_file(ratings)
+    return (path.name, path.read_bytes()) if path is not None else None
+
+
+def titles_file(ratings: Path) -> Path | None:
+    """The titles file beside a ratings file (not a zip), where there is one."""
+    path = Path(ratings).parent / TITLE_FILES[Path(ratings).name][0] if Path(ratings).name in TITLE_FILES else None
+    return path if path is not None and path.is_file() else None
 
 
 def _parse_titles(data: bytes, sep: str, encodings: tuple[str, ...]) -> dict[str, str]:
@@ -199,7 +213,12 @@ def _parse_titles(data: bytes, sep: str, encodings: tuple[str, ...]) -> dict[str
             if encoding == encodings[-1]:
                 raise
     if sep == ",":  # movies.csv: quoted titles may hold commas
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        try:
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        except pd.errors.ParserError as e:
+            raise ValueError(str(e).strip()) from None
+        if df.shape[1] < 2:
+            raise ValueError("expected an id and a title in each row")
         return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
     rows = (line.split(sep) for line in text.splitlines() if line.strip())
     return {row[0]: row[1] for row in rows if len(row) > 1}

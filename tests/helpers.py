@@ -144,6 +144,13 @@ def tiny_config(tmp_path, **train_kw) -> Config:
         model=ModelConfig(factors=16, layers=(32, 32, 16)),
         optim=OptimConfig(lr=0.005),
         train=TrainConfig(
-            **{"epochs": 4, "batch_size": 256, "output": str(tmp_path / "run"), "threads": 1, **train_kw}
+            **{
+                "epochs": 4,
+                "batch_size": 256,
+                "output": str(tmp_path / "run"),
+                "threads": 1,
+                "device": "cpu",
+                **train_kw,
+            }
         ),
     )

@@ -73,7 +73,7 @@ def test_find_batch_and_batch_size_max_on_tiny_data(tmp_path, capsys):
         "--synthetic-interactions", "8", "--data-dir", str(tmp_path / "data"), "--factors", "4",
         "--layers", "8", "8", "4", "--threads", "1", "--eval-negatives", "50",
     ]  # fmt: skip
-    assert main(["find-batch", *data, "--memory-budget-gb", "64"]) == 0
+    assert main(["find-batch", *data, "--memory-budget-gb", "64", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     samples = 200 * 8 * 5  # about: positives less the held-out items, times (1 + 4 negatives)
     batch = int(out.split("Largest batch: ")[1].split()[0])
@@ -137,5 +137,5 @@ def test_the_cpu_search_leaves_room_for_the_epoch(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(scalerec.find_batch, "search_cpu", search)
     data = ["--dataset", "synthetic", "--synthetic-users", "200", "--synthetic-items", "100", "--eval-negatives", "20"]
-    assert main(["find-batch", *data, "--data-dir", str(tmp_path), "--memory-budget-gb", "3"]) == 0
+    assert main(["find-batch", *data, "--data-dir", str(tmp_path), "--memory-budget-gb", "3", "--device", "cpu"]) == 0
     assert seen["budget"] == 3 * 2**30 - EPOCH_BYTES_PER_SAMPLE * seen["limit"]  # limit: one epoch's samples

@@ -69,3 +69,26 @@ def test_mixed_precision_training_runs_and_learns(tmp_path, precision):
     assert summary["state"] == "finished" and rows[1]["loss"] < rows[0]["loss"]
     assert summary["best"]["sampled_HR@10"] > 3 * 10 / 101
     assert all("skipped_steps" in r for r in rows)
+
+
+def test_micro_batch_gradients_add_up_in_fp32_under_bf16():
+    """One user in each of 256 slices: its row's gradient is their sum, which bf16 buffers would stop growing
+    about 256x one term in; the fp32 buffers give the fp32 step's update, up to bf16's rounding of each term."""
+    from scalerec.model import build_model
+
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    users = torch.zeros(n, dtype=torch.long)
+    items = torch.randint(0, 50, (n,), generator=g)
+    labels = torch.ones(n)  # every term of the same sign: the sum grows with the slices
+    deltas = {}
+    for precision, micro in (("fp32", None), ("bf16", 16)):
+        torch.manual_seed(0)
+        model = build_model("neumf", 3, 50, 8, (16, 16, 8), 0.0)
+        before = model.mlp_user.weight[0].detach().clone()  # through the first layer: bf16 under autocast
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        ctx = autocast_context(precision, torch.device("cpu"))
+        train_step(model, opt, scaler, ctx, users, items, labels, micro_batch=micro)
+        deltas[precision] = model.mlp_user.weight[0].detach() - before
+    torch.testing.assert_close(deltas["bf16"], deltas["fp32"], rtol=0.05, atol=2e-4)

@@ -68,7 +68,8 @@ def train_step(
         with ctx:
             (user, u_at), (item, i_at) = encode_rows(model, users, items)
         encodings = [t for t in user + item if t is not None]
-        grads = [torch.zeros_like(t) for t in encodings]
+        # fp32 sums whatever autocast made the encodings: a bf16 row's sum stops growing at ~256x one slice's term
+        grads = [torch.zeros_like(t, dtype=torch.float32) for t in encodings]
         sides = [u_at] * sum(t is not None for t in user) + [i_at] * sum(t is not None for t in item)
         total = torch.zeros((), device=labels.device)
         for s in range(0, n, chunk):
@@ -81,8 +82,8 @@ def train_step(
             scaler.scale(loss).backward()
             total += loss.detach()
             for grad, r, at in zip(grads, rows, sides):
-                grad.index_add_(0, at[s : s + chunk], r.grad)
-        torch.autograd.backward(encodings, grads)
+                grad.index_add_(0, at[s : s + chunk], r.grad.float())
+        torch.autograd.backward(encodings, [g.to(t.dtype) for g, t in zip(grads, encodings)])
     if group is not None and ddp is None:
         group.sum_gradients(model, weight)
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan

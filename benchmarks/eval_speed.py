@@ -20,7 +20,6 @@ import json
 import statistics
 import time
 
-import numpy as np
 import torch
 from common import SHAPES, data_config, machine, run
 
@@ -62,8 +61,7 @@ def main() -> None:
     ds = load_dataset(data, log=lambda s: None)
     users, items = torch.tensor(ds.test_users), torch.tensor(ds.test_items)
     negatives = torch.tensor(ds.eval_negatives)
-    known = [(ds.train_users, ds.train_items), (ds.valid_users, ds.valid_items)]  # as the test's full ranking
-    seen = seen_index(*(torch.tensor(np.concatenate(a)) for a in zip(*known)), ds.n_users)
+    seen = seen_index(*map(torch.tensor, ds.pairs(("train", "valid"))), ds.n_users)  # as the test's full ranking
     mcfg = ModelConfig()
     for name in args.models:
         torch.manual_seed(0)

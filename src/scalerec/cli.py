@@ -177,31 +177,37 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_parser(sub, name: str, **kwargs: str) -> argparse.ArgumentParser:
+    """A command on a trained run: RUN and --epoch, then the command's own options."""
+    p = sub.add_parser(name, **kwargs)
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--epoch", **EPOCH)
+    return p
+
+
 def _trained_run_parsers(sub) -> None:
     """recommend, evaluate, export and serve: the commands that use a trained run's model."""
     threads = {"type": positive_int, "help": "CPU threads for PyTorch (default: the CPUs the process may use)"}
-    rec = sub.add_parser(
+    rec = _run_parser(
+        sub,
         "recommend",
-        help="top-K items for users, from a trained run's checkpoint",
+        help="top-K items for users, from a trained run's best model",
         description="Score every item for each user with the best epoch's model of a run (its best.pt) and "
         "print CSV: user,rank,item,score, best first. Users and items go by the ids of the input file; the "
         "items a user interacted with are left out.",
     )
-    rec.add_argument("run", help="a run folder")
-    rec.add_argument("--epoch", **EPOCH)
     rec.add_argument("--users", nargs="+", metavar="ID", help="user ids as in the input file (default: every user)")
     rec.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     rec.add_argument("--include-seen", action="store_true", help="also items the user interacted with")
     rec.add_argument("--output", metavar="FILE", help="write the CSV to FILE (atomically) instead of printing it")
     rec.add_argument("--threads", **threads)
-    ev = sub.add_parser(
+    ev = _run_parser(
+        sub,
         "evaluate",
         help="HR@K and NDCG@K of a trained run's model, by the sampled or full-ranking protocol",
         description="Evaluate the best epoch's model of a run (its best.pt) on the run's held-out items at its "
         "cut-offs: the figures its training log gave for that epoch. Each name is prefixed with its protocol.",
     )
-    ev.add_argument("run", help="a run folder")
-    ev.add_argument("--epoch", **EPOCH)
     ev.add_argument("--json", action="store_true", help="print one JSON object (with the epoch) instead of a line")
     ev.add_argument(
         "--protocol",
@@ -219,7 +225,8 @@ def _trained_run_parsers(sub) -> None:
         ev.add_argument(f"--{name}", help=f"--data as any table: its {name.replace('-col', ' column')}")
     ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="(default: cpu)")
     ev.add_argument("--threads", **threads)
-    exp = sub.add_parser(
+    exp = _run_parser(
+        sub,
         "export",
         help="a trained run's model as an ONNX or torch.export file, with its ids",
         description="Write a run's best epoch's model as DIR/model.onnx (ONNX: inputs user and item, int64 indices "
@@ -227,22 +234,19 @@ def _trained_run_parsers(sub) -> None:
         "file's user and item ids in index order). The file is loaded back and its scores compared with scalerec's "
         "before the export is said done.",
     )
-    exp.add_argument("run", help="a run folder")
     exp.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="(default: onnx)")
     exp.add_argument("--output", metavar="DIR", required=True, help="the folder to write into (made if missing)")
-    exp.add_argument("--epoch", **EPOCH)
     exp.add_argument("--threads", **threads)
-    srv = sub.add_parser(
+    srv = _run_parser(
+        sub,
         "serve",
         help="answer recommendation requests over HTTP with a trained run's model",
         description="Load a run's best epoch's model once and answer GET /health, GET /recommend?user=ID&k=10, "
         "POST /recommend {users, k} and POST /score {user, items} with JSON, until SIGTERM or Ctrl-C "
         "(docs/serving.md).",
     )
-    srv.add_argument("run", help="a run folder")
     srv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="(default: 8000; 0: any free port, said at start)")
-    srv.add_argument("--epoch", **EPOCH)
     srv.add_argument(
         "--cold-start",
         choices=["none", "popular"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -204,8 +203,7 @@ def evaluator(
             )
     seen = None
     if "full" in protocols:  # each user's known items (training, and for the test the validation one) left out
-        known = [(ds.train_users, ds.train_items)] + ([] if valid else [(ds.valid_users, ds.valid_items)])
-        users, items = (torch.tensor(np.concatenate(a), device=device) for a in zip(*known))
+        users, items = (torch.tensor(a, device=device) for a in ds.pairs(("train",) if valid else ("train", "valid")))
         seen = seen_index(users, items, ds.n_users)
         del users, items
 

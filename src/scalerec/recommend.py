@@ -97,8 +97,7 @@ class Recommender:
     def _seen(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every user's items, in training and held out (seen_index): built once, for every recommend call."""
         ds = self.dataset
-        users = torch.as_tensor(np.concatenate([ds.train_users, ds.valid_users, ds.test_users]), device=self._device)
-        items = torch.as_tensor(np.concatenate([ds.train_items, ds.valid_items, ds.test_items]), device=self._device)
+        users, items = (torch.as_tensor(a, device=self._device) for a in ds.pairs())
         return seen_index(users, items, ds.n_users)
 
     @functools.cached_property

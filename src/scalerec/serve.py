@@ -91,13 +91,8 @@ class Service:
                 continue
             r = at[str(user)]
             found = items[r] >= 0
-            ids, best = self.rec.items[items[r][found].numpy()], scores[r][found].tolist()
             raw = plain(self.rec.users[self.rec._index[str(user)]])  # as the file has it: 1, not "1"
-            answer = [{"item": plain(i), "score": s} for i, s in zip(ids, best)]
-            if self.rec.titles is not None:
-                for entry, index in zip(answer, items[r][found].tolist()):
-                    entry["title"] = str(self.rec.titles[index])
-            out.append({"user": raw, "items": answer})
+            out.append({"user": raw, "items": self._entries(items[r][found].tolist(), scores[r][found].tolist())})
         return out
 
     def score(self, user: Any, items: Any) -> dict[str, Any]:
@@ -122,12 +117,20 @@ class Service:
         return min(value, len(self.rec.items))
 
     def _popular(self, user: Any, k: int) -> dict[str, Any]:
-        order = self.by_popularity[:k]
-        items = [{"item": plain(self.rec.items[i]), "score": float(self.popular[i])} for i in order]
-        if self.rec.titles is not None:
-            for entry, index in zip(items, order):
-                entry["title"] = str(self.rec.titles[index])
-        return {"user": user, "items": items, "cold_start": True}
+        order = self.by_popularity[:k].tolist()
+        return {
+            "user": user,
+            "items": self._entries(order, self.popular[order].astype(float).tolist()),
+            "cold_start": True,
+        }
+
+    def _entries(self, indices: list[int], scores: list[float]) -> list[dict[str, Any]]:
+        """Items by their indices as answers: the file's id, the score, and the title where the data has them."""
+        titles = self.rec.titles
+        return [
+            {"item": plain(self.rec.items[i]), "score": s, **({"title": str(titles[i])} if titles is not None else {})}
+            for i, s in zip(indices, scores)
+        ]
 
 
 def app_for(service: Service):

@@ -22,8 +22,7 @@ def describe(ds: Dataset) -> list[str]:
     """Lines of text about a dataset, for people."""
     train, valid, test = len(ds.train_users), len(ds.valid_users), len(ds.test_users)
     interactions = train + valid + test
-    users = np.concatenate([ds.train_users, ds.valid_users, ds.test_users])
-    items = np.concatenate([ds.train_items, ds.valid_items, ds.test_items])
+    users, items = ds.pairs()
     per_user, per_item = np.bincount(users, minlength=ds.n_users), np.bincount(items, minlength=ds.n_items)
     lines = [
         f"Dataset: {ds.name}",

@@ -76,11 +76,15 @@ class Dataset:
             + (f", #valid={len(self.valid_users)}" if len(self.valid_users) else "")
         )
 
+    def pairs(self, splits: tuple[str, ...] = ("train", "valid", "test")) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items) of the interactions of the given splits, concatenated in that order."""
+        users = np.concatenate([getattr(self, f"{split}_users") for split in splits])
+        return users, np.concatenate([getattr(self, f"{split}_items") for split in splits])
+
     def positive_keys(self) -> np.ndarray:
         """Sorted user * n_items + item of every known interaction (train, validation and test)."""
-        pairs = ((self.train_users, self.train_items), (self.valid_users, self.valid_items))
-        pairs += ((self.test_users, self.test_items),)
-        return sorted_unique(np.concatenate([u * self.n_items + i for u, i in pairs]))
+        users, items = self.pairs()
+        return sorted_unique(users * self.n_items + items)
 
     _INDICES = ("train_users", "train_items", "test_users", "test_items", "eval_negatives")
     _INDICES += ("valid_users", "valid_items", "valid_negatives")

@@ -172,3 +172,67 @@ def test_recommend_output_and_folder_errors(capsys, tmp_path):
     assert rc == 1 and "is a folder" in err
     rc, _, err = run_main(capsys, ["recommend", tmp_path / "s"])
     assert rc == 1 and "a sweep folder; give one of its runs (1-a)" in err
+
+
+def _as_if_drawn_on_a_gpu(run, recorded: bool) -> None:
+    """Give the run's checkpoint the sampler state a CUDA generator has (16 bytes; the CPU's holds 5,056), with
+    the device recorded, or without it as a checkpoint written before it was."""
+    from scalerec import checkpoint
+
+    saved = checkpoint.load(run)
+    saved["random"]["sampler"] = torch.arange(16, dtype=torch.uint8)
+    saved["random"].pop("sampler_device", None)
+    if recorded:
+        saved["random"]["sampler_device"] = "cuda"
+    saved.pop("version")
+    checkpoint.save(run, saved)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["device-recorded", "older-checkpoint"])
+def test_a_run_from_another_kind_of_device_resumes_with_a_reseeded_sampler(capsys, tmp_path, monkeypatch, recorded):
+    interrupt_in_epoch(monkeypatch, 1)
+    rc, _, _ = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "gpu-run", epochs=2)])
+    assert rc == 130 and len(rows(tmp_path / "gpu-run")) == 1
+    monkeypatch.setattr(epoch_module, "train_epoch", TRAIN_EPOCH)
+    _as_if_drawn_on_a_gpu(tmp_path / "gpu-run", recorded)
+    import shutil
+
+    shutil.copytree(tmp_path / "gpu-run", tmp_path / "again")
+    rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "gpu-run", "--device", "cpu"])
+    assert rc == 0, err
+    assert "reseeded from (seed 0, epoch 1)" in out and "Resuming" in out
+    assert json.loads((tmp_path / "gpu-run" / "summary.json").read_text())["state"] == "finished"
+    rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "again", "--device", "cpu"])
+    assert rc == 0, err
+    assert rows(tmp_path / "again") == rows(tmp_path / "gpu-run")  # the reseed is a function of (seed, epoch)
+
+
+@pytest.mark.parametrize("fused_first", [False, True], ids=["rowwise-to-fused", "fused-to-rowwise"])
+def test_an_optimizer_state_from_the_other_device_kind_loads_with_this_ones_settings(fused_first):
+    from scalerec.checkpoint import load_optimizer
+    from scalerec.model import build_model
+    from scalerec.optim.rowwise import RowwiseAdam
+
+    def built(fused: bool):
+        torch.manual_seed(0)
+        model = build_model("neumf", 20, 30, 8, [16, 8], 0.0, not fused)  # sparse tables for row-wise Adam
+        make = (lambda p: torch.optim.Adam(p, lr=0.01, fused=True)) if fused else (lambda p: RowwiseAdam(p, lr=0.01))
+        return model, make(model.parameters())
+
+    def one_step(model, optimizer) -> None:
+        users, items = torch.arange(10), torch.arange(10) * 2
+        optimizer.zero_grad()
+        model(users, items).sum().backward()
+        optimizer.step()
+
+    model, optimizer = built(fused_first)
+    one_step(model, optimizer)
+    other, theirs = built(not fused_first)
+    other.load_state_dict(model.state_dict())
+    load_optimizer(theirs, optimizer.state_dict())
+    assert theirs.param_groups[0].get("fused") is (True if not fused_first else None)
+    step = theirs.state[next(other.parameters())]["step"]
+    assert (torch.is_tensor(step) and float(step) == 1.0) if not fused_first else step == 1
+    one_step(other, theirs)  # the loaded state steps, as the optimizer's own kind
+    step = theirs.state[next(other.parameters())]["step"]
+    assert float(step) == 2.0

@@ -151,19 +151,71 @@ def check_run(saved: dict[str, Any], cfg, run_dir: Path, name: str = FILE) -> No
         )
 
 
-def random_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The random streams a run draws from after it started: the sampler's, torch's (dropout), the GPU's."""
-    state = {"sampler": generator.get_state(), "torch": torch.get_rng_state()}
+def random_state(device: torch.device, generator: torch.Generator) -> dict[str, Any]:
+    """The random streams a run draws from after it started: the sampler's (and the device it draws on), torch's
+    (dropout), the GPU's."""
+    state = {"sampler": generator.get_state(), "sampler_device": generator.device.type, "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_random_state(state: dict[str, torch.Tensor], device: torch.device, generator: torch.Generator) -> None:
-    generator.set_state(state["sampler"])
+def set_random_state(state: dict[str, Any], device: torch.device, generator: torch.Generator, seed: int, epoch: int):
+    """The saved streams put back; a note (else None) where the sampler's was drawn on another kind of device,
+    whose generator state this one cannot take (16 bytes on a GPU, 5,056 on the CPU): the sampler is then
+    reseeded from (seed, epoch), the same stream whenever that run resumes there."""
+    saved_on = state.get("sampler_device")
+    if saved_on is None:  # written before the device was recorded: its state's size tells
+        same = state["sampler"].numel() == generator.get_state().numel()
+    else:
+        same = saved_on == generator.device.type
+    note = None
+    if same:
+        generator.set_state(state["sampler"])
+    else:
+        generator.manual_seed(reseeded(seed, epoch))
+        note = (
+            f"the checkpoint's negatives and shuffle were drawn on {saved_on or 'another kind of device'}, whose "
+            f"random stream {generator.device.type} cannot continue: reseeded from (seed {seed}, epoch {epoch}), so "
+            "the epochs from here draw other negatives than the run would have drawn there"
+        )
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    return note
+
+
+def reseeded(seed: int, epoch: int) -> int:
+    """A seed for the sampler of a run resumed at `epoch` on another kind of device: a pure function of both."""
+    digest = hashlib.blake2b(f"scalerec:{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # below 2**63, as manual_seed takes
+
+
+# An optimizer's settings that belong to the device it runs on, not to the run: load_state_dict would take the
+# saved groups' (a CPU run's row-wise Adam has none), leaving a GPU's fused Adam unfused.
+DEVICE_SETTINGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """`saved` (an optimizer's state_dict, maybe of another device's optimizer for the same parameters: row-wise
+    or fused Adam) loaded into `optimizer`, which keeps its own device settings and step counters' kind."""
+    own = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, own):
+        for k in DEVICE_SETTINGS:
+            group.pop(k, None)
+        group.update({k: v for k, v in settings.items() if k in DEVICE_SETTINGS or k not in group})
+    builtin = type(optimizer).__module__.startswith("torch.optim")
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if "step" not in st:
+                continue
+            if builtin:  # torch's keep a float32 tensor, on the parameters' device where fused or capturable
+                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device if on_device else "cpu")
+            elif torch.is_tensor(st["step"]):  # scalerec's count steps in Python
+                st["step"] = int(st["step"])
 
 
 def fingerprint(ds) -> str:
@@ -206,14 +258,15 @@ def check_data(saved: dict[str, Any], ds, run_dir: Path) -> None:
         )
 
 
-def restore(saved: dict[str, Any], run_dir: Path, model, optimizer, scheduler, scaler, generator, device) -> None:
-    """The checkpoint's weights, optimizer, schedule, loss scale and random streams, each checked to fit."""
+def restore(saved: dict[str, Any], run_dir: Path, p, device, seed: int) -> str | None:
+    """The checkpoint's weights, optimizer, schedule, loss scale and random streams put into the run's parts
+    (assembly.Parts), each checked to fit; a note where the sampler was reseeded (set_random_state)."""
     try:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        set_random_state(saved["random"], device, generator)
+        p.model.load_state_dict(saved["model"])
+        load_optimizer(p.optimizer, saved["optimizer"])
+        p.scheduler.load_state_dict(saved["scheduler"])
+        p.scaler.load_state_dict(saved["scaler"])
+        return set_random_state(saved["random"], device, p.sampler.generator, seed, len(saved["history"]))
     except (RuntimeError, ValueError, KeyError, TypeError) as e:  # a damaged or hand-made checkpoint
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{run_dir / FILE}: its state does not fit this run's model and optimizer ({first})") from None
@@ -254,11 +307,12 @@ def state(p, device, history: list[dict], best: dict, run_cfg, extra: dict) -> d
     }
 
 
-def restore_run(saved: dict, run_dir: Path, p, device, hr_key: str) -> tuple[list[dict], dict]:
+def restore_run(saved: dict, run_dir: Path, p, device, hr_key: str, seed: int, log) -> tuple[list[dict], dict]:
     """The checkpoint's state put into the run's parts; (its epochs, its best epoch)."""
     if saved["history"] and hr_key not in saved["best"]:
         raise UserError(f"{run_dir / FILE}: 'best' has no {hr_key} (a damaged or foreign checkpoint)")
-    restore(saved, run_dir, p.model, p.optimizer, p.scheduler, p.scaler, p.sampler.generator, device)
+    if note := restore(saved, run_dir, p, device, seed):
+        log(f"Note: {note}")
     return saved["history"], saved["best"]
 
 

@@ -104,7 +104,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     log_setup(cfg, log, p, device, run_dir, group)
     best, history, kept = {"epoch": -1, hr_key: -1.0}, [], None  # kept: the best epoch's weights
     if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
-        history, best = checkpoint.restore_run(saved, run_dir, p, device, hr_key)
+        history, best = checkpoint.restore_run(saved, run_dir, p, device, hr_key, cfg.train.seed, log)
         log(f"Resuming {run_dir} at epoch {len(history)} of {cfg.train.epochs} (best so far: epoch {best['epoch']})")
     if main:
         held.clean()

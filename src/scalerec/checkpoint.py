@@ -213,7 +213,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
             if "step" not in st:
                 continue
             if builtin:  # torch's keep a float32 tensor, on the parameters' device where fused or capturable
-                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32, device=p.device if on_device else "cpu")
+                where = p.device if on_device else "cpu"
+                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32, device=where)
             elif torch.is_tensor(st["step"]):  # scalerec's count steps in Python
                 st["step"] = int(st["step"])
 

@@ -23,10 +23,10 @@ import time
 import torch
 from common import SHAPES, data_config, machine, run
 
-from scalerec.config import EvalConfig, ModelConfig
+from scalerec.config import ModelConfig
 from scalerec.data.loading import load_dataset
 from scalerec.kernels import linear, onednn_pays, set_cpu_matmul
-from scalerec.metrics import evaluate, full_ranks, seen_index
+from scalerec.metrics import evaluate, full_ranks, seen_index, users_per_batch
 from scalerec.model import build_model
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--ncf", metavar="PREFIX", help="the NCF paper's files instead of synthetic data")
     p.add_argument("--protocols", nargs="+", choices=["sampled", "full"], default=["sampled", "full"])
     p.add_argument("--models", nargs="+", choices=["neumf", "mf"], default=["neumf"])
-    p.add_argument("--batch-users", type=int, nargs="+", default=[EvalConfig.eval_batch_size], help="sampled only")
+    p.add_argument("--batch-users", type=int, nargs="+", help="sampled only (default: scalerec's on the CPU)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--shape", choices=list(SHAPES), default="ml-1m", help="synthetic data of this shape")
     args = p.parse_args()
@@ -68,7 +68,7 @@ def main() -> None:
         model = build_model(name, ds.n_users, ds.n_items, mcfg.factors, mcfg.layers, mcfg.dropout)
         runs = []
         if "sampled" in args.protocols:
-            for bu in args.batch_users:
+            for bu in args.batch_users or [users_per_batch(model, torch.device("cpu"), 1 + negatives.shape[1])]:
                 run = functools.partial(evaluate, model, users, items, negatives, ds.n_items, (10,), bu)
                 runs.append(("sampled", bu, 1 + negatives.shape[1], run))
         if "full" in args.protocols:

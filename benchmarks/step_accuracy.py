@@ -26,7 +26,7 @@ from scalerec.assembly import build_run_model, micro_batch_for, optimizer_for
 from scalerec.config import Config
 from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_epoch
-from scalerec.metrics import evaluate
+from scalerec.metrics import evaluate, users_per_batch
 from scalerec.model import NeuMF
 from scalerec.precision import autocast_context, grad_scaler
 from scalerec.sampling import SHUFFLES, EpochSampler
@@ -98,7 +98,8 @@ def main() -> None:
                 copy_weights(plain, scored, to_plain=False)
             evaluated = scored if name == "plain" else ours
             evaluated.eval()
-            metrics = evaluate(evaluated, *test, ds.n_items, (10,), cfg.eval.eval_batch_size)
+            per_batch = cfg.eval.eval_batch_size or users_per_batch(evaluated, device, test[2].shape[1] + 1)
+            metrics = evaluate(evaluated, *test, ds.n_items, (10,), per_batch)
             line = {**base, "step": name, "epoch": epoch, "samples_per_s": round(rate)}
             line.update({k: round(v, 4) for k, v in metrics.items()})
             print(json.dumps(line), flush=True)

@@ -14,3 +14,16 @@ def isolated(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request, monkeypatch):
+    """Every test runs on the CPU, also on a machine with a GPU (--device auto would pick it, and the figures a
+    test checks are the CPU's), in its own process and the processes it starts; tests marked gpu see the GPU, and
+    are skipped where there is none."""
+    if request.node.get_closest_marker("gpu") is not None:
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -165,3 +165,16 @@ def test_score_grid_is_interact_on_every_pair(name):
 def test_full_metrics_report_recall_equal_to_the_hit_rate_with_one_held_out_item():
     m = metrics_from_ranks(torch.tensor([0, 3, 12]), (10,), recall=True)
     assert m["Recall@10"] == m["HR@10"] == pytest.approx(2 / 3)
+
+
+def test_scoring_tiles_and_sampled_batches_are_sized_per_device():
+    from scalerec.metrics import users_per_batch
+    from scalerec.model import CPU_TILE_PAIRS, tile_pairs
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device object: no GPU needed to size for one
+    narrow, wide = build_model("neumf", 7, 30, 8, (16, 64, 32), 0.0), build_model("neumf", 7, 30, 8, (16, 256, 64), 0.0)
+    assert tile_pairs(narrow, cpu) == tile_pairs(wide, cpu) == CPU_TILE_PAIRS  # activations in cache
+    assert tile_pairs(narrow, gpu) == 2**22 and tile_pairs(wide, gpu) == 2**20  # 1 GB of first-layer activations
+    assert users_per_batch(narrow, cpu, 100) == 16
+    assert users_per_batch(narrow, gpu, 100) == 2**22 // 100  # ML-20M's 138k users in 4 batches, not 8,600
+    assert tile_pairs(build_model("mf", 7, 30, 8, (16, 8), 0.0), gpu) >= 2**20

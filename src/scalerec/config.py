@@ -285,9 +285,9 @@ class EvalConfig:
     epoch is then picked by full ranking). Every metric name starts with its protocol: sampled_HR@10, full_HR@10."""
     topk: tuple[int, ...] = (10,)
     """Cut-offs K for HR@K and NDCG@K; the first one picks the best epoch."""
-    eval_batch_size: int = 16
-    """Test users scored per batch of sampled evaluation (small batches keep the candidates' activations in
-    cache)."""
+    eval_batch_size: int | None = None
+    """Test users scored per batch of sampled evaluation (default: 16 on the CPU, whose small batches keep the
+    candidates' activations in cache; on a GPU, thousands, as many as fill it)."""
     select_on: Literal["valid", "test"] = "valid"
     """Which split's metric picks the best epoch: valid (the validation items; the test metrics are reported at
     that epoch) or test (the test items themselves, as the NCF paper and the notebook do). Without a validation
@@ -297,7 +297,7 @@ class EvalConfig:
         self.topk = tuple(int(k) for k in self.topk)
         if not self.topk or min(self.topk) < 1:
             raise ValueError(f"topk must be one or more positive integers, got {list(self.topk)}")
-        if self.eval_batch_size < 1:
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from scalerec.config import PROTOCOLS
 from scalerec.kernels import Encoding
+from scalerec.model import tile_pairs
 
 NAN_RANK = 2**31
 
@@ -90,6 +91,14 @@ def ranks(
         return out
     finally:
         model.train(was_training)
+
+
+def users_per_batch(model: nn.Module, device: torch.device, candidates: int) -> int:
+    """Sampled evaluation's users per batch (--eval-batch-size's default): 16 on the CPU, whose candidates'
+    activations then stay in cache; on a GPU, a scoring tile's pairs (model.tile_pairs) over the candidates."""
+    if device.type == "cpu":
+        return 16
+    return max(16, tile_pairs(model, device) // candidates)
 
 
 def evaluate(
@@ -226,8 +235,9 @@ def run_evaluator(ds, model: nn.Module, device: torch.device, e, log: Callable[[
     a validation split; the metric that picks the best epoch: validation's unless `e.select_on` is test). `e`: the
     run's EvalConfig."""
     protocols = PROTOCOLS[e.eval]
-    test, test_key = evaluator(ds, model, device, protocols, e.topk, e.eval_batch_size, log)
+    batch = e.eval_batch_size or users_per_batch(model, device, ds.eval_negatives.shape[1] + 1)
+    test, test_key = evaluator(ds, model, device, protocols, e.topk, batch, log)
     if not len(ds.valid_users):
         return test, test_key
-    valid, valid_key = evaluator(ds, model, device, protocols, e.topk, e.eval_batch_size, split="valid")
+    valid, valid_key = evaluator(ds, model, device, protocols, e.topk, batch, split="valid")
     return (lambda: {**valid(), **test()}), (valid_key if e.select_on == "valid" else test_key)

@@ -26,6 +26,22 @@ VARIANTS = {
 }
 
 
+# Scoring's tiles of pairs (tile_pairs): on the CPU, activations that stay in cache; on a GPU, 1 GB of a first
+# MLP layer's activations (2^22 pairs at a width of 64).
+CPU_TILE_PAIRS = 8192
+GPU_TILE_BYTES = 2**30
+
+
+def tile_pairs(model: nn.Module, device: torch.device) -> int:
+    """User-item pairs a model scores at once (NeuMF's MLP on a tile of pairs, sampled evaluation's batch of users
+    and candidates): on the CPU few enough that the activations stay in cache; on a GPU enough to fill it, each
+    tile a few kernels where the CPU's tiles would make hundreds of thousands at ML-20M's shape."""
+    if device.type == "cpu":
+        return CPU_TILE_PAIRS
+    width = model.first_user.out_features if getattr(model, "use_mlp", False) else 64
+    return max(CPU_TILE_PAIRS, GPU_TILE_BYTES // (4 * width))
+
+
 class NeuMF(nn.Module):
     """GMF branch (elementwise product of embeddings) and MLP branch (concatenated embeddings through ReLU
     layers), fused by one linear layer; with gmf=False or mlp=False it is MLP or GMF alone. With sparse=True the
@@ -118,11 +134,12 @@ class NeuMF(nn.Module):
             h = F.dropout(linear(h, layer.weight, layer.bias, self.onednn, relu=True), self.dropout, self.training)
         return h
 
-    def score_grid(self, user: Encoding, item: Encoding, pairs_per_tile: int = 8192) -> torch.Tensor:
+    def score_grid(self, user: Encoding, item: Encoding, pairs_per_tile: int | None = None) -> torch.Tensor:
         """Logits of every pair of U encoded users and I encoded items, [U, I]: interact() on all pairs. The GMF
         branch with its share of the prediction layer is one matrix product ((u * w) @ i.T); the MLP branch runs
-        on tiles of about `pairs_per_tile` pairs, so that its activations stay in cache."""
+        on tiles of about `pairs_per_tile` pairs (default: `tile_pairs`)."""
         n_users, n_items = len(next(t for t in user if t is not None)), len(next(t for t in item if t is not None))
+        pairs_per_tile = pairs_per_tile or tile_pairs(self, self.predict.weight.device)
         w = self.predict.weight[0]
         out = self.predict.bias.expand(n_users, n_items).clone()
         if self.use_gmf:

@@ -92,3 +92,24 @@ def test_micro_batch_gradients_add_up_in_fp32_under_bf16():
         train_step(model, opt, scaler, ctx, users, items, labels, micro_batch=micro)
         deltas[precision] = model.mlp_user.weight[0].detach() - before
     torch.testing.assert_close(deltas["bf16"], deltas["fp32"], rtol=0.05, atol=2e-4)
+
+
+@pytest.fixture
+def matmul_precision_kept():
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_tf32_by_default_on_a_gpu_full_fp32_on_the_cpu_and_the_log_says_which(tmp_path, matmul_precision_kept):
+    from scalerec.precision import set_matmul_precision
+
+    assert set_matmul_precision("auto", torch.device("cuda")) == "high"  # TF32 where the GPU has it
+    assert torch.get_float32_matmul_precision() == "high"
+    assert set_matmul_precision("auto", torch.device("cpu")) == "highest"
+    assert torch.get_float32_matmul_precision() == "highest"
+    for choice, said in (("auto", "highest"), ("high", "high")):
+        lines = []
+        train(tiny_config(tmp_path / choice, epochs=1, matmul_precision=choice), log=lines.append)
+        assert any(f"fp32 matrix products {said}" in line for line in lines)
+        assert torch.get_float32_matmul_precision() == said

@@ -20,7 +20,7 @@ from scalerec.find_batch import find_batch
 from scalerec.kernels import set_cpu_matmul
 from scalerec.model import build_model, table_params
 from scalerec.optim import build_optimizer, lr_factor, scaled_lr
-from scalerec.precision import autocast_context, grad_scaler
+from scalerec.precision import autocast_context, grad_scaler, set_matmul_precision
 from scalerec.sampling import EpochSampler
 from scalerec.threads import Threads
 
@@ -50,6 +50,8 @@ class Parts:
     ctx: Any
     """The autocast context of the run's precision."""
     total_steps: int
+    matmul_precision: str
+    """The fp32 matrix products' precision in force (precision.set_matmul_precision)."""
 
     def schedule_points(self) -> list[int]:
         """200 steps spread over the run: the schedule as the log, the summary and the plots show it."""
@@ -86,7 +88,7 @@ def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, lo
     return Parts(
         model, sampler, n, bs, micro_batch_for(cfg, device, bs), steps, lr, optimizer, groups, schedule,
         torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), grad_scaler(t.precision, device),
-        autocast_context(t.precision, device), total,
+        autocast_context(t.precision, device), total, set_matmul_precision(t.matmul_precision, device),
     )  # fmt: skip
 
 
@@ -197,6 +199,7 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
     if device.type == "cpu":
         keep_large_blocks_in_heap()
     ds = load_dataset(cfg.data, log)
+    set_matmul_precision(cfg.train.matmul_precision, device)
     torch.manual_seed(cfg.train.seed)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size="max"))  # the model max trains
     model = build_run_model(cfg, ds.n_users, ds.n_items, device)
@@ -220,7 +223,8 @@ def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.d
     log(
         f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
         f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
-        f"precision {cfg.train.precision}"
+        f"precision {cfg.train.precision}; fp32 matrix products {p.matmul_precision}"
+        + (" (TF32)" if device.type == "cuda" and p.matmul_precision != "highest" else "")
     )
     if group is not None:
         whole = group.by_ddp(bs, micro)

@@ -235,6 +235,10 @@ class TrainConfig:
     """The CPU step's and scoring's fp32 matrix products (NeuMF's): by oneDNN's inner product or by BLAS (MKL).
     auto: oneDNN on CPUs with AVX-512 (MKL runs AVX2 code on AMD CPUs, where oneDNN's step was faster), BLAS
     elsewhere. The two round differently, so a seed's metrics differ between them."""
+    matmul_precision: Literal["auto", "highest", "high"] = "auto"
+    """fp32 matrix products, as torch.set_float32_matmul_precision: highest (full fp32) or high (TF32 on NVIDIA
+    GPUs since Ampere: a 10-bit mantissa in the products' inputs, several times the fp32 rate). auto: high on a GPU,
+    highest on the CPU. The log says which a run used."""
     grad_sync: Literal["auto", "ddp", "flat"] = "auto"
     """Data-parallel runs (torchrun): how the processes' gradients are summed. ddp: by PyTorch's
     DistributedDataParallel, in buckets all-reduced while the backward runs; flat: in one all-reduce after the

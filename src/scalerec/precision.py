@@ -27,3 +27,11 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def set_matmul_precision(choice: str, device: torch.device) -> str:
+    """--matmul-precision put in force for a run on `device` (auto: TF32's high on a GPU, highest on the CPU);
+    the precision in force, for the log."""
+    chosen = ("high" if device.type == "cuda" else "highest") if choice == "auto" else choice
+    torch.set_float32_matmul_precision(chosen)
+    return chosen

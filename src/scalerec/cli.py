@@ -307,7 +307,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def resumed_config(args: argparse.Namespace) -> Any:
     """`train --resume RUN`: the run's own options (its config.json), with the speed options (--threads,
-    --cpu-matmul, --grad-sync, --device, --matmul-precision) if given: they change the speed (and the rounding), not the run."""
+    --cpu-matmul, --grad-sync, --device, --matmul-precision) if given: they change the speed (and the rounding),
+    not the run."""
     from scalerec.run_folder import CONFIG, SPEED_OPTIONS, read_config
 
     given = ["config"] if args.config else []

@@ -46,6 +46,12 @@ def test_the_best_epochs_model_is_kept_and_used_by_default(capsys, tmp_path):
     rc, out, err = run_main(capsys, ["recommend", run.path, "--k", "3"])
     assert rc == 0 and err.strip().endswith("(epoch 4's model, the best)"), err
     assert out.splitlines()[0] == "user,rank,item,score"  # stdout holds the CSV alone
+    assert run_main(capsys, ["recommend", run.path, "--k", "3", "--device", "auto"])[1] == out  # auto: the CPU here
+    for command in ("recommend", "evaluate", "serve"):  # each scores where --device says, one line where it cannot
+        rc, _, err = run_main(capsys, [command, run.path, "--device", "cuda"])
+        assert_one_line_error(rc, err, "--device cuda: no CUDA device is available")
+        rc, _, err = run_main(capsys, [command, run.path, "--device", "tpu"])
+        assert_one_line_error(rc, err, "device 'tpu': expected cpu, cuda, cuda:N or auto")
 
 
 def test_a_run_folder_copied_elsewhere_without_the_data_recommends_and_evaluates(tmp_path, monkeypatch):

@@ -177,11 +177,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_parser(sub, name: str, **kwargs: str) -> argparse.ArgumentParser:
-    """A command on a trained run: RUN and --epoch, then the command's own options."""
+def _run_parser(sub, name: str, scores: bool = True, **kwargs: str) -> argparse.ArgumentParser:
+    """A command on a trained run: RUN and --epoch (and --device where it `scores`), then its own options."""
     p = sub.add_parser(name, **kwargs)
     p.add_argument("run", help="a run folder")
     p.add_argument("--epoch", **EPOCH)
+    if scores:
+        p.add_argument(
+            "--device", default="cpu", help="where the model scores: cpu, cuda, cuda:N or auto (default: cpu)"
+        )
     return p
 
 
@@ -223,11 +227,11 @@ def _trained_run_parsers(sub) -> None:
     )
     for name in ("user-col", "item-col", "sep"):
         ev.add_argument(f"--{name}", help=f"--data as any table: its {name.replace('-col', ' column')}")
-    ev.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="(default: cpu)")
     ev.add_argument("--threads", **threads)
     exp = _run_parser(
         sub,
         "export",
+        scores=False,  # on the CPU: a file that loads anywhere
         help="a trained run's model as an ONNX or torch.export file, with its ids",
         description="Write a run's best epoch's model as DIR/model.onnx (ONNX: inputs user and item, int64 indices "
         "[batch]; output score, float32 logits) or DIR/model.pt2 (torch.export), with DIR/ids.json (the input "
@@ -399,7 +403,7 @@ def _recommend(args: argparse.Namespace) -> int:
     Threads(args.threads, watch=False)
     output = Path(args.output) if args.output else None
     log = print if output is not None else functools.partial(print, file=sys.stderr)  # stdout: the CSV alone
-    text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output, log, args.epoch)
+    text = recommend_run(Path(args.run), args.users, args.k, args.include_seen, output, log, args.epoch, args.device)
     if output is None:
         sys.stdout.write(text)
     return 0
@@ -444,7 +448,10 @@ def _serve(args: argparse.Namespace) -> int:
     from scalerec.serve import serve
 
     cold_start = None if args.cold_start == "none" else args.cold_start
-    serve(Path(args.run), args.host, args.port, args.epoch, cold_start, args.threads, precompute=args.precompute or 0)
+    serve(
+        Path(args.run), args.host, args.port, args.epoch, cold_start, args.threads,
+        precompute=args.precompute or 0, device=args.device,
+    )  # fmt: skip
     return 0
 
 

@@ -340,16 +340,17 @@ def recommend_run(
     output: Path | None = None,
     log: Callable[[str], None] = print,
     epoch: Literal["best", "last"] = "best",
+    device: str = "cpu",
 ) -> str:
     """`scalerec recommend`: CSV text `user,rank,item,score` for the given users (by their ids in the input file;
-    default every user) from the run's best (or last) epoch's model, written to `output` (atomically) or returned
-    for printing. `log` says which model, and where the CSV went."""
+    default every user) from the run's best (or last) epoch's model scoring on `device`, written to `output`
+    (atomically) or returned for printing. `log` says which model, and where the CSV went."""
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         what = "is a folder" if output.is_dir() else f"its folder {output.parent} does not exist"
         raise UserError(f"--output {output}: {what} (expected a file to write the CSV to)")
-    rec = load(run_dir, epoch, stacklevel=3)
+    rec = load(run_dir, epoch, device, stacklevel=3)
     rows = rec.rows_of(users)
     items, scores = rec.top(rows, k, exclude_seen=not include_seen)
     buf = io.StringIO()

@@ -225,14 +225,15 @@ def serve(
     threads: int = 1,
     log: Callable[[str], None] | None = None,
     precompute: int = 0,
+    device: str = "cpu",
 ) -> None:
-    """Load the run's model once and answer requests until SIGTERM or Ctrl-C (requests in flight finish).
-    `threads`: PyTorch's per request; requests run side by side in the server's thread pool."""
+    """Load the run's model once (onto `device`) and answer requests until SIGTERM or Ctrl-C (requests in flight
+    finish). `threads`: PyTorch's per request; requests run side by side in the server's thread pool."""
     _needs_server()
     import uvicorn
 
     log = log or functools.partial(print, flush=True)  # at once, also into a pipe: the address is in it
-    rec = load(run_dir, epoch, stacklevel=3)
+    rec = load(run_dir, epoch, device, stacklevel=3)
     sock = listen(host, port)
     service = Service(rec, cold_start)
     if precompute:  # before any request: on every thread the process has
@@ -245,7 +246,7 @@ def serve(
     server = uvicorn.Server(config)
     bound = sock.getsockname()
     log(
-        f"Serving epoch {rec.epoch}'s model (the {rec.which}) of {run_dir}: {len(rec.users):,} users, "
+        f"Serving epoch {rec.epoch}'s model (the {rec.which}) of {run_dir} on {rec._device}: {len(rec.users):,} users, "
         f"{len(rec.items):,} items, on http://{host}:{bound[1]} (GET /health, GET /recommend?user=ID&k=10, "
         "POST /recommend, POST /score); Ctrl-C stops"
     )

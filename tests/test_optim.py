@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scalerec.model import build_model
 from scalerec.optim import LAMB, LARS, RowwiseAdam, build_optimizer, lr_factor, scaled_lr
@@ -244,3 +245,55 @@ def test_rowwise_adam_matches_torch_sparse_adam_on_a_table():
         RowwiseAdam(a.parameters(), lr=0)
     with pytest.raises(ValueError, match="need --optimizer adam"):
         build_optimizer("lamb", build_model("neumf", 6, 8, 4, (8, 8, 4), 0.0, sparse=True), lr=0.1)
+
+
+def _scaled_steps(name: str, scaler, overflow_at: int | None = None):
+    """Four steps of `name` on a small NeuMF through `scaler` (fp32 compute: a power-of-two scale is exact), with
+    an inf in one gradient at step `overflow_at`; (the weights after each step, the skipped flags)."""
+    torch.manual_seed(0)
+    model = build_model("neumf", 30, 20, 8, [16, 16, 8], 0.0)
+    opt, _ = build_optimizer(name, model, 0.05, momentum=0.9, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    weights, skipped = [], []
+    for step in range(4):
+        users, items = torch.randint(0, 30, (32,), generator=gen), torch.randint(0, 20, (32,), generator=gen)
+        labels = torch.randint(0, 2, (32,), generator=gen).float()
+        opt.zero_grad()
+        scaler.scale(F.binary_cross_entropy_with_logits(model(users, items), labels)).backward()
+        if step == overflow_at:
+            model.predict.weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        skipped.append(float(sum(scaler._found_inf_per_device(opt).values())) if scaler.is_enabled() else 0.0)
+        scaler.update()
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    return weights, skipped, opt
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_lars_and_lamb_take_fp16_loss_scaling_on_the_device(name, monkeypatch):
+    plain, _, _ = _scaled_steps(name, torch.amp.GradScaler("cpu", enabled=False))
+
+    def no_sync(self):
+        raise AssertionError("a host sync in the optimizer step")
+
+    real_step = torch.amp.GradScaler.step
+
+    def step_without_sync(self, optimizer, *args, **kwargs):  # GradScaler's own skip would call .item()
+        monkeypatch.setattr(torch.Tensor, "item", no_sync)
+        try:
+            return real_step(self, optimizer, *args, **kwargs)
+        finally:
+            monkeypatch.undo()
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", step_without_sync)
+    scaled, skipped, _ = _scaled_steps(name, torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    monkeypatch.undo()
+    assert skipped == [0.0] * 4
+    for a, b in zip(plain, scaled):  # unscaled on the device, exactly: the same weights as without scaling
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    over, skipped, opt = _scaled_steps(name, torch.amp.GradScaler("cpu", init_scale=2.0**10), overflow_at=1)
+    assert skipped == [0.0, 1.0, 0.0, 0.0]
+    assert all(torch.equal(over[0][k], over[1][k]) for k in over[0])  # the overflowing step changed nothing
+    assert not all(torch.equal(over[1][k], over[2][k]) for k in over[1])
+    if name == "lamb":  # three steps taken, counted on the device
+        assert all(float(s["step"]) == 3.0 for s in opt.state.values())

@@ -7,6 +7,7 @@ import torch
 from scalerec.assembly import build_run_model
 from scalerec.config import Config
 from scalerec.data.loading import load_dataset
+from scalerec.errors import OptionError
 from scalerec.metrics import metrics_from_ranks, ranks
 from scalerec.training import train
 from tests.helpers import tiny_config
@@ -187,14 +188,19 @@ def test_warmup_and_decay_follow_the_schedule_step_by_step(tmp_path, monkeypatch
     assert seen[0] < seen[steps // 2] and seen[-1] < 0.1 * max(seen)
 
 
+@pytest.mark.parametrize("route", ["encoded-once", "accumulated"])  # the CPU's slices, and the GPU's (on the CPU)
 @pytest.mark.parametrize("name", ["neumf", "mf"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "lars", "lamb"])
-def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name):
+def test_micro_batches_take_the_same_step_as_the_whole_batch(optimizer, name, route, monkeypatch):
     import contextlib
 
+    import scalerec.epoch
     from scalerec.epoch import train_step
     from scalerec.model import build_model
     from scalerec.optim import build_optimizer
+
+    if route == "accumulated":
+        monkeypatch.setattr(scalerec.epoch, "encoded_once", scalerec.epoch.accumulated)
 
     g = torch.Generator().manual_seed(0)
     users, items = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 11, (50,), generator=g)
@@ -234,6 +240,8 @@ def test_adam_updates_rows_once_the_tables_are_large(tmp_path, monkeypatch):
     assert not sparse(cfg)
     cfg.optim.sparse_embeddings = True
     assert sparse(cfg)
+    with pytest.raises(OptionError, match="--sparse-embeddings: for the CPU"):  # refused before any GPU is touched
+        build_run_model(cfg, 50, 60, torch.device("cuda"))
     monkeypatch.setattr(scalerec.assembly, "SPARSE_FROM_PARAMS_PER_SAMPLE", 1)
     cfg.optim.sparse_embeddings = False
     assert not sparse(cfg)

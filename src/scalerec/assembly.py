@@ -130,6 +130,8 @@ def build_run_model(
     model.VARIANTS)."""
     o, m = cfg.optim, cfg.model
     sparse = o.sparse_embeddings
+    if sparse and device.type == "cuda":  # coalescing sparse rows syncs with the host; dense fused Adam is cheap there
+        raise OptionError("--sparse-embeddings: for the CPU; on a GPU, dense tables with fused Adam are faster")
     if sparse is None:
         batch = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 65536  # max: a large batch
         tables = table_params(m.model, n_users, n_items, m.factors, m.layers)

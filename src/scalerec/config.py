@@ -172,8 +172,8 @@ class OptimConfig:
     sparse_embeddings: bool | None = None
     """Embedding tables get sparse gradients and Adam updates only the rows a batch touched (lazy Adam), instead
     of every row at every step. Default: on the CPU, yes for adam where the tables hold 2,000 parameters or more
-    per sample of a batch (large tables, small batches: where rows were measured faster); on a GPU, and for the
-    other optimizers, dense."""
+    per sample of a batch (large tables, small batches: where rows were measured faster); for the other
+    optimizers, dense. CPU only: a GPU refuses it (dense fused Adam is cheap there, and sparse rows sync the host)."""
 
     def __post_init__(self) -> None:
         check_finite(self)

@@ -43,12 +43,13 @@ def train_step(
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
     tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
     gradients add up to the whole batch's (each slice's loss is its sum over the batch size): one optimizer step,
-    the same gradient, but activations that stay in cache (or fit in device memory). Each distinct user and item
-    is encoded once for the whole batch; each slice gathers its rows from the encodings as leaves of its own
-    graph, and their gradients are added into one buffer per encoding (index_add), so that one backward takes
-    them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized gradient per slice
-    and gather, a large part of the step at ML-20M's shape. With a process `group`, the batch is this process's share of
-    the step's (`weight`: its size over the step's), and the processes' gradients are summed before the optimizer
+    the same gradient, but activations that stay in cache (or fit in device memory). On the CPU each distinct
+    user and item is encoded once for the whole batch; each slice gathers its rows from the encodings as leaves
+    of its own graph, and their gradients are added into one buffer per encoding (index_add), so that one
+    backward takes them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized
+    gradient per slice and gather, a large part of the step at ML-20M's shape. On a GPU, where that cost is small
+    and finding the distinct rows would sync with the host, each slice runs whole and autograd adds up the
+    gradients. With a process `group`, the batch is this process's share of the step's (`weight`: its size over the step's), and the processes' gradients are summed before the optimizer
     step: with `by_ddp` (the whole share in one backward) by the group's DDP during the backward, else in one
     all-reduce after it. Every process of the group must take the same way at each step."""
     n = len(labels)
@@ -64,32 +65,56 @@ def train_step(
         else:
             group.backward(scaler.scale(total), weight)
         total = total.detach()
-    else:
-        with ctx:
-            (user, u_at), (item, i_at) = encode_rows(model, users, items)
-        encodings = [t for t in user + item if t is not None]
-        # fp32 sums whatever autocast made the encodings: a bf16 row's sum stops growing at ~256x one slice's term
-        grads = [torch.zeros_like(t, dtype=torch.float32) for t in encodings]
-        sides = [u_at] * sum(t is not None for t in user) + [i_at] * sum(t is not None for t in item)
-        total = torch.zeros((), device=labels.device)
-        for s in range(0, n, chunk):
-            rows = [t.detach().index_select(0, at[s : s + chunk]).requires_grad_() for t, at in zip(encodings, sides)]
-            parts = iter(rows)
-            u_rows, i_rows = (tuple(None if t is None else next(parts) for t in e) for e in (user, item))
-            with ctx:
-                logits = interact_rows(model, u_rows, i_rows, None, None)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
-            scaler.scale(loss).backward()
-            total += loss.detach()
-            for grad, r, at in zip(grads, rows, sides):
-                grad.index_add_(0, at[s : s + chunk], r.grad.float())
-        torch.autograd.backward(encodings, [g.to(t.dtype) for g, t in zip(grads, encodings)])
+    elif users.device.type == "cpu":
+        total = encoded_once(model, scaler, ctx, users, items, labels, chunk)
+    else:  # finding the distinct rows would sync with the host (their count sizes the encodings)
+        total = accumulated(model, scaler, ctx, users, items, labels, chunk)
     if group is not None and ddp is None:
         group.sum_gradients(model, weight)
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
     skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
     scaler.update()
     return total, skipped
+
+
+def encoded_once(model, scaler, ctx, users, items, labels, chunk: int) -> torch.Tensor:
+    """A batch's gradients in slices of `chunk` samples, each distinct user and item encoded once (train_step,
+    on the CPU); the batch's mean loss."""
+    n = len(labels)
+    with ctx:
+        (user, u_at), (item, i_at) = encode_rows(model, users, items)
+    encodings = [t for t in user + item if t is not None]
+    # fp32 sums whatever autocast made the encodings: a bf16 row's sum stops growing at ~256x one slice's term
+    grads = [torch.zeros_like(t, dtype=torch.float32) for t in encodings]
+    sides = [u_at] * sum(t is not None for t in user) + [i_at] * sum(t is not None for t in item)
+    total = torch.zeros((), device=labels.device)
+    for s in range(0, n, chunk):
+        rows = [t.detach().index_select(0, at[s : s + chunk]).requires_grad_() for t, at in zip(encodings, sides)]
+        parts = iter(rows)
+        u_rows, i_rows = (tuple(None if t is None else next(parts) for t in e) for e in (user, item))
+        with ctx:
+            logits = interact_rows(model, u_rows, i_rows, None, None)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
+        scaler.scale(loss).backward()
+        total += loss.detach()
+        for grad, r, at in zip(grads, rows, sides):
+            grad.index_add_(0, at[s : s + chunk], r.grad.float())
+    torch.autograd.backward(encodings, [g.to(t.dtype) for g, t in zip(grads, encodings)])
+    return total
+
+
+def accumulated(model, scaler, ctx, users, items, labels, chunk: int) -> torch.Tensor:
+    """A batch's gradients in slices of `chunk` samples, each slice's forward and backward whole, the gradients
+    adding up in the parameters' (fp32) .grad (train_step on a GPU: no host sync); the batch's mean loss."""
+    n = len(labels)
+    total = torch.zeros((), device=labels.device)
+    for s in range(0, n, chunk):
+        with ctx:
+            logits = model(users[s : s + chunk], items[s : s + chunk])
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
+        scaler.scale(loss).backward()
+        total += loss.detach()
+    return total
 
 
 DIVERGENCE_CHECK = 64

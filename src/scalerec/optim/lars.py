@@ -9,7 +9,9 @@ implementations do, and adapts from then on; under a warmup that first step is a
     buf    = momentum * buf + lr * trust * d
     p     -= buf                                         (nesterov: p -= lr * trust * d + momentum * buf)
 Groups with adapt=False (by rule the biases, see factory.py) skip the trust ratio and the weight decay: plain
-SGD with momentum. Gradients are read, never modified in place. The call shape of the GHC 2019 notebook's
+SGD with momentum. Gradients are read, never modified in place. Each operation runs over all of a group's tensors
+at once (torch._foreach_*: a few kernels a step on a GPU, not several per tensor), and fp16 loss scaling is taken
+on the device (amp.py). The call shape of the GHC 2019 notebook's
 `lars.LARS(model.parameters(), lr=..., momentum=..., weight_decay=...)` works as is.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import torch
 from torch.optim import Optimizer
+
+from scalerec.optim.amp import undone_on_overflow, unscaled
 
 
 class LARS(Optimizer):
@@ -46,6 +50,8 @@ class LARS(Optimizer):
         )
         super().__init__(params, defaults)
 
+    _step_supports_amp_scaling = True  # fp16: GradScaler's scale and overflow flag taken on the device (amp.py)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -53,27 +59,37 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            wd, mom = group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["adapt"]:
-                    d = g.add(p, alpha=wd) if wd else g.clone()
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    denom = g_norm + wd * p_norm
-                    trust = group["eta"] * p_norm / (denom + group["eps"])
-                    trust = torch.where((p_norm > 0) & (denom > 0), trust, torch.ones_like(trust))
-                    d.mul_(trust * group["lr"])
-                else:
-                    d = g.mul(group["lr"])
-                if mom:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d.clone()
-                    else:
-                        state["momentum_buffer"].mul_(mom).add_(d)
-                    buf = state["momentum_buffer"]
-                    d = d.add(buf, alpha=mom) if group["nesterov"] else buf
-                p.sub_(d)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            bufs = []
+            if group["momentum"]:  # zeros: the first step's momentum * 0 + d is d, as the paper's buffer starts
+                for p in params:
+                    if "momentum_buffer" not in self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
+            with undone_on_overflow(self, params + bufs):
+                self._step_group(group, params, unscaled(self, [p.grad for p in params]), bufs)
         return loss
+
+    @staticmethod
+    def _step_group(group: dict, params: list, grads: list, bufs: list) -> None:
+        """One step of a group, each operation over all its tensors at once (torch._foreach_*)."""
+        wd, mom, lr = group["weight_decay"], group["momentum"], group["lr"]
+        if group["adapt"]:
+            d = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
+            p_norm, g_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads))
+            denom = g_norm + wd * p_norm
+            trust = group["eta"] * p_norm / (denom + group["eps"])
+            trust = torch.where((p_norm > 0) & (denom > 0), trust, torch.ones_like(trust))
+            torch._foreach_mul_(d, (trust * lr).unbind())
+        else:
+            d = torch._foreach_mul(grads, lr)
+        if mom:
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_add_(bufs, d)
+            if group["nesterov"]:
+                torch._foreach_add_(d, bufs, alpha=mom)
+            else:
+                d = bufs
+        torch._foreach_sub_(params, d)

@@ -49,9 +49,10 @@ def train_step(
     backward takes them to the tables. Letting autograd do that per slice would cost a zeroed encoding-sized
     gradient per slice and gather, a large part of the step at ML-20M's shape. On a GPU, where that cost is small
     and finding the distinct rows would sync with the host, each slice runs whole and autograd adds up the
-    gradients. With a process `group`, the batch is this process's share of the step's (`weight`: its size over the step's), and the processes' gradients are summed before the optimizer
-    step: with `by_ddp` (the whole share in one backward) by the group's DDP during the backward, else in one
-    all-reduce after it. Every process of the group must take the same way at each step."""
+    gradients. With a process `group`, the batch is this process's share of the step's (`weight`: its size over
+    the step's), and the processes' gradients are summed before the optimizer step: with `by_ddp` (the whole
+    share in one backward) by the group's DDP during the backward, else in one all-reduce after it. Every process
+    of the group must take the same way at each step."""
     n = len(labels)
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)

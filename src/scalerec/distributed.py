@@ -164,7 +164,7 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        _collective(lambda: _join("nccl" if device.type == "cuda" else "gloo"))
+        _collective(lambda: _join(device))
     _watch_for_term()
     return Group(dist.get_rank(), dist.get_world_size()), device
 
@@ -201,23 +201,25 @@ def on_main(
     return result if group.is_main else got
 
 
-def _join(backend: str) -> None:
-    """init_process_group from torchrun's environment (env://). torchrun keeps its store when it restarts a worker
+def _join(device: torch.device) -> None:
+    """init_process_group from torchrun's environment (env://): NCCL bound to this process's GPU (device_id: its
+    communicator is made at once, not at the first collective, which could pick another GPU), or Gloo on the CPU. torchrun keeps its store when it restarts a worker
     group, so each group's keys go under a prefix of their own: without it the restarted processes would read the
     dead group's addresses and fail to connect. The prefix is the group's generation, counted in the store: every
     process of every group adds 1 on joining, so the n-th group's processes count (n-1)*world+1 .. n*world. (The
     restart count in the environment would not do: on several machines, a launcher whose own workers did not
     fail restarts them without counting a restart.) A process that dies before it counts itself (in its first
     seconds) leaves the later groups' counts apart: they wait TIMEOUT and fail."""
+    backend, bound = ("nccl", {"device_id": device}) if device.type == "cuda" else ("gloo", {})
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not torchrun: MASTER_ADDR and the rest set by hand
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        dist.init_process_group(backend, timeout=TIMEOUT, **bound)
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     host = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0  # else torchrun's agent hosts it
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, host, timeout=TIMEOUT)
     generation = (store.add("scalerec/joined", 1) - 1) // world
     prefixed = dist.PrefixStore(f"scalerec/group-{generation}/", store)
-    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=TIMEOUT)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world, timeout=TIMEOUT, **bound)
     _group_store["store"] = dist.PrefixStore("scalerec/", prefixed)
 
 

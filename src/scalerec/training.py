@@ -91,7 +91,9 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     saved = distributed.on_main(group, lambda: checkpoint.to_resume(cfg, held, adopt))  # every check before any write
     if saved is not None:
         cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
-    ds = load_dataset(cfg.data, log)
+    # the first process prepares (and caches) the data before the others read it: not every process at once
+    ds = distributed.on_main(group, lambda: load_dataset(cfg.data, log), lambda ds: None)
+    ds = ds if ds is not None else load_dataset(cfg.data, log)
     if saved is not None:
         checkpoint.check_data(saved, ds, run_dir)
     fingerprint = checkpoint.fingerprint(ds) if main else None

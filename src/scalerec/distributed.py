@@ -203,13 +203,14 @@ def on_main(
 
 def _join(device: torch.device) -> None:
     """init_process_group from torchrun's environment (env://): NCCL bound to this process's GPU (device_id: its
-    communicator is made at once, not at the first collective, which could pick another GPU), or Gloo on the CPU. torchrun keeps its store when it restarts a worker
-    group, so each group's keys go under a prefix of their own: without it the restarted processes would read the
-    dead group's addresses and fail to connect. The prefix is the group's generation, counted in the store: every
-    process of every group adds 1 on joining, so the n-th group's processes count (n-1)*world+1 .. n*world. (The
-    restart count in the environment would not do: on several machines, a launcher whose own workers did not
-    fail restarts them without counting a restart.) A process that dies before it counts itself (in its first
-    seconds) leaves the later groups' counts apart: they wait TIMEOUT and fail."""
+    communicator is made at once, not at the first collective, which could pick another GPU), or Gloo on the CPU.
+    torchrun keeps its store when it restarts a worker group, so each group's keys go under a prefix of their own:
+    without it the restarted processes would read the dead group's addresses and fail to connect. The prefix is the
+    group's generation, counted in the store: every process of every group adds 1 on joining, so the n-th group's
+    processes count (n-1)*world+1 .. n*world. (The restart count in the environment would not do: on several
+    machines, a launcher whose own workers did not fail restarts them without counting a restart.) A process that
+    dies before it counts itself (in its first seconds) leaves the later groups' counts apart: they wait TIMEOUT and
+    fail."""
     backend, bound = ("nccl", {"device_id": device}) if device.type == "cuda" else ("gloo", {})
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not torchrun: MASTER_ADDR and the rest set by hand
         dist.init_process_group(backend, timeout=TIMEOUT, **bound)

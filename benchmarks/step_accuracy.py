@@ -82,6 +82,7 @@ def main() -> None:
     base["shuffle"] = args.shuffle
     for epoch in range(args.epochs):
         users, items, labels = sampler.epoch()
+        users, items = users.long(), items.long()  # as the steps take them
         for name in ("plain", "scalerec"):
             model = plain if name == "plain" else ours
             model.train()

@@ -111,7 +111,8 @@ def epoch_of(data: DataConfig, shuffle: str, device, samples: int) -> tuple:
     negatives per positive, in the `shuffle` order."""
     ds = load_dataset(data, log=lambda s: None)
     sampler = EpochSampler(ds.train_users, ds.train_items, ds.positive_keys(), ds.n_items, 4, device, 0, shuffle)
-    return ds.n_users, ds.n_items, tuple(t[:samples].clone() for t in sampler.epoch())  # the rest freed
+    users, items, labels = (t[:samples] for t in sampler.epoch())
+    return ds.n_users, ds.n_items, (users.long(), items.long(), labels.clone())  # int64, as steps take them
 
 
 def train_flops_per_sample() -> int:

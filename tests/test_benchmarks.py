@@ -231,3 +231,16 @@ def test_serve_load(tmp_path):
         assert by["get_k10"]["statuses"] == {"200": 40} and by["post_100_users"]["statuses"] == {"200": 2}
         assert by["mix_malformed"]["statuses"] == {"200": 30, "400": 8, "404": 2}  # every fourth malformed: a 4xx
     assert all(x["errors_5xx"] == x["errors_without_message"] == 0 and x["p99_ms"] >= x["p50_ms"] > 0 for x in lines)
+
+
+@pytest.mark.slow
+def test_optimizer_step_against_another_revision(tmp_path):
+    lines = run(
+        "optimizer_step.py", "--baseline", "HEAD", "--optimizers", "lars", "lamb", "--shape", "tiny", "--steps", "2",
+        "--repeats", "2", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert [(line["optimizer"], line["revision"]) for line in lines] == [
+        ("lars", "current"), ("lars", "HEAD"), ("lamb", "current"), ("lamb", "HEAD"),  # alternated: then reversed
+        ("lars", "HEAD"), ("lars", "current"), ("lamb", "HEAD"), ("lamb", "current"),
+    ]  # fmt: skip
+    assert all(line["ms_per_step"] > 0 and line["shape"] == "tiny" for line in lines)

@@ -91,3 +91,16 @@ def test_the_config_offers_the_orders_the_sampler_knows_default_first():
 
     assert typing.get_args(typing.get_type_hints(TrainConfig)["shuffle"]) == SHUFFLES
     assert TrainConfig().shuffle == SHUFFLES[0]
+
+
+def test_the_epoch_holds_int32_ids_and_draws_its_negatives_in_chunks(monkeypatch):
+    import scalerec.sampling
+
+    u, i, y = make()[0].epoch()
+    assert u.dtype == i.dtype == torch.int32  # half an int64 epoch's memory
+    monkeypatch.setattr(scalerec.sampling, "DRAW_CHUNK", 7)  # 384 negatives in 55 chunks
+    sampler, users, _, _, keys = make()
+    u, i, y = sampler.epoch()
+    negatives = (u[y == 0].long() * 30 + i[y == 0]).numpy()
+    assert len(negatives) == 4 * len(users) and not np.isin(negatives, keys).any()  # exact in every chunk
+    assert np.bincount(u[y == 0].numpy()).tolist() == [32] * 12

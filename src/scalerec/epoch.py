@@ -148,8 +148,8 @@ def train_epoch(
         e = min(s + batch_size, n)
         a, b, weight = (s, e, 1.0) if group is None else group.share(s, e)
         by_ddp = group is not None and group.by_ddp(e - s, micro_batch)  # the same answer in every process
-        loss, skip = train_step(
-            model, optimizer, scaler, ctx, users[a:b], items[a:b], labels[a:b],
+        loss, skip = train_step(  # the epoch holds int32 ids (sampling.py); the step takes a batch's as int64
+            model, optimizer, scaler, ctx, users[a:b].long(), items[a:b].long(), labels[a:b],
             micro_batch=micro_batch, group=group, weight=weight, by_ddp=by_ddp,
         )  # fmt: skip
         losses[k] = loss * weight

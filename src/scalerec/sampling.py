@@ -1,10 +1,11 @@
 """Per-epoch training data on the training device: fresh negatives, a shuffle, and batches as slices.
 
-Ids are held as int32 (the step takes them as int64, a batch at a time): at 200M interactions an epoch's users
-and items take 4.8 GB of device memory, not 9.6. Negatives are exact: never an item the user interacted with (train or held-out test, so the test item is
-never shown to the model in any form). Membership is a binary search in the sorted keys user * n_items + item,
-so no dense users x items matrix is ever built. Rejected draws are redrawn until none is left; that loop
-syncs with the host once per round, a few times per epoch, never per batch.
+Ids are held as int32 (the step takes them as int64, a batch at a time): an epoch's users and items take 8 bytes
+a sample, not 16 (at 200M interactions and 4 negatives, 8 GB of device memory, not 16). Negatives are exact: never
+an item the user interacted with (train or held-out test, so the test item is never shown to the model in any
+form). Membership is a binary search in the sorted keys user * n_items + item, so no dense users x items matrix is
+ever built. Rejected draws are redrawn until none is left; that loop syncs with the host once per round, a few
+times per epoch, never per batch.
 
 By default every sample is shuffled on its own, as the NCF paper's code does. shuffle="groups" shuffles the
 positives instead, each followed by its own negatives (which share its user): every sample is still seen once

@@ -138,4 +138,4 @@ def test_the_cpu_search_leaves_room_for_the_epoch(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(scalerec.find_batch, "search_cpu", search)
     data = ["--dataset", "synthetic", "--synthetic-users", "200", "--synthetic-items", "100", "--eval-negatives", "20"]
     assert main(["find-batch", *data, "--data-dir", str(tmp_path), "--memory-budget-gb", "3", "--device", "cpu"]) == 0
-    assert seen["budget"] == 3 * 2**30 - EPOCH_BYTES_PER_SAMPLE * seen["limit"]  # limit: one epoch's samples
+    assert seen["budget"] == 3 * 2**30 - EPOCH_BYTES_PER_SAMPLE["cpu"] * seen["limit"]  # limit: one epoch's samples

@@ -159,10 +159,12 @@ def micro_batch_for(cfg: Config, device: torch.device, batch: int | None) -> int
     return None
 
 
-# What a run holds beside its steps, per sample of an epoch: the epoch's users, items and labels (20 bytes) and the
-# heap its draw leaves (negatives, their membership test, the shuffle). The search's trial steps run without them,
-# so on the CPU it leaves room for them: a little above the 53-55 bytes a sample measured on MovieLens-100K.
-EPOCH_BYTES_PER_SAMPLE = 64
+# What a run holds beside its steps, per sample of an epoch, which the search's trial steps run without, so that it
+# leaves room for them. On the CPU: the epoch's users, items and labels and the heap its draw leaves (negatives,
+# their membership test, the shuffle): a little above the 53-55 bytes a sample measured on MovieLens-100K. On a GPU:
+# the epoch's int32 users and items and fp32 labels (12 bytes), and 4 more for its draw (the int32 shuffle beside
+# them); what the sampler holds for good is allocated before the search and counted in its peaks.
+EPOCH_BYTES_PER_SAMPLE = {"cpu": 64, "cuda": 16}
 
 
 def largest_batch(
@@ -182,7 +184,7 @@ def largest_batch(
         lambda: grad_scaler(cfg.train.precision, device),
         micro_batch_for(cfg, device, None),
         budget,
-        EPOCH_BYTES_PER_SAMPLE * samples,
+        EPOCH_BYTES_PER_SAMPLE[device.type] * samples,
     )
     tried = ", ".join(f"{b}: {'out of memory' if p is None else f'{p / 2**20:.0f} MB'}" for b, p in found.tried)
     per = f", {found.per_sample_bytes:,.0f} bytes per sample" if found.per_sample_bytes else ""

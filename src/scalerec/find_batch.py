@@ -3,7 +3,7 @@
 Trial steps run on a copy of the model and a fresh optimizer, on random ids, with the run's precision and
 micro-batches, inside a forked RNG, so that the search leaves the run's initialisation and random streams alone.
 - On a GPU: double the batch until a step runs out of memory (caught, the cache emptied) or its peak exceeds the
-  budget, bisect between the last batch that fit and the first that did not, and keep a 10% margin for the
+  budget (the GPU's memory, or --memory-budget-gb, less the epoch's own tensors), bisect between the last batch that fit and the first that did not, and keep a 10% margin for the
   epoch's own tensors and fragmentation. Where even the first batch fails, halve it.
 - On the CPU running out of memory kills the process instead of raising, so the search must never get there. It
   measures each step's peak resident memory (Linux: VmHWM, reset before the step; elsewhere the process's peak
@@ -189,8 +189,9 @@ def find_batch(
     budget: int | None,
     reserve: int = 0,
 ) -> Found:
-    """The largest batch (at most `limit`) at which `step` trains a copy of `model` within the memory budget, less
-    `reserve` bytes on the CPU (what the run holds beside the step that the search does not: the epoch's tensors)."""
+    """The largest batch (at most `limit`) at which `step` trains a copy of `model` within the memory budget (on a
+    GPU, by default all of it), less `reserve` bytes (what the run holds beside the step that the search does not:
+    the epoch's tensors)."""
     trial_model = copy.deepcopy(model)
     optimizer = make_optimizer(trial_model)
     g = torch.Generator().manual_seed(0)
@@ -216,8 +217,10 @@ def find_batch(
                         torch.cuda.empty_cache()
                         return None
                     peak = torch.cuda.max_memory_allocated(device)
-                    return peak if budget is None or peak <= budget else None
+                    return peak if peak <= gpu_budget else None
 
+                free, _ = torch.cuda.mem_get_info(device)  # the whole GPU: what the process holds and what is free
+                gpu_budget = (budget or torch.cuda.memory_allocated(device) + free) - reserve
                 return search_gpu(fits, limit)
 
             release_free_memory()

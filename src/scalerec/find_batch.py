@@ -3,8 +3,9 @@
 Trial steps run on a copy of the model and a fresh optimizer, on random ids, with the run's precision and
 micro-batches, inside a forked RNG, so that the search leaves the run's initialisation and random streams alone.
 - On a GPU: double the batch until a step runs out of memory (caught, the cache emptied) or its peak exceeds the
-  budget (the GPU's memory, or --memory-budget-gb, less the epoch's own tensors), bisect between the last batch that fit and the first that did not, and keep a 10% margin for the
-  epoch's own tensors and fragmentation. Where even the first batch fails, halve it.
+  budget (the GPU's memory, or --memory-budget-gb, less the epoch's own tensors), bisect between the last batch that
+  fit and the first that did not, and keep a 10% margin for the epoch's own tensors and fragmentation. Where even the
+  first batch fails, halve it.
 - On the CPU running out of memory kills the process instead of raising, so the search must never get there. It
   measures each step's peak resident memory (Linux: VmHWM, reset before the step; elsewhere the process's peak
   since it started, under which small steps hide) at doubling batches, and doubles only while a forecast of the

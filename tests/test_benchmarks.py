@@ -81,6 +81,20 @@ def test_gpu_check_script_runs_its_steps(tmp_path):
     assert "Largest batch:" in out.stdout and out.stdout.count("Best epoch") == 2  # bf16 and fp16 runs
 
 
+def test_gpu_check_goes_on_past_failed_steps_and_names_them(tmp_path):
+    """A step that fails (here every one: a python that always fails after the version check) costs no other."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "$*" in *get_device_name*) exec {sys.executable} "$@";; esac\nexit 7\n')
+    python.chmod(0o755)
+    env = {**os.environ, "SMOKE": "1", "TMPDIR": str(tmp_path), "OUT": str(tmp_path), "PYTHON": str(python)}
+    out = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, env=env)
+    assert out.returncode == 1
+    steps = ["train, bf16, adam", "train, fp16, lamb", "bare step, fp32 bf16 fp16", "full epoch vs bare step, bf16"]
+    for step in [*steps, "find-batch, bf16"]:
+        assert f"== FAILED (exit 7): {step}\n" in out.stdout and f"== failed: {step}\n" in out.stdout
+    assert "done; JSON lines in" in out.stdout
+
+
 @pytest.mark.slow
 def test_train_throughput(tmp_path):
     lines = run(

@@ -7,8 +7,7 @@
 #   2. the bare step at batch 2^20 on ML-20M's shape, plain PyTorch vs scalerec, fp32 / bf16 / fp16;
 #   3. the full epoch vs the bare step at 2^20 in bf16 and fp16, with peak GPU memory;
 #   4. the largest batch that fits (find-batch), in bf16;
-#   5. the tests that need a GPU (pytest -m gpu: a run resumed across devices, ...) and those of devices and
-#      precision.
+#   5. the tests that need a GPU (tests/test_gpu.py: resuming across devices, every precision and optimizer, ...).
 # A step that fails is said and the next one runs, so that every figure that can be measured is; the script then
 # exits 1, naming the failed steps. SMOKE=1 runs the same steps on tiny data on the CPU (tests/test_benchmarks.py).
 set -uo pipefail
@@ -32,8 +31,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   DEVICE=cuda SHAPE=ml-20m BATCH=1048576 SAMPLES=20971520 REPEATS=3 BARE=() EPOCH_PRECISIONS=(bf16 fp16)
   USERS=138493 ITEMS=26744
-  TESTS=(-m "gpu or not slow" tests/test_precision.py tests/test_model.py tests/test_train.py tests/test_find_batch.py
-    tests/test_checkpoint.py tests/test_optim.py)
+  TESTS=(tests/test_gpu.py)  # the others run on the CPU wherever they run (tests/conftest.py)
   nvidia-smi -L
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"

@@ -16,13 +16,17 @@ def isolated(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
+# Asked before any test hides the GPU: CUDA reads CUDA_VISIBLE_DEVICES once, when it starts.
+HAS_GPU = torch.cuda.is_available()
+
+
 @pytest.fixture(autouse=True)
 def cpu_unless_marked_gpu(request, monkeypatch):
     """Every test runs on the CPU, also on a machine with a GPU (--device auto would pick it, and the figures a
     test checks are the CPU's), in its own process and the processes it starts; tests marked gpu see the GPU, and
     are skipped where there is none."""
     if request.node.get_closest_marker("gpu") is not None:
-        if not torch.cuda.is_available():
+        if not HAS_GPU:
             pytest.skip("needs a CUDA GPU")
         return
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -445,7 +445,7 @@ def test_cached_builds_once_then_loads(tmp_path):
     second = cached(tmp_path, {"name": "t", "x": 1}, build, logs.append)
     assert len(calls) == 1
     assert_same(second, first)
-    files = sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock")  # .lock: who writes in the cache
+    files = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))  # who writes, who builds
     assert len(files) == 1 and files[0].startswith("t-") and files[0].endswith(".npz")
     assert not list(tmp_path.glob("*.tmp*"))
     cached(tmp_path, {"name": "t", "x": 2}, build, logs.append)  # other options: another entry
@@ -473,7 +473,31 @@ def test_cached_rebuilds_a_corrupted_cache(tmp_path, damage):
     assert any("unreadable" in m and "rebuilding" in m for m in logs), logs
     assert_same(ds, small_dataset())
     assert_same(Dataset.load(path), ds)  # and the rebuilt cache was written back
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{path.stem}.lock", ".lock", path.name])
+
+
+def test_processes_preparing_the_same_data_at_once_build_it_once(tmp_path):
+    import threading
+    import time
+
+    calls, got = [], []
+
+    def build():  # long enough for the others to arrive while it runs
+        calls.append(1)
+        time.sleep(0.5)
+        return small_dataset()
+
+    def prepare():
+        got.append(cached(tmp_path, {"name": "t"}, build, print))
+
+    started = [threading.Thread(target=prepare) for _ in range(3)]  # each its own lock file descriptor
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    assert len(calls) == 1 and len(got) == 3
+    for ds in got:
+        assert_same(ds, small_dataset())
 
 
 def test_load_dataset_cache_follows_the_file(tmp_path):

@@ -247,9 +247,10 @@ def test_rowwise_adam_matches_torch_sparse_adam_on_a_table():
         build_optimizer("lamb", build_model("neumf", 6, 8, 4, (8, 8, 4), 0.0, sparse=True), lr=0.1)
 
 
-def _scaled_steps(name: str, scaler, overflow_at: int | None = None):
+def _scaled_steps(name: str, scaler, overflow_at: int | None = None, left_out: int | None = None):
     """Four steps of `name` on a small NeuMF through `scaler` (fp32 compute: a power-of-two scale is exact), with
-    an inf in one gradient at step `overflow_at`; (the weights after each step, the skipped flags)."""
+    an inf in one gradient at step `overflow_at`, or no step at all at `left_out`; (the weights after each step,
+    the skipped flags, the optimizer)."""
     torch.manual_seed(0)
     model = build_model("neumf", 30, 20, 8, [16, 16, 8], 0.0)
     opt, _ = build_optimizer(name, model, 0.05, momentum=0.9, weight_decay=1e-3)
@@ -258,6 +259,9 @@ def _scaled_steps(name: str, scaler, overflow_at: int | None = None):
     for step in range(4):
         users, items = torch.randint(0, 30, (32,), generator=gen), torch.randint(0, 20, (32,), generator=gen)
         labels = torch.randint(0, 2, (32,), generator=gen).float()
+        if step == left_out:
+            weights.append({k: v.clone() for k, v in model.state_dict().items()})
+            continue
         opt.zero_grad()
         scaler.scale(F.binary_cross_entropy_with_logits(model(users, items), labels)).backward()
         if step == overflow_at:
@@ -293,7 +297,10 @@ def test_lars_and_lamb_take_fp16_loss_scaling_on_the_device(name, monkeypatch):
         assert all(torch.equal(a[k], b[k]) for k in a)
     over, skipped, opt = _scaled_steps(name, torch.amp.GradScaler("cpu", init_scale=2.0**10), overflow_at=1)
     assert skipped == [0.0, 1.0, 0.0, 0.0]
-    assert all(torch.equal(over[0][k], over[1][k]) for k in over[0])  # the overflowing step changed nothing
+    # the overflowing step changed nothing, weights or state: the run goes on as one that never took it
+    without, _, _ = _scaled_steps(name, torch.amp.GradScaler("cpu", init_scale=2.0**10), left_out=1)
+    for a, b in zip(over, without):
+        assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(over[1][k], over[2][k]) for k in over[1])
     if name == "lamb":  # three steps taken, counted on the device
         assert all(float(s["step"]) == 3.0 for s in opt.state.values())

@@ -108,8 +108,9 @@ def test_tf32_by_default_on_a_gpu_full_fp32_on_the_cpu_and_the_log_says_which(tm
     assert torch.get_float32_matmul_precision() == "high"
     assert set_matmul_precision("auto", torch.device("cpu")) == "highest"
     assert torch.get_float32_matmul_precision() == "highest"
+    torch.set_float32_matmul_precision("medium")  # the caller's own
     for choice, said in (("auto", "highest"), ("high", "high")):
         lines = []
         train(tiny_config(tmp_path / choice, epochs=1, matmul_precision=choice), log=lines.append)
-        assert any(f"fp32 matrix products {said}" in line for line in lines)
-        assert torch.get_float32_matmul_precision() == said
+        assert any(line.endswith(f"fp32 matrix products {said}") for line in lines)  # no TF32 on a CPU
+        assert torch.get_float32_matmul_precision() == "medium"  # the run's ended with it

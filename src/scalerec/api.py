@@ -102,7 +102,7 @@ def train(
     `config`: a Config, a dict, or a TOML/YAML file's path; `options`: the command line's with underscores
     (`data="clicks.csv"`, `batch_size=4096`, `output="runs/x"`), over it. `resume`: a stopped run to continue
     after its last checkpointed epoch, with its own options (only its speed options
-    `threads`, `cpu_matmul`, `grad_sync`, `device` and `matmul_precision` may be given).
+    `threads`, `cpu_matmul`, `grad_sync`, `device`, `matmul_precision` and `eval_batch_size` may be given).
     `log`: where each line goes (None: nowhere). `tune_malloc`: keep large blocks in malloc's heap, as the command
     line does (faster on the CPU, and for the rest of the process). Ctrl-C stops the run (its epochs so far are
     kept) and is raised."""

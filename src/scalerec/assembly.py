@@ -109,6 +109,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def has_tf32(device: torch.device) -> bool:
+    """Whether `device` computes fp32 products in TF32 when allowed to: NVIDIA GPUs since Ampere."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def optimizer_for(cfg: Config, model: torch.nn.Module, lr: float) -> tuple[torch.optim.Optimizer, str]:
     o = cfg.optim
     return build_optimizer(
@@ -131,7 +136,10 @@ def build_run_model(
     o, m = cfg.optim, cfg.model
     sparse = o.sparse_embeddings
     if sparse and device.type == "cuda":  # coalescing sparse rows syncs with the host; dense fused Adam is cheap there
-        raise OptionError("--sparse-embeddings: for the CPU; on a GPU, dense tables with fused Adam are faster")
+        raise OptionError(
+            "--sparse-embeddings: for the CPU; on a GPU, dense tables with fused Adam are faster (a run trained with "
+            "it resumes on the CPU: --device cpu)"
+        )
     if sparse is None:
         batch = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 65536  # max: a large batch
         tables = table_params(m.model, n_users, n_items, m.factors, m.layers)
@@ -228,7 +236,7 @@ def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.d
         f"Optimizer {groups}; lr = {lr:g}{rule}; warmup {o.warmup}"
         f"{f' over {o.warmup_epochs:g} epochs' if o.warmup != 'none' else ''}; decay {o.decay}; "
         f"precision {cfg.train.precision}; fp32 matrix products {p.matmul_precision}"
-        + (" (TF32)" if device.type == "cuda" and p.matmul_precision != "highest" else "")
+        + (" (TF32)" if p.matmul_precision != "highest" and has_tf32(device) else "")
     )
     if group is not None:
         whole = group.by_ddp(bs, micro)

@@ -19,6 +19,7 @@ from scalerec import __version__
 from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, read_config_file
 from scalerec.data.download import RELEASES
 from scalerec.errors import OptionError, Terminated, UserError
+from scalerec.run_folder import SPEED_OPTIONS
 
 DESCRIPTION = (
     "Train Neural Collaborative Filtering recommenders (NeuMF: GMF + MLP) on implicit feedback, with HR@K, "
@@ -105,7 +106,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN",
         help="continue the run in folder RUN after the last epoch its checkpoint.pt holds, with its own options "
-        "(config.json; only --threads, --cpu-matmul and --grad-sync may be given)",
+        f"(config.json; only the speed options {', '.join('--' + n.replace('_', '-') for n in SPEED_OPTIONS)} may "
+        "be given)",
     )
     _add_config_options(p)
 
@@ -313,7 +315,7 @@ def resumed_config(args: argparse.Namespace) -> Any:
     """`train --resume RUN`: the run's own options (its config.json), with the speed options (--threads,
     --cpu-matmul, --grad-sync, --device, --matmul-precision) if given: they change the speed (and the rounding),
     not the run."""
-    from scalerec.run_folder import CONFIG, SPEED_OPTIONS, read_config
+    from scalerec.run_folder import CONFIG, read_config
 
     given = ["config"] if args.config else []
     given += [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.name in vars(args)]

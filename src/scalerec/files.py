@@ -119,6 +119,25 @@ def _flock(folder: Path, how: str) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
+def one_at_a_time(lock_file: Path) -> Iterator[None]:
+    """The block run by one process at a time: an exclusive flock on `lock_file` (made if missing), waited for
+    where another process holds it. Where the file cannot be made (a read-only folder) or the system has no flock,
+    the block runs unlocked."""
+    try:
+        import fcntl
+
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def writing_in(folder: Path) -> Iterator[None]:
     """Hold `folder`'s lock shared while writing into it (several writers at once): remove_orphans leaves the
     folder's temporaries alone meanwhile."""

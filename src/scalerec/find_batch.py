@@ -220,6 +220,7 @@ def find_batch(
                     peak = torch.cuda.max_memory_allocated(device)
                     return peak if peak <= gpu_budget else None
 
+                torch.cuda.empty_cache()  # what PyTorch caches unused counts as free
                 free, _ = torch.cuda.mem_get_info(device)  # the whole GPU: what the process holds and what is free
                 gpu_budget = (budget or torch.cuda.memory_allocated(device) + free) - reserve
                 return search_gpu(fits, limit)

@@ -139,7 +139,7 @@ def finished(run_dir: Path) -> bool:
 
 # Options that change the speed (and the rounding) of a run, not the run: --resume takes them. A run resumed on
 # another kind of device continues with a reseeded sampler (checkpoint.set_random_state).
-SPEED_OPTIONS = ("threads", "cpu_matmul", "grad_sync", "device", "matmul_precision")
+SPEED_OPTIONS = ("threads", "cpu_matmul", "grad_sync", "device", "matmul_precision", "eval_batch_size")
 
 
 def run_options(config: dict[str, Any]) -> dict[str, Any]:

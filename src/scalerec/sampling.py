@@ -1,7 +1,8 @@
 """Per-epoch training data on the training device: fresh negatives, a shuffle, and batches as slices.
 
 Ids are held as int32 (the step takes them as int64, a batch at a time): an epoch's users and items take 8 bytes
-a sample, not 16 (at 200M interactions and 4 negatives, 8 GB of device memory, not 16). Negatives are exact: never
+a sample, not 16 (at 200M interactions and 4 negatives, 8 GB of device memory, not 16), and on a GPU negatives are
+drawn in chunks. Negatives are exact: never
 an item the user interacted with (train or held-out test, so the test item is never shown to the model in any
 form). Membership is a binary search in the sorted keys user * n_items + item, so no dense users x items matrix is
 ever built. Rejected draws are redrawn until none is left; that loop syncs with the host once per round, a few
@@ -21,7 +22,7 @@ import torch
 from scalerec.errors import UserError
 
 SHUFFLES = ("samples", "groups")  # the epoch orders, default first (config.TrainConfig.shuffle)
-# Negatives drawn at once (EpochSampler.epoch_negatives): at most about 0.5 GB of the draw's own tensors.
+# Negatives drawn at once on a GPU (EpochSampler.epoch_negatives): at most about 0.5 GB of the draw's own tensors.
 DRAW_CHUNK = 2**24
 
 
@@ -60,11 +61,13 @@ class EpochSampler:
         return len(self.labels)
 
     def epoch_negatives(self) -> torch.Tensor:
-        """The epoch's negatives (int32), drawn in chunks of DRAW_CHUNK users: what the draw holds at once (its
-        items, their keys and the membership search, 8 bytes each) stays a chunk's, not the epoch's."""
+        """The epoch's negatives (int32), on a GPU drawn in chunks of DRAW_CHUNK users: what the draw holds at once
+        (its items, their keys and the membership search, 8 bytes each) stays a chunk's, not the epoch's."""
         out = torch.empty(len(self.neg_users), dtype=torch.int32, device=self.device)
-        for s in range(0, len(self.neg_users), DRAW_CHUNK):
-            out[s : s + DRAW_CHUNK] = self.negatives_for(self.neg_users[s : s + DRAW_CHUNK])
+        # on the CPU in one draw: the random stream its seeds gave in earlier versions, so their checkpoints resume
+        chunk = DRAW_CHUNK if self.device.type == "cuda" else max(1, len(self.neg_users))
+        for s in range(0, len(self.neg_users), chunk):
+            out[s : s + chunk] = self.negatives_for(self.neg_users[s : s + chunk])
         return out
 
     def negatives_for(self, users: torch.Tensor) -> torch.Tensor:
@@ -86,8 +89,9 @@ class EpochSampler:
     def epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(users, items, labels) for one epoch: positives and fresh negatives, shuffled by group or by sample."""
         items = torch.cat([self.items, self.epoch_negatives()])
-        # int32 on a GPU: half the memory, and any order will do there; the CPU's stays the stream its seeds gave
-        index = torch.int32 if self.device.type == "cuda" else torch.int64
+        # int32 on a GPU where it holds every sample: half the memory, and any order will do there; the CPU's stays
+        # the stream its seeds gave
+        index = torch.int32 if self.device.type == "cuda" and len(items) < 2**31 else torch.int64
         if self.shuffle == "groups":  # sample k of positive p sits at p + k * positives (negatives_for's layout)
             n = len(self.items)
             order = torch.randperm(n, device=self.device, generator=self.generator, dtype=index)

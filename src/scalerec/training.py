@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from scalerec import checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import Parts, assemble, log_setup, resolve_device
@@ -49,6 +51,7 @@ def train(
     if restarts and resume is None and not cfg.train.output:
         raise OptionError("torchrun --max-restarts: give --output, the folder a restarted worker group continues from")
     group, device = distributed.setup(resolve_device(cfg.train.device))
+    matmul = torch.get_float32_matmul_precision()  # the run sets its own (--matmul-precision); the caller's after
     try:
         if group is not None:
             if cfg.train.batch_size == "max":
@@ -68,6 +71,7 @@ def train(
             held.release()
     finally:
         distributed.teardown(group)
+        torch.set_float32_matmul_precision(matmul)
 
 
 def _quiet_on_broken_pipe(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -91,9 +95,7 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     saved = distributed.on_main(group, lambda: checkpoint.to_resume(cfg, held, adopt))  # every check before any write
     if saved is not None:
         cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
-    # the first process prepares (and caches) the data before the others read it: not every process at once
-    ds = distributed.on_main(group, lambda: load_dataset(cfg.data, log), lambda ds: None)
-    ds = ds if ds is not None else load_dataset(cfg.data, log)
+    ds = load_dataset(cfg.data, log)  # one process prepares uncached data, the others wait and read it (cached)
     if saved is not None:
         checkpoint.check_data(saved, ds, run_dir)
     fingerprint = checkpoint.fingerprint(ds) if main else None

@@ -12,6 +12,7 @@ Conventions (see DESIGN.md, "Numbers that define correct"):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import pandas as pd
 
 from scalerec import __version__
 from scalerec.errors import UserError
-from scalerec.files import TMP, WriteError, remove_orphans, write_with, writing_in
+from scalerec.files import TMP, WriteError, one_at_a_time, remove_orphans, write_with, writing_in
 
 CACHE_VERSION = 3  # bump when the processing changes, so old caches are rebuilt (and run folders' data unread)
 # A user needs this many interactions for a validation item: one to train on, one to validate, one to test
@@ -389,21 +390,34 @@ def cached(cache_dir: Path, identity: dict, build: Callable[[], Dataset], log: C
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"{identity.get('name', 'data')}-{key[:16]}.npz"
     remove_orphans(cache_dir, f"*{TMP}.npz")  # what killed processes left half-written
-    if path.is_file():
-        try:
-            return Dataset.load(path)
-        except Exception as e:  # a cache we cannot read is rebuilt, never trusted
-            log(f"Cache {path} unreadable ({e}); rebuilding")
-    ds = build()
-    try:
+    if path.is_file() and (ds := _load_cache(path, log)) is not None:
+        return ds
+    with contextlib.suppress(OSError):
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with writing_in(cache_dir):
-            ds.save(path)
-    except WriteError as e:  # names the file
-        log(f"Could not write the cache: {e}; continuing without it")
-    except OSError as e:
-        log(f"Could not write the cache {path} ({e.strerror or e}); continuing without it")
+    # one process prepares the data (the processes of a data-parallel run start together); the others wait for it
+    # and read its cache
+    with one_at_a_time(cache_dir / f".{path.stem}.lock"):
+        if path.is_file() and (ds := _load_cache(path, log, quiet=True)) is not None:
+            return ds
+        ds = build()
+        try:
+            with writing_in(cache_dir):
+                ds.save(path)
+        except WriteError as e:  # names the file
+            log(f"Could not write the cache: {e}; continuing without it")
+        except OSError as e:
+            log(f"Could not write the cache {path} ({e.strerror or e}); continuing without it")
     return ds
+
+
+def _load_cache(path: Path, log: Callable[[str], None], quiet: bool = False) -> Dataset | None:
+    """The cached Dataset, or None where it cannot be read (said unless `quiet`): it is rebuilt, never trusted."""
+    try:
+        return Dataset.load(path)
+    except Exception as e:
+        if not quiet:
+            log(f"Cache {path} unreadable ({e}); rebuilding")
+        return None
 
 
 def file_identity(path: Path) -> dict:

@@ -27,7 +27,7 @@ def undone_on_overflow(optimizer: torch.optim.Optimizer, tensors: list[torch.Ten
     if found_inf is None or not tensors:
         yield
         return
-    before = torch._foreach_clone(tensors)
+    before = [t.clone() for t in tensors]
     yield
     overflow = found_inf > 0
     for now, was in zip(tensors, before):

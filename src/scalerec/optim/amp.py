@@ -16,7 +16,7 @@ import torch
 def unscaled(optimizer: torch.optim.Optimizer, grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """The gradients divided by the loss scale GradScaler set on `optimizer` (new tensors), or as they are."""
     scale = getattr(optimizer, "grad_scale", None)
-    return torch._foreach_div(grads, scale) if scale is not None else grads
+    return torch._foreach_div(grads, scale.reshape(())) if scale is not None else grads  # 0-dim, as foreach takes
 
 
 @contextlib.contextmanager

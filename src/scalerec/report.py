@@ -120,13 +120,32 @@ def peak_lr(run: dict) -> float | None:
     return max(logged) if logged else None
 
 
+def outcome(run: dict, base_hr: float | None) -> dict:
+    """A run's results as numbers (None where there is none): its best epoch's HR@K and NDCG@K, that epoch, its
+    epochs, the training seconds until it first reached `base_hr`, its mean samples/s."""
+    metrics = run["metrics"]
+    out: dict = {**dict.fromkeys(("best_hr", "best_ndcg", "best_epoch", "to_base_s", "samples_per_s")), "epochs": 0}
+    if not metrics:
+        return out
+    hr, best = hr_key(run), best_row(run)
+    elapsed = 0.0
+    for m in metrics:
+        elapsed += m["train_s"]
+        if base_hr is not None and m[hr] >= base_hr:
+            out["to_base_s"] = elapsed
+            break
+    out.update(best_hr=best[hr], best_ndcg=best[hr.replace("HR@", "NDCG@")], best_epoch=best["epoch"])
+    out.update(epochs=len(metrics), samples_per_s=sum(m["samples_per_s"] for m in metrics) / len(metrics))
+    return out
+
+
 def table(runs: list[dict]) -> list[dict]:
     """One row per run; s_to_base_HR is the training time until the run reached the base run's best HR."""
     base = base_run(runs)
-    base_hr = best_row(base)[hr_key(base)] if base else None
+    base_hr = outcome(base, None)["best_hr"] if base else None
     rows = []
     for r in runs:
-        cfg, summary, metrics = r["config"], r["summary"], r["metrics"]
+        cfg, summary = r["config"], r["summary"]
         row = dict.fromkeys(COLUMNS, "")
         row.update(run=r["name"], state=summary.get("state", ""))
         if isinstance(at := summary.get("diverged_at"), dict):
@@ -143,26 +162,16 @@ def table(runs: list[dict]) -> list[dict]:
                 eval=hr_key(r).split("_")[0] if "_" in hr_key(r) else "sampled",
                 K=hr_key(r).split("@")[1],
             )
-        if metrics:
-            hr = hr_key(r)
-            ndcg = hr.replace("HR@", "NDCG@")
-            best = best_row(r)
-            elapsed, reached = 0.0, ""
-            for m in metrics:
-                elapsed += m["train_s"]
-                if base_hr is not None and m[hr] >= base_hr:
-                    reached = round(elapsed, 1)
-                    break
+        if r["metrics"]:
+            got = outcome(r, base_hr)
             row.update(
-                {
-                    "best_HR": f"{best[hr]:.4f}",
-                    "vs_base": f"{best[hr] - base_hr:+.4f}" if base_hr is not None else "",
-                    "best_NDCG": f"{best[ndcg]:.4f}",
-                    "best_epoch": best["epoch"],
-                    "epochs": len(metrics),
-                    "s_to_base_HR": reached,
-                    "samples_per_s": round(sum(m["samples_per_s"] for m in metrics) / len(metrics)),
-                }
+                best_HR=f"{got['best_hr']:.4f}",
+                vs_base=f"{got['best_hr'] - base_hr:+.4f}" if base_hr is not None else "",
+                best_NDCG=f"{got['best_ndcg']:.4f}",
+                best_epoch=got["best_epoch"],
+                epochs=got["epochs"],
+                s_to_base_HR=round(got["to_base_s"], 1) if got["to_base_s"] is not None else "",
+                samples_per_s=round(got["samples_per_s"]),
             )
         rows.append(row)
     return rows
@@ -182,70 +191,32 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def plots(runs: list[dict], rows: list[dict], out: Path) -> list[str]:
-    """HR@10 per epoch, best HR@10 against batch size per method, and each run's lr schedule, as PNGs."""
-    import matplotlib
+# What each figure shows, under it in report.md.
+CAPTIONS = {
+    "hr_per_epoch.png": "HR@K after each epoch, one line per run.",
+    "loss_per_epoch.png": "The mean training loss of each epoch, one line per run.",
+    "best_hr_vs_batch.png": "Each run's best HR@K against its batch, one line per method (optimizer, lr rule, "
+    "warmup, precision). A red ring: the run diverged after that best epoch; a red cross at 0: it diverged before "
+    "finishing one.",
+    "time_to_target.png": "Training seconds until each run first reached the base run's best HR@K, against its "
+    "batch (the notebook's time to target); a run that never reached it is not drawn.",
+    "throughput_vs_batch.png": "Mean training samples per second against the batch, one line per method.",
+    "lr_schedule.png": "Each run's learning rate over its epochs (warmup, scaling, decay).",
+}
 
-    matplotlib.use("Agg")  # files only, no display
+
+def plots(runs: list[dict], out: Path) -> list[str]:
+    """figures.FIGURES drawn from the runs' logs, as PNGs in `out`; their names."""
     import matplotlib.pyplot as plt
 
-    made = []
+    from scalerec.figures import figures
 
-    def save(fig, name: str) -> None:
-        write_with(out / name, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    made = []
+    for name, fig in figures(runs, base_run(runs)).items():
+        write_with(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
         made.append(name)
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in runs:
-        if r["metrics"]:
-            ax.plot(
-                [m["epoch"] for m in r["metrics"]], [m[hr_key(r)] for m in r["metrics"]], marker="o", label=r["name"]
-            )
-    ax.set(xlabel="epoch", ylabel="HR@K (K=10 where measured)", title="HR per epoch")
-    legend(ax)
-    save(fig, "hr_per_epoch.png")
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    methods: dict[str, list[tuple[int, float]]] = {}
-    for row in rows:
-        if row["best_HR"] != "":
-            key = f"{row['optimizer']} {row['lr_scaling']} warmup={row['warmup']} {row['precision']}"
-            methods.setdefault(key, []).append((row["batch"], row["best_HR"]))
-    for key, points in methods.items():
-        points.sort()
-        ax.plot(*zip(*points), marker="o", label=key)
-    failed = [(row["batch"], row["run"]) for row in rows if row["best_HR"] == "" and isinstance(row["batch"], int)]
-    if failed:  # diverged or failed runs: a cross at 0, named, so that the plot shows them too
-        ax.scatter([b for b, _ in failed], [0.0] * len(failed), marker="x", color="red", label="diverged or failed")
-        stacked: dict[int, int] = {}
-        for b, name in failed:  # runs at the same batch: their names stacked upwards
-            stacked[b] = stacked.get(b, -1) + 1
-            ax.annotate(name, (b, 0.0), textcoords="offset points", xytext=(4, 4 + 9 * stacked[b]), fontsize=6)
-    ax.set(xscale="log", xlabel="batch size", ylabel="best HR@K", title="Best HR against batch size")
-    legend(ax)
-    save(fig, "best_hr_vs_batch.png")
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in runs:
-        schedule = r["summary"].get("lr_schedule")
-        if schedule:
-            steps_per_epoch = r["summary"]["steps_per_epoch"]
-            ax.plot([s / steps_per_epoch for s, _ in schedule], [lr for _, lr in schedule], label=r["name"])
-    if not ax.lines:  # summary.json logs the schedule: an unfinished run has none
-        ax.text(0.5, 0.5, "no finished run: no schedule logged", ha="center", va="center", transform=ax.transAxes)
-    ax.set(
-        yscale="log" if ax.lines else "linear", xlabel="epoch", ylabel="learning rate", title="Learning-rate schedule"
-    )
-    legend(ax)
-    save(fig, "lr_schedule.png")
     return made
-
-
-def legend(ax) -> None:
-    """A legend where the axes hold labelled lines or points (matplotlib warns on an empty one)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
 
 
 def base_text(base: dict | None, runs: list[dict]) -> str:
@@ -276,7 +247,7 @@ def write_report(path: Path) -> Path:
     write_atomic(path / "results.csv", to_csv(rows))
     write_atomic(path / "results.md", markdown(rows))
     try:
-        images = plots(runs, rows, path)
+        images = plots(runs, path)
     except ModuleNotFoundError:
         images = []
     base = base_run(runs)
@@ -288,6 +259,8 @@ def write_report(path: Path) -> Path:
         "(10 where the run measured it); `eval`: their protocol (sampled negatives, or full ranking).",
         "",
     ]
-    text += [f"![{name}]({name})" for name in images] or ["(plots need matplotlib: pip install matplotlib)"]
+    text += [f"![{name}]({name})\n\n{CAPTIONS[name]}\n" for name in images] or [
+        "(plots need matplotlib: pip install matplotlib)"
+    ]
     write_atomic(path / "report.md", "\n".join(text) + "\n")
     return path / "report.md"

@@ -20,6 +20,7 @@ from typing import Any
 
 from scalerec.config import build_config, coerce_option, field_owner, load_mapping
 from scalerec.errors import OptionError, UserError
+from scalerec.figures import FIGURES
 from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
 from scalerec.run_folder import FAILED, SUMMARY, read_summary, same_config
 
@@ -202,14 +203,7 @@ def sweep(
 
 
 SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds
-SWEEP_OUTPUTS = (
-    "results.csv",
-    "results.md",
-    "report.md",
-    "hr_per_epoch.png",
-    "best_hr_vs_batch.png",
-    "lr_schedule.png",
-)
+SWEEP_OUTPUTS = ("results.csv", "results.md", "report.md", *FIGURES)
 
 
 def check_sweep_dir(sweep_dir: Path, base: Overrides, names: set[str]) -> None:

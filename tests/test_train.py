@@ -316,3 +316,39 @@ def test_cpu_matmul_picks_the_products_backend(monkeypatch):
         built()
     cfg.model.model = "mf"  # no matrix products to place
     assert not hasattr(built(), "onednn")
+
+
+def test_tensorboard_logs_equal_the_metrics_file(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'scalerec[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path, epochs=2, tensorboard=True)
+    cfg.optim.warmup, cfg.optim.warmup_epochs = "linear", 1.0  # an lr that changes every step
+    summary = train(cfg, log=lambda s: None)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for name in [k for k in rows[0] if "@" in k]:
+        logged = [(e.step, e.value) for e in events.Scalars(f"metrics/{name}")]
+        assert logged == [(r["epoch"], pytest.approx(r[name], rel=1e-6)) for r in rows]
+    for tag, field in (("loss/epoch", "loss"), ("throughput/samples_per_s", "samples_per_s")):
+        assert [e.value for e in events.Scalars(tag)] == [pytest.approx(r[field], rel=1e-6) for r in rows]
+    steps, batch = summary["steps_per_epoch"], summary["batch_size"]
+    samples = round(summary["mean_samples_per_s"] * summary["train_s"] / 2)  # an epoch's
+    sizes = [batch] * (steps - 1) + [samples - batch * (steps - 1)]  # the last step may be short
+    losses = events.Scalars("loss/step")
+    assert [e.step for e in losses] == list(range(2 * steps))  # every step of both epochs
+    for epoch, row in enumerate(rows):  # the steps' means, weighted by their sizes: the epoch's loss
+        values = [e.value for e in losses[epoch * steps : (epoch + 1) * steps]]
+        assert sum(v * n for v, n in zip(values, sizes)) / samples == pytest.approx(row["loss"], rel=1e-5)
+    lrs = {e.step: e.value for e in events.Scalars("lr/step")}
+    assert all(lrs[s] == pytest.approx(lr, rel=1e-6) for s, lr in summary["lr_schedule"])  # the warmup, each step
+
+
+def test_tensorboard_without_its_package_is_one_line_before_the_run(tmp_path, capsys, monkeypatch):
+    from tests.helpers import SYNTHETIC, assert_one_line_error, run_main, tiny
+
+    monkeypatch.setattr("scalerec.board.importlib.util.find_spec", lambda name: None)
+    rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run"), "--tensorboard"])
+    assert_one_line_error(rc, err, "--tensorboard needs the tensorboard package: pip install 'scalerec[tensorboard]'")
+    assert not (tmp_path / "run").exists()

@@ -250,6 +250,9 @@ class TrainConfig:
     output: str | None = None
     """Run folder for config.json and metrics.jsonl (default: runs/<time>-<data>-<model>, the data named by the
     dataset or the --data file)."""
+    tensorboard: bool = False
+    """Write TensorBoard logs under the run folder (its tensorboard/ folder): the loss and lr per step, and per
+    epoch the loss, the metrics and samples/s (needs the tensorboard package: pip install 'scalerec[tensorboard]')."""
     checkpoint: bool = True
     """Save checkpoint.pt in the run folder after every epoch (weights, optimizer and random state): what
     `scalerec train --resume RUN` continues from and `scalerec recommend RUN` recommends with."""

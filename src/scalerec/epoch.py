@@ -173,9 +173,9 @@ def epoch_mean(losses: torch.Tensor, n: int, batch_size: int) -> float:
     return float((losses.double() * sizes).sum() / n)
 
 
-def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[], dict], log) -> dict[str, Any]:
-    """One epoch: fresh negatives and a shuffle, the steps, the evaluation; its metrics row, logged (or, where the
-    loss diverged, {"diverged": where})."""
+def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[], dict], log) -> tuple[dict, Any]:
+    """One epoch: fresh negatives and a shuffle, the steps, the evaluation; (its metrics row, logged, or where the
+    loss diverged {"diverged": where}; its steps' mean losses, on the device)."""
     main = group is None or group.is_main
     p.model.train()
     t0 = time.perf_counter()
@@ -204,7 +204,7 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
             f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
             f"(lr {lr:g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
         )
-        return {"diverged": {"epoch": epoch, "step": step, "lr": lr}}
+        return {"diverged": {"epoch": epoch, "step": step, "lr": lr}}, losses
     t1 = time.perf_counter()
     metrics = evaluation()
     val_s = time.perf_counter() - t1
@@ -220,7 +220,7 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
         "batch_size": p.batch,
         "peak_memory_mb": round(peak_memory_bytes(users.device) / 2**20),
         "lr": p.lr * p.schedule((epoch + 1) * p.steps - 1),  # the lr of the epoch's last step
-    }
+    }, losses
 
 
 def log_epoch(cfg: Config, log, epoch: int, metrics: dict, loss: float, train_s, val_s, n, skipped: int) -> None:

@@ -137,9 +137,10 @@ def finished(run_dir: Path) -> bool:
         return False
 
 
-# Options that change the speed (and the rounding) of a run, not the run: --resume takes them. A run resumed on
+# Options that change the speed (and the rounding) of a run, or what it writes beside its results, not the run:
+# --resume takes them. A run resumed on
 # another kind of device continues with a reseeded sampler (checkpoint.set_random_state).
-SPEED_OPTIONS = ("threads", "cpu_matmul", "grad_sync", "device", "matmul_precision", "eval_batch_size")
+SPEED_OPTIONS = ("threads", "cpu_matmul", "grad_sync", "device", "matmul_precision", "eval_batch_size", "tensorboard")
 
 
 def run_options(config: dict[str, Any]) -> dict[str, Any]:

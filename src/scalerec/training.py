@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from scalerec import checkpoint, distributed, run_folder
+from scalerec import board, checkpoint, distributed, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import Parts, assemble, log_setup, resolve_device
 from scalerec.config import Config
@@ -50,6 +50,8 @@ def train(
     restarts = distributed.restarts_allowed()
     if restarts and resume is None and not cfg.train.output:
         raise OptionError("torchrun --max-restarts: give --output, the folder a restarted worker group continues from")
+    if cfg.train.tensorboard:
+        board.check()
     group, device = distributed.setup(resolve_device(cfg.train.device))
     matmul = torch.get_float32_matmul_precision()  # the run sets its own (--matmul-precision); the caller's after
     try:
@@ -120,21 +122,18 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         if saved is not None:
             kept = checkpoint.restore_best(saved, p.model, run_dir, run_cfg, fingerprint)
     extra = {"data": checkpoint.absolute(cfg.data), "data_fingerprint": fingerprint}
+    events = board.Board(run_dir, p) if main and cfg.train.tensorboard else None  # TensorBoard's
 
     state, error, stop = "finished", None, None  # stop: Ctrl-C, SIGTERM or a failure, raised once the summary says so
     try:
         for epoch in range(len(history), cfg.train.epochs):
             if cfg.train.patience and epoch - 1 - best["epoch"] >= cfg.train.patience:  # a resumed run that had stopped
                 break
-            row = run_epoch(cfg, p, epoch, group, evaluation, log)
+            row, losses = run_epoch(cfg, p, epoch, group, evaluation, log)
             if "diverged" in row:
                 state, error = "diverged", row["diverged"]
                 break
-            new_best = {"epoch": epoch, **{k: v for k, v in row.items() if "@" in k}}
-            if row[hr_key] > best[hr_key]:
-                log(f"New best {hr_key}!")
-            else:
-                new_best = best
+            new_best = _best_after(row, best, hr_key, log)
             row["best_epoch"] = new_best["epoch"]
             kept = checkpoint.weights_copy(p.model) if main and new_best is not best else kept
             with signals_held():  # the checkpoint, best.pt, the metrics and the history agree, whatever stops the run
@@ -148,6 +147,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
                 best = new_best
                 if main:
                     run_folder.write_metrics(run_dir, history)
+            if events is not None:
+                events.epoch(row, losses)
             if changed := threads.adjust(epoch):
                 log(changed)
             if cfg.train.patience and epoch - best["epoch"] >= cfg.train.patience and epoch + 1 < cfg.train.epochs:
@@ -161,8 +162,18 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
         state, error, stop = ("interrupted", None, Terminated()) if group.stopped() else ("failed", str(e), e)
     except Exception as e:  # a full disk (WriteError), out of memory, ...: the summary says so, then it is raised
         state, error, stop = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0], e
+    if events is not None:
+        events.close()
     outcome = {"state": state, "error": error, "stop": stop, "started": started, "main": main}
     return _finish(cfg, log, run_dir, ds, p, history, best, hr_key, outcome)
+
+
+def _best_after(row: dict, best: dict, hr_key: str, log: Callable[[str], None]) -> dict:
+    """The best epoch after an epoch's metrics `row`: its own metrics where its `hr_key` beats `best`'s (said)."""
+    if row[hr_key] > best[hr_key]:
+        log(f"New best {hr_key}!")
+        return {"epoch": row["epoch"], **{k: v for k, v in row.items() if "@" in k}}
+    return best
 
 
 def _stopped(e: KeyboardInterrupt, group) -> tuple[str, str | None, BaseException]:

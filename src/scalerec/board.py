@@ -1,0 +1,53 @@
+"""TensorBoard logs of a run (`--tensorboard`), in <run>/tensorboard: written after each epoch is committed, from
+what the epoch already brought to the host (no extra sync during it).
+
+Per step: the loss (the step's mean) and the lr, every step, or every n-th where an epoch has more than
+STEP_POINTS steps. Per epoch: the loss, each metric of metrics.jsonl, samples/s and the training seconds. A sweep's
+runs each write their own, so that `tensorboard --logdir SWEEP` shows them side by side.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from scalerec.errors import UserError
+
+FOLDER = "tensorboard"
+STEP_POINTS = 2000
+
+
+def check() -> None:
+    """UserError where TensorBoard's writer cannot be imported: said before the run starts, not after an epoch."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'scalerec[tensorboard]'")
+
+
+class Board:
+    def __init__(self, run_dir: Path, p) -> None:
+        """`p`: the run's parts (assembly.Parts): its steps per epoch and lr schedule."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer, self.p = SummaryWriter(log_dir=str(Path(run_dir) / FOLDER)), p
+
+    def epoch(self, row: dict, losses: torch.Tensor) -> None:
+        """An epoch's metrics `row` (as metrics.jsonl has it) and its steps' mean `losses`."""
+        p, add = self.p, self.writer.add_scalar
+        first, stride = row["epoch"] * p.steps, max(1, p.steps // STEP_POINTS)
+        for k, loss in enumerate(losses.tolist()[::stride]):
+            step = first + k * stride
+            add("loss/step", loss, step)
+            add("lr/step", p.lr * p.schedule(step), step)
+        epoch = row["epoch"]
+        add("loss/epoch", row["loss"], epoch)
+        for name, value in row.items():
+            if "@" in name:
+                add(f"metrics/{name}", value, epoch)
+        add("throughput/samples_per_s", row["samples_per_s"], epoch)
+        add("time/train_s", row["train_s"], epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -14,7 +14,9 @@ from scalerec.report import base_run, collect, write_report
 pytest.importorskip("matplotlib", reason="the report extra (pip install 'scalerec[report]')")
 
 
-def fake_run(sweep: Path, name: str, batch: int, optimizer: str, hrs: list[float], state="finished", **train):
+def fake_run(
+    sweep: Path, name: str, batch: int, optimizer: str, hrs: list[float], state="finished", grown=None, **train
+):
     """A run folder as training leaves it: config.json, one metrics row per HR, summary.json (diverged at the end
     where `state` says so)."""
     run = sweep / name
@@ -26,7 +28,7 @@ def fake_run(sweep: Path, name: str, batch: int, optimizer: str, hrs: list[float
     (run / "config.json").write_text(cfg.to_json())
     rows = [
         {"epoch": e, "sampled_HR@10": hr, "sampled_NDCG@10": hr / 2, "loss": 0.5 - 0.05 * e, "train_s": 100.0 / batch
-         * 256, "eval_s": 1.0, "samples_per_s": 10.0 * batch, "lr": 0.01, "batch_size": batch}
+         * 256, "eval_s": 1.0, "samples_per_s": 10.0 * batch, "lr": 0.01, "batch_size": (grown or {}).get(e, batch)}
         for e, hr in enumerate(hrs)
     ]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -100,6 +102,21 @@ def test_time_to_target_and_throughput_against_batch(drawn):
     assert xs == [256, 2048, 16384] and ys == [2560.0, 20480.0, 163840.0]
     schedule = lines_of(drawn["lr_schedule.png"])["1-adam-256"]
     assert schedule[0][:2] == [0.0, 0.3] and schedule[1][-1] == 0.01
+
+
+def test_a_run_that_grew_its_batch_is_drawn_at_the_batch_it_reached(tmp_path):
+    from scalerec.figures import figures
+    from scalerec.report import table
+
+    fake_run(tmp_path, "1-sgd-256", 256, "sgd", [0.60, 0.64, 0.65])
+    fake_run(tmp_path, "9-grow", 256, "sgd", [0.60, 0.66, 0.67], grown={1: 4096, 2: 49152},
+             batch_schedule="0:256,1:4096,2:49152")  # fmt: skip
+    runs = collect(tmp_path)
+    got = lines_of(figures(runs, base_run(runs))["best_hr_vs_batch.png"])
+    assert got["sgd, lr none, warmup none, fp32, batch grown"] == ([49152], [0.67])
+    assert got["sgd, lr none, warmup none, fp32"] == ([256], [0.65])
+    assert [row["batch"] for row in table(runs)] == [256, "256->49152"]
+    assert base_run(runs)["name"] == "1-sgd-256"
 
 
 def test_report_md_embeds_each_figure_with_what_it_shows(tmp_path):

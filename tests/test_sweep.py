@@ -39,7 +39,13 @@ def test_notebook_preset_runs_follow_the_story():
         "5-192x-linear-warmup",
         "6-192x-lars-warmup",
         "7-192x-lamb-warmup",
+        "9-grow-to-192x",
     ]
+    grow = runs["9-grow-to-192x"]
+    assert grow["train"]["batch_schedule"] == "0:256,1:4096,2:49152" and grow["optim"]["lr"] == 0.005  # 3 epochs
+    assert dict(notebook_runs(256, 0.005, 0.002, epochs=9))["9-grow-to-192x"]["train"]["batch_schedule"] == (
+        "0:256,3:4096,6:49152"
+    )
     assert runs["2-16x-same-lr"]["train"]["batch_size"] == 4096 and runs["2-16x-same-lr"]["optim"]["lr"] == 0.005
     assert runs["4-192x-linear"]["optim"]["lr_scaling"] == "linear"
     assert runs["5-192x-linear-warmup"]["optim"]["warmup"] == "exponential"

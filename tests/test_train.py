@@ -352,3 +352,56 @@ def test_tensorboard_without_its_package_is_one_line_before_the_run(tmp_path, ca
     rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run"), "--tensorboard"])
     assert_one_line_error(rc, err, "--tensorboard needs the tensorboard package: pip install 'scalerec[tensorboard]'")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_schedule_grows_the_batch_at_epoch_boundaries_with_each_phases_lr(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=3, batch_schedule="0:128,1:512", micro_batch=200)
+    cfg.optim.lr_scaling, cfg.optim.base_lr = "linear", 0.004  # base batch: the first phase's, 128
+    cfg.optim.warmup, cfg.optim.warmup_epochs = "linear", 1.5  # into the second phase
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["batch_size"] for r in rows] == [128, 512, 512]
+    assert [r["lr"] for r in rows][1:] == pytest.approx([0.016, 0.016])  # 4x the batch, 4x the lr, warmed up
+    samples = round(summary["mean_samples_per_s"] * summary["train_s"] / 3)
+    steps = [-(-samples // b) for b in (128, 512, 512)]
+    assert summary["epoch_starts"] == [0, steps[0], steps[0] + steps[1], sum(steps)]
+    lr = dict(summary["lr_schedule"])
+    warmup = steps[0] + 0.5 * steps[1]  # 1.5 epochs of steps
+    for step, got in lr.items():
+        phase = 0.004 if step < steps[0] else 0.016
+        assert got == pytest.approx(phase * min(1.0, (step + 1) / warmup)), step
+    assert any(line.startswith("Batch schedule: epoch 0: batch 128") and "epoch 1: batch 512" in line for line in lines)
+
+
+def test_a_resumed_batch_schedule_continues_in_its_phase(tmp_path, capsys, monkeypatch):
+    from tests.helpers import SYNTHETIC, interrupt_in_epoch, rows, run_main, tiny
+
+    args = [*SYNTHETIC, "--batch-schedule", "0:128,2:512", "--lr-scaling", "sqrt", "--optimizer", "lamb"]
+    assert run_main(capsys, ["train", *args, *tiny(tmp_path / "whole", epochs=3)])[0] == 0
+    import scalerec.epoch
+
+    real = scalerec.epoch.train_epoch
+    interrupt_in_epoch(monkeypatch, 2)  # stopped in the second phase's first epoch
+    assert run_main(capsys, ["train", *args, *tiny(tmp_path / "part", epochs=3)])[0] == 130
+    monkeypatch.setattr(scalerec.epoch, "train_epoch", real)
+    rc, out, err = run_main(capsys, ["train", "--resume", tmp_path / "part", "--threads", "1"])
+    assert rc == 0, err
+    assert rows(tmp_path / "part") == rows(tmp_path / "whole")  # the same batches, lr and metrics
+    assert [r["batch_size"] for r in rows(tmp_path / "part")] == [128, 128, 512]
+
+
+@pytest.mark.parametrize(
+    "schedule, said",
+    [
+        ("0:128,x", "'x' is not EPOCH:BATCH"),
+        ("1:128", "must start at epoch 0"),
+        ("0:128,0:256", "at increasing epochs"),
+        ("0:0", "batches of at least 1"),
+    ],
+)
+def test_a_wrong_batch_schedule_is_one_line(tmp_path, capsys, schedule, said):
+    from tests.helpers import SYNTHETIC, assert_one_line_error, run_main, tiny
+
+    rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run"), "--batch-schedule", schedule])
+    assert_one_line_error(rc, err, said)

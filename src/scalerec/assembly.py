@@ -3,6 +3,7 @@ batch (the largest that fits, for --batch-size max) and its micro-batches, the l
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from scalerec.allocator import keep_large_blocks_in_heap
-from scalerec.config import FLOAT32_MAX, Config
+from scalerec.config import FLOAT32_MAX, Config, parse_batch_schedule
 from scalerec.data.loading import load_dataset
 from scalerec.epoch import train_step
 from scalerec.errors import OptionError, UserError
@@ -26,6 +27,32 @@ from scalerec.threads import Threads
 
 
 @dataclasses.dataclass
+class Plan:
+    """Each epoch's batch, micro-batch and (scaled) lr, and the global step each epoch starts at: one batch for the
+    whole run, or --batch-schedule's phases."""
+
+    batches: list[int]
+    micros: list[int | None]
+    """Micro-batch size of each epoch, or None for whole batches."""
+    lrs: list[float]
+    starts: list[int]
+    """The first global step of each epoch, then the run's total steps."""
+
+    @staticmethod
+    def of(batches: list[int], micros: list[int | None], lrs: list[float], samples: int) -> Plan:
+        starts = [0]
+        for b in batches:
+            starts.append(starts[-1] + (samples + b - 1) // b)
+        return Plan(batches, micros, lrs, starts)
+
+    def steps(self, epoch: int) -> int:
+        return self.starts[epoch + 1] - self.starts[epoch]
+
+    def epoch_of(self, step: int) -> int:
+        return min(max(0, bisect.bisect_right(self.starts, step) - 1), len(self.batches) - 1)
+
+
+@dataclasses.dataclass
 class Parts:
     """What the epoch loop runs: built by `assemble`."""
 
@@ -33,11 +60,7 @@ class Parts:
     sampler: EpochSampler
     samples: int
     """Samples per epoch (positives and their negatives)."""
-    batch: int
-    micro: int | None
-    """Micro-batch size, or None for whole batches."""
-    steps: int
-    """Steps per epoch."""
+    plan: Plan
     lr: float
     """The peak learning rate (scaled to the batch where asked)."""
     optimizer: torch.optim.Optimizer
@@ -49,9 +72,22 @@ class Parts:
     scaler: Any
     ctx: Any
     """The autocast context of the run's precision."""
-    total_steps: int
     matmul_precision: str
     """The fp32 matrix products' precision in force (precision.set_matmul_precision)."""
+
+    @property
+    def batch(self) -> int:
+        """The first epoch's batch (the run's, without --batch-schedule)."""
+        return self.plan.batches[0]
+
+    @property
+    def steps(self) -> int:
+        """The first epoch's steps (every epoch's, without --batch-schedule)."""
+        return self.plan.steps(0)
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.starts[-1]
 
     def schedule_points(self) -> list[int]:
         """200 steps spread over the run: the schedule as the log, the summary and the plots show it."""
@@ -75,21 +111,41 @@ def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, lo
     bs = t.batch_size if batch is None else batch
     if bs == "max":
         bs = largest_batch(cfg, model, ds.n_users, ds.n_items, n, device, log)
-    lr = scaled_lr(o.base_lr or o.lr, o.base_batch or bs, bs, o.lr_scaling) if o.lr_scaling != "none" else o.lr
-    if not lr <= FLOAT32_MAX:
-        raise OptionError(f"the lr scaled to batch {bs} is {lr:g}, beyond float32's range: lower --base-lr")
+    plan = plan_of(cfg, device, bs, n)
+    lr = max(plan.lrs)
     optimizer, groups = optimizer_for(cfg, model, lr)
-    steps = (n + bs - 1) // bs
-    warmup_steps, total = o.warmup_epochs * steps, t.epochs * steps
+    whole = int(o.warmup_epochs)  # the warmup's steps: its whole epochs', and its share of the next's
+    warmup_steps = o.warmup_epochs * plan.steps(0) if len(set(plan.batches)) == 1 else (
+        plan.starts[min(whole, t.epochs)] + (o.warmup_epochs - whole) * plan.steps(min(whole, t.epochs - 1))
+    )  # fmt: skip
 
-    def schedule(step: int) -> float:
-        return lr_factor(step, warmup_steps, total, o.warmup, o.decay)
+    def schedule(step: int) -> float:  # the phase's lr over the peak, under the warmup and decay
+        phase = plan.lrs[plan.epoch_of(step)] / lr
+        return phase * lr_factor(step, warmup_steps, plan.starts[-1], o.warmup, o.decay)
 
     return Parts(
-        model, sampler, n, bs, micro_batch_for(cfg, device, bs), steps, lr, optimizer, groups, schedule,
+        model, sampler, n, plan, lr, optimizer, groups, schedule,
         torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), grad_scaler(t.precision, device),
-        autocast_context(t.precision, device), total, set_matmul_precision(t.matmul_precision, device),
+        autocast_context(t.precision, device), set_matmul_precision(t.matmul_precision, device),
     )  # fmt: skip
+
+
+def plan_of(cfg: Config, device: torch.device, batch: int, samples: int) -> Plan:
+    """Each epoch's batch (`batch`, or --batch-schedule's), micro-batch and lr (scaled to the batch where asked)."""
+    o, t = cfg.optim, cfg.train
+    phases = parse_batch_schedule(t.batch_schedule) if t.batch_schedule else [(0, batch)]
+    batches = [next(b for e, b in reversed(phases) if e <= epoch) for epoch in range(t.epochs)]
+    lrs = []
+    for bs in batches:  # scaled from --base-batch, by default the first epoch's batch
+        lr = (
+            scaled_lr(o.base_lr or o.lr, o.base_batch or batches[0], bs, o.lr_scaling)
+            if o.lr_scaling != "none"
+            else o.lr
+        )
+        if not lr <= FLOAT32_MAX:
+            raise OptionError(f"the lr scaled to batch {bs} is {lr:g}, beyond float32's range: lower --base-lr")
+        lrs.append(lr)
+    return Plan.of(batches, [micro_batch_for(cfg, device, bs) for bs in batches], lrs, samples)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -222,7 +278,7 @@ def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
 def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.device, run_dir: Path, group) -> None:
     """The run's model, batch, optimizer and schedule, its processes, and notes on what would surprise."""
     o = cfg.optim
-    model, bs, micro, n, steps, groups, lr = p.model, p.batch, p.micro, p.samples, p.steps, p.groups, p.lr
+    model, bs, micro, n, steps, groups, lr = p.model, p.batch, p.plan.micros[0], p.samples, p.steps, p.groups, p.lr
     lrs = [lr * p.schedule(s) for s in p.schedule_points()]
     rule = (
         f" ({o.lr_scaling} rule: {o.base_lr or o.lr:g} at batch {o.base_batch or bs})" if o.lr_scaling != "none" else ""
@@ -238,6 +294,11 @@ def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.d
         f"precision {cfg.train.precision}; fp32 matrix products {p.matmul_precision}"
         + (" (TF32)" if p.matmul_precision != "highest" and has_tf32(device) else "")
     )
+    if len(set(p.plan.batches)) > 1:
+        log("Batch schedule: " + "; ".join(
+            f"epoch {e}: batch {b}, {p.plan.steps(e)} steps, lr {p.plan.lrs[e]:g}"
+            for e, b in enumerate(p.plan.batches) if e == 0 or b != p.plan.batches[e - 1]
+        ))  # fmt: skip
     if group is not None:
         whole = group.by_ddp(bs, micro)
         log(

@@ -35,7 +35,7 @@ class Board:
     def epoch(self, row: dict, losses: torch.Tensor) -> None:
         """An epoch's metrics `row` (as metrics.jsonl has it) and its steps' mean `losses`."""
         p, add = self.p, self.writer.add_scalar
-        first, stride = row["epoch"] * p.steps, max(1, p.steps // STEP_POINTS)
+        first, stride = p.plan.starts[row["epoch"]], max(1, p.plan.steps(row["epoch"]) // STEP_POINTS)
         for k, loss in enumerate(losses.tolist()[::stride]):
             step = first + k * stride
             add("loss/step", loss, step)

@@ -348,7 +348,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
         b = cfg.optim.base_batch or sweep.notebook_base_batch(len(ds.train_users) * (1 + cfg.train.negatives))
         sgd_lr = cfg.optim.base_lr or sweep.NOTEBOOK_SGD_LR
         eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
-        runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta)
+        runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta, epochs=cfg.train.epochs)
         final = sweep.better_in_bf16(runs)
         print(
             f"Notebook preset: base batch B = {b}, SGD lr {sgd_lr:g}; 16B = {16 * b}, "

@@ -200,6 +200,23 @@ class OptimConfig:
             raise ValueError("nesterov needs --optimizer sgd or lars and a momentum > 0")
 
 
+def parse_batch_schedule(text: str) -> list[tuple[int, int]]:
+    """ "0:1024,2:4096" -> [(0, 1024), (2, 4096)]: (first epoch, batch) of each phase; ValueError saying what is
+    wrong."""
+    phases = []
+    for part in str(text).split(","):
+        epoch, _, batch = part.strip().partition(":")
+        try:
+            phases.append((int(epoch), int(batch)))
+        except ValueError:
+            raise ValueError(f"batch_schedule: {part.strip()!r} is not EPOCH:BATCH (e.g. 0:1024,2:4096)") from None
+    if phases[0][0] != 0:
+        raise ValueError(f"batch_schedule must start at epoch 0, got {text!r}")
+    if any(b < 1 for _, b in phases) or any(e2 <= e1 for (e1, _), (e2, _) in zip(phases, phases[1:])):
+        raise ValueError(f"batch_schedule: batches of at least 1, at increasing epochs, got {text!r}")
+    return phases
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -207,6 +224,10 @@ class TrainConfig:
     batch_size: int | Literal["max"] = 1024
     """Training samples (positives + negatives) per step, or max: the largest batch that fits the device memory
     (on the CPU, --memory-budget-gb), found by a short search before training."""
+    batch_schedule: str | None = None
+    """Grow the batch at epoch boundaries instead of decaying the lr (Smith et al. 2017): "EPOCH:BATCH,...", e.g.
+    "0:1024,2:4096,4:16384" (from epoch 0 at 1024, from 2 at 4096, from 4 at 16384); it replaces --batch-size. With
+    --lr-scaling, each phase's lr is scaled to its batch."""
     memory_budget_gb: float | None = None
     """--batch-size max: the memory a run may use, in GB (default: the whole GPU; on the CPU, 80% of the memory
     available at start)."""
@@ -266,6 +287,10 @@ class TrainConfig:
             raise ValueError(f"batch_size must be an integer or max, got {self.batch_size!r}")
         if self.batch_size != "max" and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_schedule is not None:
+            parse_batch_schedule(self.batch_schedule)  # checked here, once
+            if self.batch_size == "max":
+                raise ValueError("batch_schedule gives each epoch's batch: not with batch_size max")
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
             raise ValueError(f"memory_budget_gb must be > 0, got {self.memory_budget_gb}")
         if self.micro_batch is not None and self.micro_batch < 1:

@@ -180,6 +180,7 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
     p.model.train()
     t0 = time.perf_counter()
     users, items, labels = p.sampler.epoch()
+    batch, micro, first = p.plan.batches[epoch], p.plan.micros[epoch], p.plan.starts[epoch]
     with tqdm(
         total=p.samples,
         disable=not (main and sys.stderr.isatty()),  # one bar, the first process's
@@ -190,16 +191,16 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
         desc=f"Epoch {epoch}",
     ) as bar:
         losses, skipped = train_epoch(
-            p.model, p.optimizer, users, items, labels, p.batch, bar, p.scheduler, p.scaler, p.ctx, p.micro, group
+            p.model, p.optimizer, users, items, labels, batch, bar, p.scheduler, p.scaler, p.ctx, micro, group
         )
     if group is not None:  # each process's shares of the steps' losses, summed
         losses = group.total(losses)
-    loss = epoch_mean(losses, p.samples, p.batch)  # sync point: the epoch is done
+    loss = epoch_mean(losses, p.samples, batch)  # sync point: the epoch is done
     skipped_steps = int(skipped)
     train_s = time.perf_counter() - t0
     if not math.isfinite(loss):
         step = int((~torch.isfinite(losses)).nonzero()[0])
-        lr = p.lr * p.schedule(epoch * p.steps + step)
+        lr = p.lr * p.schedule(first + step)
         log(
             f"Diverged: the loss became {float(losses[step])} at epoch {epoch}, step {step} "
             f"(lr {lr:g}); stopping. Try a lower --lr, a warmup, or --optimizer lars/lamb."
@@ -217,9 +218,9 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
         "eval_s": val_s,
         "samples_per_s": p.samples / train_s,
         "skipped_steps": skipped_steps,
-        "batch_size": p.batch,
+        "batch_size": batch,
         "peak_memory_mb": round(peak_memory_bytes(users.device) / 2**20),
-        "lr": p.lr * p.schedule((epoch + 1) * p.steps - 1),  # the lr of the epoch's last step
+        "lr": p.lr * p.schedule(p.plan.starts[epoch + 1] - 1),  # the lr of the epoch's last step
     }, losses
 
 

@@ -29,7 +29,8 @@ def styles() -> itertools.cycle:
 def method(run: dict) -> str:
     """What a line of the batch-size figures joins: runs of one optimizer, lr rule, warmup and precision."""
     o, t = run["config"]["optim"], run["config"]["train"]
-    return f"{o['optimizer']}, lr {o['lr_scaling']}, warmup {o['warmup']}, {t.get('precision', 'fp32')}"
+    grown = ", batch grown" if t.get("batch_schedule") else ""
+    return f"{o['optimizer']}, lr {o['lr_scaling']}, warmup {o['warmup']}, {t.get('precision', 'fp32')}{grown}"
 
 
 def subtitle(runs: list[dict]) -> str:
@@ -79,13 +80,21 @@ def figures(runs: list[dict], base: dict | None) -> dict[str, Any]:
     ax = figure("lr_schedule.png", "Learning-rate schedule", "epoch", "learning rate")
     for r, style in zip(runs, styles()):
         if schedule := r["summary"].get("lr_schedule"):
-            per_epoch = r["summary"]["steps_per_epoch"]
-            xs, ys = [s / per_epoch for s, _ in schedule], [lr for _, lr in schedule]
+            xs, ys = [epoch_at(r["summary"], s) for s, _ in schedule], [lr for _, lr in schedule]
             ax.plot(xs, ys, label=r["name"], markevery=max(1, len(xs) // 8), **style)
     if ax.lines:
         ax.set_yscale("log")
     finish(ax, "no finished run: no schedule logged")
     return made
+
+
+def epoch_at(summary: dict, step: int) -> float:
+    """Where global `step` falls in epochs: by the steps per epoch, or --batch-schedule's epoch starts."""
+    starts = summary.get("epoch_starts")
+    if not starts:
+        return step / summary["steps_per_epoch"]
+    epoch = max(e for e in range(len(starts) - 1) if starts[e] <= step)
+    return epoch + (step - starts[epoch]) / (starts[epoch + 1] - starts[epoch])
 
 
 def by_batch(ax, runs: list[dict], done: dict[str, dict], field: str) -> None:

@@ -105,7 +105,10 @@ def base_run(runs: list[dict]) -> dict | None:
 
 
 def batch_of(run: dict) -> int | str:
-    """The batch a run trained with: `--batch-size max` is resolved in its summary and metrics."""
+    """The batch a run trained with: `--batch-size max` is resolved in its summary and metrics; with
+    --batch-schedule, the batch it grew to (its last epoch's)."""
+    if run["config"]["train"].get("batch_schedule") and run["metrics"]:
+        return run["metrics"][-1]["batch_size"]
     for source in (run["summary"], *run["metrics"][:1]):
         if isinstance(source.get("batch_size"), int):
             return source["batch_size"]
@@ -152,8 +155,9 @@ def table(runs: list[dict]) -> list[dict]:
             row["state"] = f"diverged (epoch {at['epoch']}, step {at['step']}, lr {at['lr']:.4g})"
         if cfg:
             o, t, lr = cfg["optim"], cfg["train"], peak_lr(r)
+            grown = t.get("batch_schedule") and r["metrics"] and r["metrics"][0]["batch_size"] != batch_of(r)
             row.update(
-                batch=batch_of(r),
+                batch=f"{r['metrics'][0]['batch_size']}->{batch_of(r)}" if grown else batch_of(r),
                 optimizer=o["optimizer"],
                 lr_scaling=o["lr_scaling"],
                 warmup=o["warmup"],

@@ -6,6 +6,7 @@ stopped by Ctrl-C or SIGTERM writes the report of the runs so far before it stop
 The `notebook` preset replays the GHC 2019 notebook's story at a base batch B:
   1 B, SGD (momentum 0.9)      2 16B, same lr              3 16B, linear rule        4 192B, linear rule
   5 192B, linear + warmup      6 192B, LARS + warmup       7 192B, LAMB + warmup     8 the better of 6 and 7 in bf16
+  9 from B to 192B by growing the batch (B, 16B, 192B over the epochs) at the base run's lr, instead of scaling it
 """
 
 from __future__ import annotations
@@ -46,16 +47,24 @@ def flat(**fields: Any) -> Overrides:
     return out
 
 
+def growth(base_batch: int, epochs: int) -> str:
+    """Notebook run 9's batch schedule (Smith et al. 2017: grow the batch where the lr would decay): B, then 16B
+    from a third of the epochs, 192B from two thirds."""
+    first = max(1, round(epochs / 3))
+    return f"0:{base_batch},{first}:{16 * base_batch},{max(first + 1, round(2 * epochs / 3))}:{192 * base_batch}"
+
+
 def notebook_base_batch(samples_per_epoch: int, multiplier: int = 192, steps: int = 100) -> int:
     """The largest power of two B such that multiplier * B still leaves about `steps` steps per epoch."""
     return max(1, 2 ** int(math.log2(max(1, samples_per_epoch / (multiplier * steps)))))
 
 
 def notebook_runs(
-    base_batch: int, base_lr: float, lamb_lr: float, lars_eta: float | None = None
+    base_batch: int, base_lr: float, lamb_lr: float, lars_eta: float | None = None, epochs: int = 3
 ) -> list[tuple[str, Overrides]]:
-    """Runs 1-7 of the notebook preset; run 8 is chosen from the results of 6 and 7. LARS's trust coefficient is
-    `lars_eta`, or by default the one that makes its peak relative step LARS_RELATIVE_STEP."""
+    """Runs 1-7 and 9 of the notebook preset; run 8 is chosen from the results of 6 and 7. LARS's trust
+    coefficient is `lars_eta`, or by default the one that makes its peak relative step LARS_RELATIVE_STEP. Run 9
+    grows the batch from B to 16B and 192B at a third and two thirds of the `epochs`, at the base run's lr."""
     big, huge = 16 * base_batch, 192 * base_batch
     sgd = dict(optimizer="sgd", momentum=0.9)
     linear = dict(lr_scaling="linear", base_lr=base_lr, base_batch=base_batch)
@@ -81,6 +90,7 @@ def notebook_runs(
             "7-192x-lamb-warmup",
             flat(batch_size=huge, optimizer="lamb", lr_scaling="sqrt", base_lr=lamb_lr, base_batch=base_batch, **warm),
         ),
+        ("9-grow-to-192x", flat(batch_schedule=growth(base_batch, epochs), lr=base_lr, **sgd)),
     ]
 
 

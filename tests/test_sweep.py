@@ -283,3 +283,27 @@ def test_the_report_says_when_a_smaller_batch_run_that_would_be_the_base_diverge
     report = sweep(tiny_base(tmp_path), runs, tmp_path / "sweep", lambda s: None).read_text()
     base = "Base run: `2-large` (the finished run with the smallest batch; of a smaller batch, `1-small` (diverged)"
     assert base in report
+
+
+def test_the_lr_scan_keeps_the_lowest_loss_and_stops_at_the_first_divergence(tmp_path, monkeypatch):
+    from scalerec import lr_scan
+    from scalerec.config import build_config
+    from scalerec.data.loading import load_dataset
+
+    assert lr_scan.choose({0.1: 0.40, 0.3: 0.38, 1.0: 0.45, 3.0: None}) == 0.3
+    with pytest.raises(UserError, match="every lr of the scan diverged"):
+        lr_scan.choose({0.1: None})
+    cfg = build_config({**tiny_base(tmp_path), "train": {**TINY["train"], "device": "cpu"}})
+    ds = load_dataset(cfg.data)
+    monkeypatch.setattr(lr_scan, "CANDIDATES", (0.001, 0.3, 1e9, 1e10))
+    lines = []
+    chosen = lr_scan.scan(cfg, ds, 64, lines.append)
+    (line,) = lines
+    assert "0.001: 0." in line and "0.3: 0." in line and "1e+09: diverged" in line
+    assert "1e+10" not in line  # larger than one that diverged: not tried
+    losses = {
+        float(lr): float(v)
+        for lr, v in (p.split(": ") for p in line.split("(final loss per lr: ")[1][:-1].split(", "))
+        if v != "diverged"
+    }
+    assert chosen == min(losses, key=losses.get) and line.startswith(f"Base SGD lr {chosen:g}, by a scan at batch 64")

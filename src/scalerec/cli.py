@@ -123,7 +123,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=["notebook"],
         help="the GHC 2019 notebook's scaling story at a base batch B "
-        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default 3)",
+        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default: a short scan at B)",
     )
     p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")
     _add_config_options(
@@ -344,16 +344,17 @@ def run_sweep(args: argparse.Namespace) -> Path:
     if args.preset == "notebook":
         from scalerec.data.loading import load_dataset
 
+        from scalerec.lr_scan import scan
+
         ds = load_dataset(cfg.data)
-        b = cfg.optim.base_batch or sweep.notebook_base_batch(len(ds.train_users) * (1 + cfg.train.negatives))
-        sgd_lr = cfg.optim.base_lr or sweep.NOTEBOOK_SGD_LR
+        samples = len(ds.train_users) * (1 + cfg.train.negatives)
+        b = cfg.optim.base_batch or sweep.notebook_base_batch(samples)
+        why = "--base-batch" if cfg.optim.base_batch else f"192B leaves about 100 steps of the {samples:,} an epoch"
+        print(f"Notebook preset: base batch B = {b} ({why}); 16B = {16 * b}, 192B = {192 * b}; sweep folder {folder}")
+        sgd_lr = cfg.optim.base_lr or scan(cfg, ds, b)  # says what it found
         eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
         runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta, epochs=cfg.train.epochs)
         final = sweep.better_in_bf16(runs)
-        print(
-            f"Notebook preset: base batch B = {b}, SGD lr {sgd_lr:g}; 16B = {16 * b}, "
-            f"192B = {192 * b}; sweep folder {folder}"
-        )
     elif args.grid:
         runs = sweep.grid_runs(sweep.read_grid_file(args.grid, base))
     else:

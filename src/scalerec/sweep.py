@@ -26,10 +26,6 @@ from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, re
 from scalerec.run_folder import FAILED, SUMMARY, read_summary, same_config
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
-# The preset's SGD lr at B when --base-lr is not given. Calibrated on the NCF ML-1M split at B = 256 (momentum 0.9,
-# mean BCE loss) by `scalerec sweep --grid` over lr in {1, 3, 8}, 2 epochs each: HR@10 0.4621 (lr 1), 0.5927 (lr 3),
-# diverged at step 9 (lr 8). The notebook's 0.005 at 4096 is far too small for a mean-reduced loss.
-NOTEBOOK_SGD_LR = 3.0
 # LARS's lr x eta is the fraction of its norm a layer moves per step. The preset's LARS run keeps the linear rule's
 # lr (the notebook's story) and sets eta so that this fraction is 1% at the peak lr: on ML-1M at 192 x 256, eta
 # 0.001 (the usual default, a 58% step) sent the loss to 1e22 in one epoch; 1% and 6% both reached HR@10 0.45.

@@ -343,7 +343,6 @@ def run_sweep(args: argparse.Namespace) -> Path:
         raise OptionError("sweep takes --preset or --grid, not both")
     if args.preset == "notebook":
         from scalerec.data.loading import load_dataset
-
         from scalerec.lr_scan import scan
 
         ds = load_dataset(cfg.data)

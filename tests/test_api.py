@@ -202,3 +202,15 @@ def test_a_bad_protocol_is_said_before_anything_is_loaded(trained, monkeypatch):
     monkeypatch.setattr(scalerec.api, "_load", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(UserError, match="protocol must be one of"):
         scalerec.evaluate(trained, protocol="all")
+
+
+def test_every_public_name_stays_callable_once_every_module_is_imported():
+    """A submodule of the same name (scalerec.report, scalerec.find_batch) would replace a function on import."""
+    import importlib
+    import pkgutil
+
+    import scalerec
+
+    for module in pkgutil.walk_packages(scalerec.__path__, "scalerec."):
+        importlib.import_module(module.name)
+    assert [name for name in scalerec.__all__ if name != "__version__" and not callable(getattr(scalerec, name))] == []

@@ -20,6 +20,8 @@ _EXPORTS = {
     "train": "scalerec.api",
     "load": "scalerec.api",
     "evaluate": "scalerec.api",
+    "largest_batch": "scalerec.api",
+    "write_report": "scalerec.api",
     "Run": "scalerec.api",
     "Recommender": "scalerec.recommend",
     "Config": "scalerec.config",

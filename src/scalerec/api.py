@@ -117,6 +117,30 @@ def train(
     return Run.open(summary["run_dir"])
 
 
+def largest_batch(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    *,
+    log: Callable[[str], None] | None = print,
+    **options: Any,
+) -> int:
+    """The largest batch that trains a run of these options within the memory budget (on a GPU its memory, on the
+    CPU 80% of what is available, or `memory_budget_gb`), as `scalerec find-batch` and `batch_size="max"` find it:
+    a short search of trial steps that leaves the process as it was."""
+    from scalerec.assembly import find_largest_batch
+
+    cfg = config_of(config, **options)
+    with _process_kept(cfg.train.device):
+        return find_largest_batch(cfg, log or (lambda s: None))
+
+
+def write_report(folder: Run | str | Path) -> Path:
+    """The report of a run or of a folder of runs (a sweep's, or any runs trained into one folder), as `scalerec
+    report` writes it: results.csv and .md, the figures as PNGs, and report.md, whose path it returns."""
+    from scalerec import report
+
+    return report.write_report(folder.path if isinstance(folder, Run) else Path(folder))
+
+
 def _resumed(run: Run | str | Path, config: Any, options: dict[str, Any]) -> Config:
     """The options of a run to resume: its own, with the speed options given."""
     from scalerec.run_folder import SPEED_OPTIONS

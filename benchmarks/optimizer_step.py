@@ -2,7 +2,8 @@
 
 Each measurement runs in its own process with one revision's src/ first on the path (the other revision's taken
 out of git with `git archive`), on a NeuMF of a MovieLens shape's tables with fixed random gradients: the
-optimizer's step and nothing else. One JSON line per measurement. Example:
+optimizer's step and nothing else, with malloc tuned as `scalerec train` tunes it (--glibc-malloc: not). One JSON
+line per measurement. Example:
     python optimizer_step.py --baseline HEAD~3 --optimizers lars lamb --shape ml-1m --repeats 3
 """
 
@@ -22,9 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 MEASURE = """
 import json, sys, time, torch
+from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.model import build_model
 from scalerec.optim import build_optimizer
 users, items, name, steps, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+if sys.argv[6] == "scalerec":
+    keep_large_blocks_in_heap()  # as scalerec train does: an optimizer's temporaries reuse heap pages
 torch.manual_seed(0)
 model = build_model("neumf", users, items, 64, [256, 256, 128, 64], 0.0).to(device)
 opt, _ = build_optimizer(name, model, 0.01, momentum=0.9, weight_decay=1e-4 if name != "adam" else 0.0)
@@ -55,9 +59,9 @@ def checkout(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def measure(src: Path, shape: tuple[int, int], name: str, steps: int, device: str) -> dict:
+def measure(src: Path, shape: tuple[int, int], name: str, steps: int, device: str, malloc: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    cmd = [sys.executable, "-c", MEASURE, str(shape[0]), str(shape[1]), name, str(steps), device]
+    cmd = [sys.executable, "-c", MEASURE, str(shape[0]), str(shape[1]), name, str(steps), device, malloc]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)
 
 
@@ -72,14 +76,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--glibc-malloc", action="store_true", help="keep glibc's malloc settings (see allocator.py)")
     args = p.parse_args()
+    malloc = "glibc" if args.glibc_malloc else "scalerec"
     with tempfile.TemporaryDirectory() as tmp:
         revisions = {"current": REPO / "src", args.baseline: checkout(args.baseline, Path(tmp))}
         for repeat in range(args.repeats):
             for name in args.optimizers:
                 for rev, src in revisions.items() if repeat % 2 == 0 else reversed(revisions.items()):
-                    found = measure(src, SHAPES[args.shape][:2], name, args.steps, args.device)
+                    found = measure(src, SHAPES[args.shape][:2], name, args.steps, args.device, malloc)
                     line = {"bench": "optimizer_step", "revision": rev, "optimizer": name, "shape": args.shape}
+                    line["malloc"] = malloc
                     print(json.dumps({**line, "repeat": repeat, **machine(), **found}), flush=True)
                     time.sleep(0.1)
 

@@ -52,7 +52,7 @@ def test_the_scaling_story_notebook_replays_every_run_and_draws_the_figures(tmp_
     for run in ("1-base", "2-16x-same-lr", "5-192x-linear-warmup", "6-192x-lars-warmup", "8-192x-lamb-warmup",
                 "9-grow-to-192x"):  # fmt: skip
         assert f"{run}:" in text, run
-    assert "the largest batch that fits" in text
+    assert "the largest batch that fits" in text and "9-grow-to-192x: batch 64->12288" in text  # it grew
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 5  # the figures, inline
     assert (tmp_path / "runs" / "scaling-story" / "report.md").is_file()

@@ -51,11 +51,9 @@ def drawn(tmp_path):
     fake_run(tmp_path, "3-adam-16384", 16384, "adam", [0.4000, 0.4500, 0.4400])
     fake_run(tmp_path, "4-sgd-2048", 2048, "sgd", [], state="diverged")
     fake_run(tmp_path, "5-lamb-2048", 2048, "lamb", [0.6000, 0.6522], state="diverged")
+    fake_run(tmp_path, "6-lars-4096", 4096, "lars", [], state="interrupted")  # stopped in its first epoch
     runs = collect(tmp_path)
-    yield figures(runs, base_run(runs))
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+    return figures(runs, base_run(runs))
 
 
 def lines_of(fig) -> dict[str, tuple[list, list]]:
@@ -69,10 +67,11 @@ def test_best_hr_against_batch_holds_the_numbers_in_batch_order(drawn):
     assert xs == [256, 2048, 16384] and ys == [0.7150, 0.5580, 0.4500]  # falling, as the runs' best HR did
     assert got["lamb, lr none, warmup none, fp32"] == ([2048], [0.6522])  # its best, before it diverged
     assert ax.get_xscale() == "log" and all(isinstance(y, float) for y in ys)  # a numeric axis, not labels
-    crosses = [c for c in ax.collections if c.get_label() == "no epoch (diverged)"]
-    assert [list(p) for p in crosses[0].get_offsets()] == [[2048, 0.0]]  # the run with no epoch, at 0
+    crosses = [c for c in ax.collections if c.get_label() == "no epoch logged"]
+    assert [list(p) for p in crosses[0].get_offsets()] == [[2048, 0.0], [4096, 0.0]]  # runs with no epoch, at 0
     texts = [t.get_text() for t in ax.texts]
-    assert "4-sgd-2048" in texts and "5-lamb-2048 (diverged later)" in texts
+    assert "4-sgd-2048 (diverged)" in texts and "5-lamb-2048 (diverged later)" in texts
+    assert "6-lars-4096 (interrupted)" in texts  # named with its own state, not as diverged
 
 
 def test_every_figure_names_the_data_the_protocol_and_k_and_epochs_are_whole(drawn):

@@ -46,6 +46,10 @@ def test_notebook_preset_runs_follow_the_story():
     assert dict(notebook_runs(256, 0.005, 0.002, epochs=9))["9-grow-to-192x"]["train"]["batch_schedule"] == (
         "0:256,3:4096,6:49152"
     )
+    assert dict(notebook_runs(256, 0.005, 0.002, epochs=2))["9-grow-to-192x"]["train"]["batch_schedule"] == (
+        "0:256,1:49152"
+    )
+    assert "9-grow-to-192x" not in dict(notebook_runs(256, 0.005, 0.002, epochs=1))  # one epoch: nothing to grow
     assert runs["2-16x-same-lr"]["train"]["batch_size"] == 4096 and runs["2-16x-same-lr"]["optim"]["lr"] == 0.005
     assert runs["4-192x-linear"]["optim"]["lr_scaling"] == "linear"
     assert runs["5-192x-linear-warmup"]["optim"]["warmup"] == "exponential"
@@ -307,3 +311,18 @@ def test_the_lr_scan_keeps_the_lowest_loss_and_stops_at_the_first_divergence(tmp
         if v != "diverged"
     }
     assert chosen == min(losses, key=losses.get) and line.startswith(f"Base SGD lr {chosen:g}, by a scan at batch 64")
+
+
+def test_a_notebook_sweep_run_again_keeps_its_base_runs_lr(tmp_path):
+    from scalerec.config import Config
+    from scalerec.sweep import base_lr_of
+
+    assert base_lr_of(tmp_path) is None
+    (tmp_path / "1-base").mkdir()
+    cfg = Config()
+    cfg.optim.lr = 0.03
+    (tmp_path / "1-base" / "config.json").write_text(cfg.to_json())
+    said = []
+    assert base_lr_of(tmp_path, said.append) == 0.03 and said == [
+        "Base SGD lr 0.03: the sweep's own (its 1-base run's)"
+    ]

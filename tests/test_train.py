@@ -405,3 +405,17 @@ def test_a_wrong_batch_schedule_is_one_line(tmp_path, capsys, schedule, said):
 
     rc, _, err = run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "run"), "--batch-schedule", schedule])
     assert_one_line_error(rc, err, said)
+
+
+def test_a_warmup_longer_than_a_batch_schedules_run_never_reaches_the_peak(tmp_path):
+    from scalerec.assembly import assemble
+
+    ds, last = None, {}
+    for warmup in (1.0, 2.0, 2.5, 3.0, 3.5):
+        cfg = tiny_config(tmp_path, epochs=2, batch_schedule="0:256,1:1024")
+        cfg.optim.warmup, cfg.optim.warmup_epochs = "linear", warmup
+        ds = ds or load_dataset(cfg.data, lambda s: None)
+        p = assemble(cfg, ds, torch.device("cpu"), None, None, lambda s: None)
+        last[warmup] = p.schedule(p.total_steps - 1)  # the run's last step
+    assert last[1.0] == last[2.0] == 1.0  # warmed up by then
+    assert 1.0 > last[2.5] > last[3.0] > last[3.5]  # a longer warmup: a lower lr at the end, never the peak

@@ -102,7 +102,8 @@ def train(
     `config`: a Config, a dict, or a TOML/YAML file's path; `options`: the command line's with underscores
     (`data="clicks.csv"`, `batch_size=4096`, `output="runs/x"`), over it. `resume`: a stopped run to continue
     after its last checkpointed epoch, with its own options (only its speed options
-    `threads`, `cpu_matmul`, `grad_sync`, `device`, `matmul_precision` and `eval_batch_size` may be given).
+    `threads`, `cpu_matmul`, `grad_sync`, `device`, `matmul_precision`, `eval_batch_size` and `tensorboard` may
+    be given).
     `log`: where each line goes (None: nowhere). `tune_malloc`: keep large blocks in malloc's heap, as the command
     line does (faster on the CPU, and for the rest of the process). Ctrl-C stops the run (its epochs so far are
     kept) and is raised."""
@@ -125,12 +126,12 @@ def largest_batch(
 ) -> int:
     """The largest batch that trains a run of these options within the memory budget (on a GPU its memory, on the
     CPU 80% of what is available, or `memory_budget_gb`), as `scalerec find-batch` and `batch_size="max"` find it:
-    a short search of trial steps that leaves the process as it was."""
+    a short search of trial steps that leaves the process as it was (malloc untuned, as `train` leaves it)."""
     from scalerec.assembly import find_largest_batch
 
     cfg = config_of(config, **options)
     with _process_kept(cfg.train.device):
-        return find_largest_batch(cfg, log or (lambda s: None))
+        return find_largest_batch(cfg, log or (lambda s: None), tune_malloc=False)
 
 
 def write_report(folder: Run | str | Path) -> Path:
@@ -182,10 +183,11 @@ def evaluate(
 
 @contextlib.contextmanager
 def _process_kept(device: str) -> Iterator[None]:
-    """PyTorch's thread count and random streams as they are now, again after the block, whatever happens in it."""
+    """PyTorch's thread count, fp32 matmul precision and random streams as they are now, again after the block,
+    whatever happens in it."""
     import torch
 
-    threads = torch.get_num_threads()
+    threads, matmul = torch.get_num_threads(), torch.get_float32_matmul_precision()
     # every GPU's stream too: torch.manual_seed reseeds them all (where CUDA has not started, it stays unseeded)
     cuda = torch.cuda.is_available() and (torch.cuda.is_initialized() or device != "cpu")
     try:
@@ -193,3 +195,4 @@ def _process_kept(device: str) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(matmul)

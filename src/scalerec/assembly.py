@@ -114,9 +114,10 @@ def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, lo
     plan = plan_of(cfg, device, bs, n)
     lr = max(plan.lrs)
     optimizer, groups = optimizer_for(cfg, model, lr)
-    whole = int(o.warmup_epochs)  # the warmup's steps: its whole epochs', and its share of the next's
+    # the warmup's steps: its whole epochs', and its share of the next's (past the run: at the last epoch's rate)
+    whole = min(int(o.warmup_epochs), t.epochs)
     warmup_steps = o.warmup_epochs * plan.steps(0) if len(set(plan.batches)) == 1 else (
-        plan.starts[min(whole, t.epochs)] + (o.warmup_epochs - whole) * plan.steps(min(whole, t.epochs - 1))
+        plan.starts[whole] + (o.warmup_epochs - whole) * plan.steps(min(whole, t.epochs - 1))
     )  # fmt: skip
 
     def schedule(step: int) -> float:  # the phase's lr over the peak, under the warmup and decay
@@ -260,11 +261,12 @@ def largest_batch(
     return found.batch
 
 
-def find_largest_batch(cfg: Config, log: Callable[[str], None] = print) -> int:
-    """`scalerec find-batch`: load the data, build the model, search."""
+def find_largest_batch(cfg: Config, log: Callable[[str], None] = print, tune_malloc: bool = True) -> int:
+    """`scalerec find-batch`: load the data, build the model, search (with malloc tuned as training tunes it, unless
+    not `tune_malloc`)."""
     log(Threads(cfg.train.threads).said)
     device = resolve_device(cfg.train.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and tune_malloc:
         keep_large_blocks_in_heap()
     ds = load_dataset(cfg.data, log)
     set_matmul_precision(cfg.train.matmul_precision, device)

@@ -133,7 +133,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 # Options that find-batch has no use for: it trains no epoch, evaluates nothing and writes no run folder.
 FIND_BATCH_UNUSED = ("eval", "epochs", "output", "shuffle", "lr_scaling", "base_lr", "base_batch", "warmup")
-FIND_BATCH_UNUSED += ("warmup_epochs", "decay", "checkpoint")
+FIND_BATCH_UNUSED += ("warmup_epochs", "decay", "checkpoint", "batch_schedule", "tensorboard", "patience")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -350,7 +350,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
         b = cfg.optim.base_batch or sweep.notebook_base_batch(samples)
         why = "--base-batch" if cfg.optim.base_batch else f"192B leaves about 100 steps of the {samples:,} an epoch"
         print(f"Notebook preset: base batch B = {b} ({why}); 16B = {16 * b}, 192B = {192 * b}; sweep folder {folder}")
-        sgd_lr = cfg.optim.base_lr or scan(cfg, ds, b)  # says what it found
+        sgd_lr = cfg.optim.base_lr or sweep.base_lr_of(folder) or scan(cfg, ds, b)  # each says what it found
         eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
         runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta, epochs=cfg.train.epochs)
         final = sweep.better_in_bf16(runs)

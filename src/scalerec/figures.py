@@ -29,7 +29,7 @@ def styles() -> itertools.cycle:
 def method(run: dict) -> str:
     """What a line of the batch-size figures joins: runs of one optimizer, lr rule, warmup and precision."""
     o, t = run["config"]["optim"], run["config"]["train"]
-    grown = ", batch grown" if t.get("batch_schedule") else ""
+    grown = ", batch grown" if len({m.get("batch_size") for m in run["metrics"]}) > 1 else ""
     return f"{o['optimizer']}, lr {o['lr_scaling']}, warmup {o['warmup']}, {t.get('precision', 'fp32')}{grown}"
 
 
@@ -44,11 +44,8 @@ def subtitle(runs: list[dict]) -> str:
 
 
 def figures(runs: list[dict], base: dict | None) -> dict[str, Any]:
-    """Each of FIGURES by name, as a matplotlib Figure (the caller saves and closes them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    """Each of FIGURES by name, as a matplotlib Figure (the caller saves them)."""
+    from matplotlib.figure import Figure  # not pyplot: no backend chosen, nothing to close, a notebook's left alone
     from matplotlib.ticker import MaxNLocator
 
     base_hr = outcome(base, None)["best_hr"] if base else None
@@ -57,7 +54,8 @@ def figures(runs: list[dict], base: dict | None) -> dict[str, Any]:
     made = {}
 
     def figure(name: str, title: str, xlabel: str, ylabel: str, xlog: bool = False):
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig = Figure(figsize=(8, 5))
+        ax = fig.subplots()
         ax.set(title=f"{title}\n{subtitle(runs)}", xlabel=xlabel, ylabel=ylabel, xscale="log" if xlog else "linear")
         if xlabel == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -68,7 +66,8 @@ def figures(runs: list[dict], base: dict | None) -> dict[str, Any]:
         ax = figure(name, title, "epoch", "HR@K" if field is None else "training loss (mean BCE)")
         for r, style in zip(logged, styles()):
             key = field or hr_key(r)
-            ax.plot([m["epoch"] for m in r["metrics"]], [m[key] for m in r["metrics"]], label=r["name"], **style)
+            rows = [m for m in r["metrics"] if key in m]  # a row of an older scalerec may lack the loss
+            ax.plot([m["epoch"] for m in rows], [m[key] for m in rows], label=r["name"], **style)
         finish(ax)
     by_batch(figure("best_hr_vs_batch.png", "Best HR@K against batch size", "batch size", "best HR@K", True),
              runs, done, "best_hr")  # fmt: skip
@@ -114,12 +113,12 @@ def by_batch(ax, runs: list[dict], done: dict[str, dict], field: str) -> None:
                             fontsize=6, color="red")  # fmt: skip
     lost = [r for r in runs if r["config"] and isinstance(batch_of(r), int) and done[r["name"]]["best_hr"] is None]
     if field == "best_hr" and lost:
-        ax.scatter([batch_of(r) for r in lost], [0.0] * len(lost), marker="x", color="red", label="no epoch (diverged)")
+        ax.scatter([batch_of(r) for r in lost], [0.0] * len(lost), marker="x", color="red", label="no epoch logged")
         stacked: dict[int, int] = {}
-        for r in lost:  # runs at the same batch: their names stacked upwards
+        for r in lost:  # runs at the same batch: their names (and why: diverged, failed, stopped) stacked upwards
             stacked[batch_of(r)] = stacked.get(batch_of(r), -1) + 1
-            ax.annotate(r["name"], (batch_of(r), 0.0), textcoords="offset points",
-                        xytext=(4, 4 + 9 * stacked[batch_of(r)]), fontsize=6)  # fmt: skip
+            ax.annotate(f"{r['name']} ({r['summary'].get('state') or 'unfinished'})", (batch_of(r), 0.0),
+                        textcoords="offset points", xytext=(4, 4 + 9 * stacked[batch_of(r)]), fontsize=6)  # fmt: skip
     finish(ax, "no run to show")
 
 

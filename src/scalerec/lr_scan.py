@@ -21,7 +21,9 @@ def scan(cfg, ds, batch: int, log: Callable[[str], None] = print) -> float:
     """The base SGD lr at `batch` for a run of `cfg` on `ds`, said with the scan's losses."""
     from scalerec.assembly import assemble, resolve_device
     from scalerec.epoch import train_epoch
+    from scalerec.threads import Threads
 
+    Threads(cfg.train.threads, watch=False)  # --threads, as the runs will take it
     device = resolve_device(cfg.train.device)
     o = dataclasses.replace(
         cfg.optim, optimizer="sgd", momentum=0.9, lr_scaling="none", warmup="none", decay="none", nesterov=False

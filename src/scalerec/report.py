@@ -200,8 +200,8 @@ CAPTIONS = {
     "hr_per_epoch.png": "HR@K after each epoch, one line per run.",
     "loss_per_epoch.png": "The mean training loss of each epoch, one line per run.",
     "best_hr_vs_batch.png": "Each run's best HR@K against its batch, one line per method (optimizer, lr rule, "
-    "warmup, precision). A red ring: the run diverged after that best epoch; a red cross at 0: it diverged before "
-    "finishing one.",
+    "warmup, precision). A red ring: the run diverged after that best epoch; a red cross at 0: it logged no epoch "
+    "(diverged, failed or stopped before one; its state by its name).",
     "time_to_target.png": "Training seconds until each run first reached the base run's best HR@K, against its "
     "batch (the notebook's time to target); a run that never reached it is not drawn.",
     "throughput_vs_batch.png": "Mean training samples per second against the batch, one line per method.",
@@ -211,14 +211,11 @@ CAPTIONS = {
 
 def plots(runs: list[dict], out: Path) -> list[str]:
     """figures.FIGURES drawn from the runs' logs, as PNGs in `out`; their names."""
-    import matplotlib.pyplot as plt
-
     from scalerec.figures import figures
 
     made = []
     for name, fig in figures(runs, base_run(runs)).items():
         write_with(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-        plt.close(fig)
         made.append(name)
     return made
 

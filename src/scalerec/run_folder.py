@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from scalerec.files import LOCK, FolderLock, few, hold_folder, is_run_folder, re
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, BEST, DATA, FAILED = "checkpoint.pt", "best.pt", "data.npz", "failed.json"
+TENSORBOARD = "tensorboard"  # --tensorboard's event files (board.py)
 WRITTEN = (CONFIG, METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED)  # what a run writes (each by write_with)
 
 
@@ -47,6 +49,8 @@ class Claim:
         remove_temporaries(self.run_dir, WRITTEN)
         for name in (FAILED,) if self.resume else (METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED):
             (self.run_dir / name).unlink(missing_ok=True)
+        if not self.resume:  # an earlier attempt's TensorBoard steps would overlap this one's
+            shutil.rmtree(self.run_dir / TENSORBOARD, ignore_errors=True)
 
     def shared(self) -> Claim:
         """What the other processes of a data-parallel run know of it: the folder, not the lock."""
@@ -220,6 +224,7 @@ SUMMARY_FIELDS = {
     "epochs": (lambda v: _is_int(v) and v >= 0, "a number of epochs"),
     "batch_size": (lambda v: _is_int(v) and v > 0, "a batch size"),
     "steps_per_epoch": (lambda v: _is_int(v) and v > 0, "a number of steps"),
+    "epoch_starts": (lambda v: isinstance(v, list) and len(v) > 1 and all(_is_int(s) for s in v), "a list of steps"),
     "lr": (lambda v: _is_number(v), "a number"),
     "best": (lambda v: v is None or isinstance(v, dict), "an object or null"),
     "diverged_at": (

@@ -23,7 +23,7 @@ from scalerec.config import build_config, coerce_option, field_owner, load_mappi
 from scalerec.errors import OptionError, UserError
 from scalerec.figures import FIGURES
 from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
-from scalerec.run_folder import FAILED, SUMMARY, read_summary, same_config
+from scalerec.run_folder import FAILED, SUMMARY, read_config, read_summary, same_config
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
 # LARS's lr x eta is the fraction of its norm a layer moves per step. The preset's LARS run keeps the linear rule's
@@ -43,11 +43,26 @@ def flat(**fields: Any) -> Overrides:
     return out
 
 
-def growth(base_batch: int, epochs: int) -> str:
+def growth(base_batch: int, epochs: int) -> str | None:
     """Notebook run 9's batch schedule (Smith et al. 2017: grow the batch where the lr would decay): B, then 16B
-    from a third of the epochs, 192B from two thirds."""
+    from a third of the epochs and 192B from two thirds; over 2 epochs B then 192B; None for one epoch."""
+    if epochs < 2:
+        return None
+    if epochs == 2:
+        return f"0:{base_batch},1:{192 * base_batch}"
     first = max(1, round(epochs / 3))
     return f"0:{base_batch},{first}:{16 * base_batch},{max(first + 1, round(2 * epochs / 3))}:{192 * base_batch}"
+
+
+def base_lr_of(folder: Path, log: Callable[[str], None] = print) -> float | None:
+    """The SGD lr of the notebook sweep already in `folder` (its base run's), said; None where it has none yet: a
+    sweep run again goes on with the lr its runs trained with, not another scan's."""
+    config = Path(folder) / "1-base" / "config.json"
+    if not config.is_file():
+        return None
+    lr = read_config(config).optim.lr
+    log(f"Base SGD lr {lr:g}: the sweep's own (its 1-base run's)")
+    return lr
 
 
 def notebook_base_batch(samples_per_epoch: int, multiplier: int = 192, steps: int = 100) -> int:
@@ -60,7 +75,7 @@ def notebook_runs(
 ) -> list[tuple[str, Overrides]]:
     """Runs 1-7 and 9 of the notebook preset; run 8 is chosen from the results of 6 and 7. LARS's trust
     coefficient is `lars_eta`, or by default the one that makes its peak relative step LARS_RELATIVE_STEP. Run 9
-    grows the batch from B to 16B and 192B at a third and two thirds of the `epochs`, at the base run's lr."""
+    grows the batch from B to 192B over the `epochs` (`growth`), at the base run's lr; a run of one epoch has none."""
     big, huge = 16 * base_batch, 192 * base_batch
     sgd = dict(optimizer="sgd", momentum=0.9)
     linear = dict(lr_scaling="linear", base_lr=base_lr, base_batch=base_batch)
@@ -86,8 +101,11 @@ def notebook_runs(
             "7-192x-lamb-warmup",
             flat(batch_size=huge, optimizer="lamb", lr_scaling="sqrt", base_lr=lamb_lr, base_batch=base_batch, **warm),
         ),
-        ("9-grow-to-192x", flat(batch_schedule=growth(base_batch, epochs), lr=base_lr, **sgd)),
-    ]
+    ] + (
+        [("9-grow-to-192x", flat(batch_schedule=grow, lr=base_lr, **sgd))]
+        if (grow := growth(base_batch, epochs))
+        else []
+    )
 
 
 def grid_runs(grid: dict[str, list[Any]]) -> list[tuple[str, Overrides]]:

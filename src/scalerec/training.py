@@ -132,6 +132,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
             row, losses = run_epoch(cfg, p, epoch, group, evaluation, log)
             if "diverged" in row:
                 state, error = "diverged", row["diverged"]
+                if events is not None:  # the steps that led there
+                    events.steps(epoch, losses[: row["diverged"]["step"] + 1])
                 break
             new_best = _best_after(row, best, hr_key, log)
             row["best_epoch"] = new_best["epoch"]
@@ -147,8 +149,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
                 best = new_best
                 if main:
                     run_folder.write_metrics(run_dir, history)
-            if events is not None:
-                events.epoch(row, losses)
+                if events is not None:
+                    events.epoch(row, losses)
             if changed := threads.adjust(epoch):
                 log(changed)
             if cfg.train.patience and epoch - best["epoch"] >= cfg.train.patience and epoch + 1 < cfg.train.epochs:

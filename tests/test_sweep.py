@@ -295,6 +295,7 @@ def test_the_lr_scan_keeps_the_lowest_loss_and_stops_at_the_first_divergence(tmp
     from scalerec.data.loading import load_dataset
 
     assert lr_scan.choose({0.1: 0.40, 0.3: 0.38, 1.0: 0.45, 3.0: None}) == 0.3
+    assert lr_scan.choose({0.01: 0.3697, 0.03: 0.3709, 0.1: 0.4136}) == 0.03  # as good within 1%: the larger
     with pytest.raises(UserError, match="every lr of the scan diverged"):
         lr_scan.choose({0.1: None})
     cfg = build_config({**tiny_base(tmp_path), "train": {**TINY["train"], "device": "cpu"}})
@@ -310,7 +311,7 @@ def test_the_lr_scan_keeps_the_lowest_loss_and_stops_at_the_first_divergence(tmp
         for lr, v in (p.split(": ") for p in line.split("(final loss per lr: ")[1][:-1].split(", "))
         if v != "diverged"
     }
-    assert chosen == min(losses, key=losses.get) and line.startswith(f"Base SGD lr {chosen:g}, by a scan at batch 64")
+    assert chosen == lr_scan.choose(losses) and line.startswith(f"Base SGD lr {chosen:g}, by a scan at batch 64")
 
 
 def test_a_notebook_sweep_run_again_keeps_its_base_runs_lr(tmp_path):

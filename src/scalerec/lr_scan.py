@@ -1,10 +1,11 @@
 """The notebook preset's base SGD lr for the data at hand: a short scan at the base batch, as one would do by hand.
 
-Each candidate lr, smallest first, trains a fresh model (the run's model and data, SGD with momentum 0.9 at batch
-B, no warmup) on the same first SHARE of one epoch's samples (at most MAX_SAMPLES). The mean loss of its last tenth
-of steps ranks it, and the lowest wins. A candidate whose loss became inf or nan is out, and so are the larger ones,
-which are not tried. On MovieLens-100K at B = 16 this found lr 3 diverging within its share, as whole epochs at 3
-had (at step 2,417).
+Each candidate lr, smallest first, trains a fresh model (the run's model and data, SGD with momentum 0.9 at batch B,
+no warmup) on the same first SHARE of one epoch's samples (at most MAX_SAMPLES). The mean loss of its last tenth of
+steps ranks it: the largest lr whose loss is within TIE of the lowest wins (it learns as well in the scan's steps,
+and goes further in the epochs after them). A candidate whose loss became inf or nan is out, and so are the larger
+ones, which are not tried. On MovieLens-100K at B = 16 this found lr 3 diverging within its share, as whole epochs
+at 3 had (at step 2,417).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 CANDIDATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SHARE, MAX_SAMPLES = 0.25, 500_000
+TIE = 0.01  # relative: losses this close count as equal
 
 
 def scan(cfg, ds, batch: int, log: Callable[[str], None] = print) -> float:
@@ -48,10 +50,12 @@ def scan(cfg, ds, batch: int, log: Callable[[str], None] = print) -> float:
 
 
 def choose(losses: dict[float, float | None]) -> float:
-    """The scan's lr: the lowest loss (None: diverged); UserError where every candidate diverged."""
+    """The scan's lr: the largest whose loss is within TIE of the lowest (None: diverged); UserError where every
+    candidate diverged."""
     from scalerec.errors import UserError
 
     trained = [lr for lr in losses if losses[lr] is not None]
     if not trained:
         raise UserError(f"every lr of the scan diverged ({', '.join(f'{lr:g}' for lr in losses)}): give --base-lr")
-    return min(trained, key=lambda lr: losses[lr])
+    lowest = min(losses[lr] for lr in trained)
+    return max(lr for lr in trained if losses[lr] <= lowest * (1 + TIE))

@@ -419,3 +419,16 @@ def test_a_warmup_longer_than_a_batch_schedules_run_never_reaches_the_peak(tmp_p
         last[warmup] = p.schedule(p.total_steps - 1)  # the run's last step
     assert last[1.0] == last[2.0] == 1.0  # warmed up by then
     assert 1.0 > last[2.5] > last[3.0] > last[3.5]  # a longer warmup: a lower lr at the end, never the peak
+
+
+def test_a_fresh_run_clears_only_its_own_earlier_tensorboard_logs(tmp_path):
+    from scalerec.run_folder import Claim
+
+    mine, theirs = tmp_path / "mine", tmp_path / "project"
+    for folder in (mine, theirs):
+        (folder / "tensorboard").mkdir(parents=True)
+        (folder / "tensorboard" / "events.out.tfevents.1").write_text("x")
+    (mine / "config.json").write_text("{}")  # an earlier attempt of this run
+    Claim(mine, None).clean()
+    Claim(theirs, None).clean()  # a folder that is not a run's: its own tensorboard/ stays
+    assert not (mine / "tensorboard").exists() and (theirs / "tensorboard" / "events.out.tfevents.1").is_file()

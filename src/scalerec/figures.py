@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from scalerec.config import parse_batch_schedule
 from scalerec.report import batch_of, hr_key, outcome
 
 FIGURES = (
@@ -29,7 +30,9 @@ def styles() -> itertools.cycle:
 def method(run: dict) -> str:
     """What a line of the batch-size figures joins: runs of one optimizer, lr rule, warmup and precision."""
     o, t = run["config"]["optim"], run["config"]["train"]
-    grown = ", batch grown" if len({m.get("batch_size") for m in run["metrics"]}) > 1 else ""
+    schedule = t.get("batch_schedule")  # a line of its own where the batch grows within the run
+    grown = schedule and any(0 < e < t["epochs"] for e, _ in parse_batch_schedule(schedule))
+    grown = ", batch grown" if grown else ""
     return f"{o['optimizer']}, lr {o['lr_scaling']}, warmup {o['warmup']}, {t.get('precision', 'fp32')}{grown}"
 
 

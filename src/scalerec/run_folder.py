@@ -49,7 +49,7 @@ class Claim:
         remove_temporaries(self.run_dir, WRITTEN)
         for name in (FAILED,) if self.resume else (METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED):
             (self.run_dir / name).unlink(missing_ok=True)
-        if not self.resume:  # an earlier attempt's TensorBoard steps would overlap this one's
+        if not self.resume and (self.run_dir / CONFIG).is_file():  # an earlier attempt's steps would overlap these
             shutil.rmtree(self.run_dir / TENSORBOARD, ignore_errors=True)
 
     def shared(self) -> Claim:

@@ -7,6 +7,7 @@ the sampler's rejection rounds. Each epoch is committed whole: its checkpoint, i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -132,8 +133,9 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
             row, losses = run_epoch(cfg, p, epoch, group, evaluation, log)
             if "diverged" in row:
                 state, error = "diverged", row["diverged"]
-                if events is not None:  # the steps that led there
-                    events.steps(epoch, losses[: row["diverged"]["step"] + 1])
+                if events is not None:  # the steps that led there; the divergence is the run's result, whatever
+                    with contextlib.suppress(OSError):
+                        events.steps(epoch, losses[: row["diverged"]["step"] + 1])
                 break
             new_best = _best_after(row, best, hr_key, log)
             row["best_epoch"] = new_best["epoch"]

@@ -51,6 +51,11 @@ class Plan:
     def epoch_of(self, step: int) -> int:
         return min(max(0, bisect.bisect_right(self.starts, step) - 1), len(self.batches) - 1)
 
+    @property
+    def grows(self) -> bool:
+        """Whether the batch changes within the run (--batch-schedule with a phase past epoch 0)."""
+        return len(set(self.batches)) > 1
+
 
 @dataclasses.dataclass
 class Parts:
@@ -116,7 +121,7 @@ def assemble(cfg: Config, ds, device: torch.device, group, batch: int | None, lo
     optimizer, groups = optimizer_for(cfg, model, lr)
     # the warmup's steps: its whole epochs', and its share of the next's (past the run: at the last epoch's rate)
     whole = min(int(o.warmup_epochs), t.epochs)
-    warmup_steps = o.warmup_epochs * plan.steps(0) if len(set(plan.batches)) == 1 else (
+    warmup_steps = o.warmup_epochs * plan.steps(0) if not plan.grows else (
         plan.starts[whole] + (o.warmup_epochs - whole) * plan.steps(min(whole, t.epochs - 1))
     )  # fmt: skip
 
@@ -296,7 +301,7 @@ def log_setup(cfg: Config, log: Callable[[str], None], p: Parts, device: torch.d
         f"precision {cfg.train.precision}; fp32 matrix products {p.matmul_precision}"
         + (" (TF32)" if p.matmul_precision != "highest" and has_tf32(device) else "")
     )
-    if len(set(p.plan.batches)) > 1:
+    if p.plan.grows:
         log("Batch schedule: " + "; ".join(
             f"epoch {e}: batch {b}, {p.plan.steps(e)} steps, lr {p.plan.lrs[e]:g}"
             for e, b in enumerate(p.plan.batches) if e == 0 or b != p.plan.batches[e - 1]

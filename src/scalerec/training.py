@@ -211,7 +211,7 @@ def _finish(cfg: Config, log, run_dir: Path, ds, p: Parts, history: list, best: 
         **run_folder.totals(history, p.samples),
         "batch_size": p.batch,
         "steps_per_epoch": p.steps,
-        **({"epoch_starts": p.plan.starts} if len(set(p.plan.batches)) > 1 else {}),  # --batch-schedule's steps
+        **({"epoch_starts": p.plan.starts} if p.plan.grows else {}),  # --batch-schedule's steps
         "lr_schedule": [[step, p.lr * p.schedule(step)] for step in p.schedule_points()],
         **({"error": error} if state == "failed" else {}),
     }

@@ -126,6 +126,20 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default: a short scan at B)",
     )
     p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")
+    p.add_argument(
+        "--search",
+        choices=["grid", "random"],
+        default="grid",
+        help="grid: every combination of the [grid] lists; random: --trials draws from them, where an option may "
+        "also be a range {low = A, high = B} (log-uniform for lr and regularisation) (default: grid)",
+    )
+    p.add_argument("--trials", type=positive_int, help="--search random: how many runs to draw")
+    p.add_argument(
+        "--search-seed",
+        type=int,
+        default=0,
+        help="--search random: the seed of the draws; the same seed draws the same runs (default: 0)",
+    )
     _add_config_options(
         p, help_for={"output": "Sweep folder, one run folder in it per run (default: runs/sweep-<time>)."}
     )
@@ -341,6 +355,8 @@ def run_sweep(args: argparse.Namespace) -> Path:
     final = None
     if args.preset and args.grid:
         raise OptionError("sweep takes --preset or --grid, not both")
+    if args.preset and (args.search == "random" or args.trials is not None):
+        raise OptionError("--search random and --trials draw from a --grid file, not from a --preset")
     if args.preset == "notebook":
         from scalerec.data.loading import load_dataset
         from scalerec.lr_scan import scan
@@ -355,10 +371,23 @@ def run_sweep(args: argparse.Namespace) -> Path:
         runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta, epochs=cfg.train.epochs)
         final = sweep.better_in_bf16(runs)
     elif args.grid:
-        runs = sweep.grid_runs(sweep.read_grid_file(args.grid, base))
+        runs = _grid_or_search(args, base)
     else:
         raise OptionError("sweep needs --preset notebook or --grid FILE")
     return sweep.sweep(base, runs, folder, print, final)
+
+
+def _grid_or_search(args: argparse.Namespace, base: dict[str, dict[str, Any]]) -> list:
+    """The runs of `sweep --grid FILE`: every combination, or with --search random, --trials drawn."""
+    from scalerec import search, sweep
+
+    random_search = args.search == "random"
+    if random_search != (args.trials is not None):
+        raise OptionError("--search random draws --trials runs: give both, or neither for the whole grid")
+    grid = sweep.read_grid_file(args.grid, base, ranges=random_search)
+    if not random_search:
+        return sweep.grid_runs(grid)
+    return [(name, sweep.flat(**values)) for name, values in search.trials(grid, args.trials, args.search_seed)]
 
 
 def said_here(error: BaseException) -> bool:

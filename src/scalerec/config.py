@@ -354,6 +354,29 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def to_toml(self, header: str = "") -> str:
+        """The options that differ from the defaults, less --output, as a TOML file that --config reads back
+        into this same Config; `header`: comment lines above them."""
+        defaults, lines = Config().to_dict(), [f"# {line}" for line in header.splitlines()]
+        for section, values in self.to_dict().items():
+            changed = [(k, v) for k, v in values.items() if v != defaults[section][k] and k != "output"]
+            if changed:
+                lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in changed)]
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal for an option's value; never None, which every option that takes it has as its default."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
 
 # Section name -> its dataclass, e.g. "optim" -> OptimConfig.
 SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()}
@@ -467,6 +490,15 @@ def overrides_from_mapping(raw: dict[str, Any], path: Path, sections_only: bool 
 def coerce_option(path: Path, name: str, value: Any) -> Any:
     """A value from a file for the option `name`, checked against its field's type."""
     return _coerce(path, name, typing.get_type_hints(SECTIONS[field_owner()[name]])[name], value)
+
+
+def option_type(name: str) -> type:
+    """The kind of value the option `name` takes: int, float, bool, str (a choice or a path) or tuple."""
+    hint = typing.get_type_hints(SECTIONS[field_owner()[name]])[name]
+    if typing.get_origin(hint) in (tuple, Literal):
+        return tuple if typing.get_origin(hint) is tuple else str
+    kinds = [a for a in typing.get_args(hint) or (hint,) if a is not type(None) and typing.get_origin(a) is not Literal]
+    return kinds[0] if kinds else str
 
 
 def _coerce(path: Path, name: str, hint: Any, value: Any) -> Any:

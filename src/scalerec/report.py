@@ -9,10 +9,10 @@ import csv
 import io
 from pathlib import Path
 
-from scalerec.config import PROTOCOLS
+from scalerec.config import PROTOCOLS, build_config
 from scalerec.errors import UserError
 from scalerec.files import read_json, write_atomic, write_with
-from scalerec.run_folder import CONFIG, FAILED, METRICS, SUMMARY, read_config, read_metrics, read_summary
+from scalerec.run_folder import CONFIG, FAILED, METRICS, SUMMARY, SWEEP_FILE, read_config, read_metrics, read_summary
 
 COLUMNS = [
     "run",
@@ -240,6 +240,43 @@ def base_text(base: dict | None, runs: list[dict]) -> str:
     return text + (f"; of a smaller batch, {', '.join(smaller)} did not finish" if smaller else "")
 
 
+BEST_CONFIG = "best.toml"  # the best run's options, in a sweep folder
+
+
+def best_run(runs: list[dict]) -> tuple[dict, str] | None:
+    """Of two or more runs, the finished one whose best epoch scored highest, with the metric it was chosen on:
+    the validation items' where every such run has them, else the reported (test) one. Runs are compared on the
+    first finished run's metric (its protocol and K); None where no run finished."""
+    done = [r for r in runs if r["config"] and r["metrics"] and r["summary"].get("state") == "finished"]
+    if len(runs) < 2 or not done:
+        return None
+    hr = hr_key(done[0])
+    done = [r for r in done if hr_key(r) == hr]
+    key = f"valid_{hr}" if all(f"valid_{hr}" in best_row(r) for r in done) else hr
+    return max(done, key=lambda r: best_row(r)[key]), key
+
+
+def best_text(path: Path, runs: list[dict]) -> list[str]:
+    """report.md's lines on the best run, whose options are written to `path`/best.toml; none for a single run."""
+    best = best_run(runs)
+    if best is None:
+        if (path / SWEEP_FILE).is_file():  # a sweep's own file, from an earlier report
+            (path / BEST_CONFIG).unlink(missing_ok=True)
+        return []
+    run, key = best
+    row, test = best_row(run), key.removeprefix("valid_")
+    on = "its validation items" if key != test else "its test items (the runs have no validation split: --valid)"
+    header = f"scalerec train --config {BEST_CONFIG} --output RUN\nThe best of {len(runs)} runs in {path}: "
+    header += f"{run['name']}, {key} = {row[key]:.4f} at epoch {row['epoch']}"
+    write_atomic(path / BEST_CONFIG, build_config(run["config"]).to_toml(header))
+    scores = f"{key} = {row[key]:.4f}" + (f", test {test} = {row[test]:.4f}" if key != test else "")
+    return [
+        f"Best run: `{run['name']}` ({scores}, at epoch {row['epoch']}), chosen on {on}. Its options are in "
+        f"`{BEST_CONFIG}`: `scalerec train --config {path / BEST_CONFIG} --output RUN` trains it again.",
+        "",
+    ]
+
+
 def write_report(path: Path) -> Path:
     """Write results.csv, results.md, the PNGs and report.md into `path`; returns report.md."""
     path = Path(path)
@@ -260,6 +297,7 @@ def write_report(path: Path) -> Path:
         "(10 where the run measured it); `eval`: their protocol (sampled negatives, or full ranking).",
         "",
     ]
+    text += best_text(path, runs)
     text += [f"![{name}]({name})\n\n{CAPTIONS[name]}\n" for name in images] or [
         "(plots need matplotlib: pip install matplotlib)"
     ]

@@ -21,6 +21,7 @@ from scalerec.files import LOCK, FolderLock, few, hold_folder, is_run_folder, re
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, BEST, DATA, FAILED = "checkpoint.pt", "best.pt", "data.npz", "failed.json"
 TENSORBOARD = "tensorboard"  # --tensorboard's event files (board.py)
+SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds (sweep.py)
 WRITTEN = (CONFIG, METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED)  # what a run writes (each by write_with)
 
 

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scalerec.config import build_config, coerce_option, field_owner, load_mapping
+from scalerec.config import build_config, coerce_option, field_owner, load_mapping, option_type
 from scalerec.errors import OptionError, UserError
 from scalerec.figures import FIGURES
 from scalerec.files import LOCK, FolderBusy, few, hold_folder, is_run_folder, remove_temporaries, write_atomic
-from scalerec.run_folder import FAILED, SUMMARY, read_config, read_summary, same_config
+from scalerec.report import BEST_CONFIG
+from scalerec.run_folder import FAILED, SUMMARY, SWEEP_FILE, read_config, read_summary, same_config
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
 # LARS's lr x eta is the fraction of its norm a layer moves per step. The preset's LARS run keeps the linear rule's
@@ -125,13 +126,20 @@ def merge(base: Overrides, extra: Overrides) -> Overrides:
     return out
 
 
-def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
-    """The [grid] table of a TOML or YAML file: option = [values], each value checked over the base options."""
+def read_grid_file(path: str, base: dict[str, dict[str, Any]], ranges: bool = False) -> dict[str, Any]:
+    """The [grid] table of a TOML or YAML file: option = [values], each value checked over the base options; with
+    `ranges` (a random search), also option = {low = A, high = B} (search.Range)."""
+    from scalerec.search import parse_range
+
     raw = load_mapping(Path(path))
     grid = raw.get("grid", raw)
     if isinstance(grid, dict):
         grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
-    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+    if (
+        not isinstance(grid, dict)
+        or not grid
+        or not all(isinstance(v, list) and v or isinstance(v, dict) for v in grid.values())
+    ):
         raise OptionError(f"{path}: expected a [grid] table of option = [value, ...] lists")
     owner = field_owner()
     for key, values in grid.items():
@@ -139,8 +147,15 @@ def read_grid_file(path: str, base: dict[str, dict[str, Any]]) -> dict[str, list
             raise OptionError(f"{path}: unknown option '{key}' in [grid]")
         if key == "output":  # every run's folder is <sweep folder>/<run name>
             raise OptionError(f"{path}: output cannot be a [grid] option; --output names the sweep folder")
-        grid[key] = [coerce_option(Path(path), key, v) for v in values]
-        for v in grid[key]:  # choices and ranges, before any run starts
+        if isinstance(values, dict):
+            if not ranges:
+                raise OptionError(f"{path}: [grid] {key} is a range; ranges are for --search random, else give a list")
+            grid[key] = parse_range(path, key, values, option_type(key))
+            r = grid[key]
+            values = [int(r.low), int(r.high)] if r.integer else [r.low, r.high]  # both ends checked below
+        else:
+            grid[key] = values = [coerce_option(Path(path), key, v) for v in values]
+        for v in values:  # choices and ranges, before any run starts
             try:
                 build_config(merge(base, {owner[key]: {key: v}}))
             except UserError as e:
@@ -226,8 +241,7 @@ def sweep(
     return report
 
 
-SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds
-SWEEP_OUTPUTS = ("results.csv", "results.md", "report.md", *FIGURES)
+SWEEP_OUTPUTS = ("results.csv", "results.md", "report.md", BEST_CONFIG, *FIGURES)
 
 
 def check_sweep_dir(sweep_dir: Path, base: Overrides, names: set[str]) -> None:

@@ -9,6 +9,7 @@ side.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -47,6 +48,11 @@ class Board:
             add("loss/step", loss, step)
             add("lr/step", p.lr * p.schedule(step), step)
         self.writer.flush()
+
+    def diverged(self, epoch: int, losses: torch.Tensor, step: int) -> None:
+        """The steps of a diverged epoch up to `step`; the divergence is the run's result whatever this write does."""
+        with contextlib.suppress(OSError):
+            self.steps(epoch, losses[: step + 1])
 
     def epoch(self, row: dict, losses: torch.Tensor) -> None:
         """An epoch's metrics `row` (as metrics.jsonl has it) and its steps' mean `losses`."""

@@ -124,9 +124,30 @@ class ModelConfig:
     """MLP layer sizes; the first is the concatenated user+item MLP embedding, so each is half of it."""
     dropout: float = 0.0
     """Dropout probability after each hidden MLP layer."""
+    init_from: tuple[str, ...] = ()
+    """Run folders whose best models start this model: each tensor of the same name and shape, from the first run
+    that has it (NeuMF from a GMF and an MLP run: its prediction layer 0.5 x GMF's | 0.5 x MLP's). The runs must
+    have trained on this run's data and split (default: none)."""
+    pretrain: bool = False
+    """NeuMF as the NCF paper's best: train GMF, then MLP (--pretrain-optimizer, --pretrain-lr, --pretrain-epochs),
+    each in its own folder inside this run's (gmf/, mlp/), then NeuMF from their best models as --init-from does.
+    One run: --resume continues it in the stage where it stopped."""
+    pretrain_optimizer: Literal["adam", "sgd", "lars", "lamb"] = "adam"
+    """--pretrain: the GMF and MLP stages' optimizer (the paper's: Adam)."""
+    pretrain_lr: float = 0.001
+    """--pretrain: the GMF and MLP stages' learning rate (the paper's: 0.001)."""
+    pretrain_epochs: int | None = None
+    """--pretrain: the GMF and MLP stages' epochs (default: --epochs)."""
 
     def __post_init__(self) -> None:
         check_finite(self)
+        self.init_from = tuple(str(x) for x in self.init_from)
+        if self.pretrain and self.model != "neumf":
+            raise ValueError(f"pretrain trains GMF and MLP for NeuMF; the model is {self.model}")
+        if self.pretrain and self.init_from:
+            raise ValueError("pretrain starts NeuMF from its own GMF and MLP stages; not with init_from")
+        if self.pretrain_lr <= 0 or (self.pretrain_epochs is not None and self.pretrain_epochs < 1):
+            raise ValueError("pretrain_lr must be above 0 and pretrain_epochs at least 1")
         self.layers = tuple(int(x) for x in self.layers)
         if self.factors < 1:
             raise ValueError(f"factors must be at least 1, got {self.factors}")

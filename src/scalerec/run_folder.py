@@ -22,6 +22,7 @@ CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT, BEST, DATA, FAILED = "checkpoint.pt", "best.pt", "data.npz", "failed.json"
 TENSORBOARD = "tensorboard"  # --tensorboard's event files (board.py)
 SWEEP_FILE = "sweep.json"  # the base options of the sweep a folder holds (sweep.py)
+PRETRAIN_STAGES = ("gmf", "mlp")  # --pretrain's stages, each a run folder inside the run's (pretrain.py)
 WRITTEN = (CONFIG, METRICS, SUMMARY, CHECKPOINT, BEST, DATA, FAILED)  # what a run writes (each by write_with)
 
 
@@ -119,7 +120,8 @@ def _held(run_dir: Path, created: bool, check) -> Claim:
 
 def _check_free(run_dir: Path, cfg: Config, adopt: bool) -> bool:
     """Whether to resume; UserError where the folder holds what another run made."""
-    if runs := sorted(d.name for d in run_dir.iterdir() if d.is_dir() and is_run_folder(d)):
+    stages = PRETRAIN_STAGES if cfg.model.pretrain else ()
+    if runs := sorted(d.name for d in run_dir.iterdir() if d.is_dir() and is_run_folder(d) and d.name not in stages):
         raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
     logged = (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size > 0
     # results of an earlier run (a summary alone: stopped before its first epoch ended)

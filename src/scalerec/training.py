@@ -7,7 +7,6 @@ the sampler's rejection rounds. Each epoch is committed whole: its checkpoint, i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from scalerec import board, checkpoint, distributed, run_folder
+from scalerec import board, checkpoint, distributed, pretrain, run_folder
 from scalerec.allocator import keep_large_blocks_in_heap
 from scalerec.assembly import Parts, assemble, log_setup, resolve_device
 from scalerec.config import Config
@@ -40,14 +39,20 @@ def train(
     resume: Path | None = None,
     adopt: bool = False,
     tune_malloc: bool = True,
+    pretrained: bool = False,
 ) -> dict:
     """Train and evaluate every epoch; returns the summary also written to <run>/summary.json. With `resume` (a
     run folder, whose config.json `cfg` is), the run continues after the last epoch its checkpoint holds. With
     `adopt` (a sweep run again), or under torchrun --max-restarts (a worker group restarted), an unfinished run of
     these same options in --output is continued from its checkpoint, or started over where it has none. Under
     torchrun with several processes, data-parallel (distributed.py): every process trains its share of each batch
-    and evaluates (the same weights, the same metrics); the first logs and writes the run folder."""
+    and evaluates (the same weights, the same metrics); the first logs and writes the run folder. With --pretrain,
+    its stages first (pretrain.py), then NeuMF itself (`pretrained`)."""
     log = _quiet_on_broken_pipe(log)
+    if cfg.model.pretrain and not pretrained:
+        from scalerec.pretrain import train_with_pretraining
+
+        return train_with_pretraining(cfg, log, resume, adopt)
     restarts = distributed.restarts_allowed()
     if restarts and resume is None and not cfg.train.output:
         raise OptionError("torchrun --max-restarts: give --output, the folder a restarted worker group continues from")
@@ -93,8 +98,7 @@ def _quiet_on_broken_pipe(log: Callable[[str], None]) -> Callable[[str], None]:
 def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, threads: Threads, adopt: bool) -> dict:
     """The run: its checks, data and parts, then the epochs, each committed whole; then its summary."""
     main = group is None or group.is_main  # the process that writes the run folder
-    run_dir, run_cfg = held.run_dir, cfg  # run_cfg: the options as config.json holds them
-    started = time.time()
+    run_dir, run_cfg, started = held.run_dir, cfg, time.time()  # run_cfg: the options as config.json holds them
     saved = distributed.on_main(group, lambda: checkpoint.to_resume(cfg, held, adopt))  # every check before any write
     if saved is not None:
         cfg = dataclasses.replace(cfg, data=checkpoint.data_config(saved, run_dir))
@@ -110,7 +114,9 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
     evaluation, hr_key = run_evaluator(ds, p.model, device, cfg.eval, log)
     log_setup(cfg, log, p, device, run_dir, group)
     best, history, kept = {"epoch": -1, hr_key: -1.0}, [], None  # kept: the best epoch's weights
-    if saved is not None:  # last, after everything above has drawn its random numbers, as in the run itself
+    if saved is None:  # --init-from, --pretrain: weights only, no random number drawn
+        pretrain.start(p.model, pretrain.sources(cfg, run_dir), ds, log)
+    else:  # last, after everything above has drawn its random numbers, as in the run itself
         history, best = checkpoint.restore_run(saved, run_dir, p, device, hr_key, cfg.train.seed, log)
         log(f"Resuming {run_dir} at epoch {len(history)} of {cfg.train.epochs} (best so far: epoch {best['epoch']})")
     if main:
@@ -133,9 +139,8 @@ def _train(cfg: Config, log: Callable[[str], None], held: Claim, device, group, 
             row, losses = run_epoch(cfg, p, epoch, group, evaluation, log)
             if "diverged" in row:
                 state, error = "diverged", row["diverged"]
-                if events is not None:  # the steps that led there; the divergence is the run's result, whatever
-                    with contextlib.suppress(OSError):
-                        events.steps(epoch, losses[: row["diverged"]["step"] + 1])
+                if events is not None:  # the steps that led there
+                    events.diverged(epoch, losses, row["diverged"]["step"])
                 break
             new_best = _best_after(row, best, hr_key, log)
             row["best_epoch"] = new_best["epoch"]

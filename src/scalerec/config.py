@@ -185,6 +185,10 @@ class OptimConfig:
     """SGD and LARS: use Nesterov momentum."""
     weight_decay: float = 0.0
     """L2 weight decay (LARS and LAMB: on the tensors that adapt, never on biases)."""
+    l2: float = 0.0
+    """L2 regularisation of the embedding rows each sample uses (factors and biases): l2/2 x their squared norms
+    added to the sample's loss, so that SGD shrinks a row for each sample that uses it, as Rendle et al. 2020's
+    MF does (--weight-decay shrinks every row at every step). The logged loss is the cross-entropy alone."""
     trust_coefficient: float = 0.001
     """LARS trust coefficient eta: the layer-wise lr is eta * ||w|| / ||grad||."""
     adapt_embeddings: bool | None = None
@@ -213,6 +217,8 @@ class OptimConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
         if not self.trust_coefficient > 0:
             raise ValueError(f"trust_coefficient must be > 0, got {self.trust_coefficient}")
         if self.sparse_embeddings and self.optimizer != "adam":

@@ -39,6 +39,7 @@ def train_step(
     group: distributed.Group | None = None,
     weight: float = 1.0,
     by_ddp: bool = False,
+    l2: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on a batch: (the batch's mean loss, 1 if fp16 loss scaling skipped the step else 0), both device
     tensors (no host sync). With `micro_batch`, the batch is computed in slices of that many samples whose
@@ -52,30 +53,54 @@ def train_step(
     gradients. With a process `group`, the batch is this process's share of the step's (`weight`: its size over
     the step's), and the processes' gradients are summed before the optimizer step: with `by_ddp` (the whole
     share in one backward) by the group's DDP during the backward, else in one all-reduce after it. Every process
-    of the group must take the same way at each step."""
+    of the group must take the same way at each step. `l2` adds l2/2 x the squared norms of the embedding rows
+    each sample uses (`row_penalty`) to its loss; the loss returned is the cross-entropy alone."""
     n = len(labels)
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
     ddp = group.ddp if by_ddp else None  # by_ddp: the whole share in one backward
+    penalty = l2 / 2 * row_penalty(model, users, items) / n if l2 else None
     if chunk == n:
         with ctx:
             logits = (ddp or model)(users, items)
         total = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        objective = total if penalty is None else total + penalty
         if ddp is None:
-            scaler.scale(total).backward()
+            scaler.scale(objective).backward()
         else:
-            group.backward(scaler.scale(total), weight)
+            group.backward(scaler.scale(objective), weight)
         total = total.detach()
-    elif users.device.type == "cpu":
-        total = encoded_once(model, scaler, ctx, users, items, labels, chunk)
-    else:  # finding the distinct rows would sync with the host (their count sizes the encodings)
-        total = accumulated(model, scaler, ctx, users, items, labels, chunk)
+    else:
+        if users.device.type == "cpu":
+            total = encoded_once(model, scaler, ctx, users, items, labels, chunk)
+        else:  # finding the distinct rows would sync with the host (their count sizes the encodings)
+            total = accumulated(model, scaler, ctx, users, items, labels, chunk)
+        if penalty is not None:
+            scaler.scale(penalty).backward()
     if group is not None and ddp is None:
         group.sum_gradients(model, weight)
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
     skipped = sum(scaler._found_inf_per_device(optimizer).values()) if scaler.is_enabled() else torch.zeros(())
     scaler.update()
     return total, skipped
+
+
+def row_penalty(model, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """The sum over the samples of the squared norms of the embedding rows (and bias rows) each one uses: per
+    distinct row times its count, where a sparse table keeps its gradient sparse; on a GPU over whole tables by
+    counts (bincount: no host sync, where the distinct rows' count would be one)."""
+    total = torch.zeros((), device=users.device)
+    for ids, tables in ((users, model.tables("user")), (items, model.tables("item"))):
+        if ids.device.type == "cuda":
+            counts = torch.bincount(ids, minlength=tables[0].num_embeddings).float()
+            for t in tables:
+                total = total + counts @ t.weight.float().square().sum(1)
+        else:
+            distinct, counts = ids.unique(return_counts=True)
+            for t in tables:
+                rows = F.embedding(distinct, t.weight, sparse=t.sparse)
+                total = total + counts.float() @ rows.float().square().sum(1)
+    return total
 
 
 def encoded_once(model, scaler, ctx, users, items, labels, chunk: int) -> torch.Tensor:
@@ -134,6 +159,7 @@ def train_epoch(
     ctx=None,
     micro_batch: int | None = None,
     group: distributed.Group | None = None,
+    l2: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the epoch's tensors in slices: (each step's mean loss, the number of skipped steps), on the
     device (no host sync). Without `scaler` and `ctx` it trains in fp32. With a process `group`, each process
@@ -150,7 +176,7 @@ def train_epoch(
         by_ddp = group is not None and group.by_ddp(e - s, micro_batch)  # the same answer in every process
         loss, skip = train_step(  # the epoch holds int32 ids (sampling.py); the step takes a batch's as int64
             model, optimizer, scaler, ctx, users[a:b].long(), items[a:b].long(), labels[a:b],
-            micro_batch=micro_batch, group=group, weight=weight, by_ddp=by_ddp,
+            micro_batch=micro_batch, group=group, weight=weight, by_ddp=by_ddp, l2=l2,
         )  # fmt: skip
         losses[k] = loss * weight
         skipped += skip
@@ -191,8 +217,9 @@ def run_epoch(cfg: Config, p: Parts, epoch: int, group, evaluation: Callable[[],
         desc=f"Epoch {epoch}",
     ) as bar:
         losses, skipped = train_epoch(
-            p.model, p.optimizer, users, items, labels, batch, bar, p.scheduler, p.scaler, p.ctx, micro, group
-        )
+            p.model, p.optimizer, users, items, labels, batch, bar, p.scheduler, p.scaler, p.ctx, micro, group,
+            cfg.optim.l2,
+        )  # fmt: skip
     if group is not None:  # each process's shares of the steps' losses, summed
         losses = group.total(losses)
     loss = epoch_mean(losses, p.samples, batch)  # sync point: the epoch is done

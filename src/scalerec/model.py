@@ -100,6 +100,10 @@ class NeuMF(nn.Module):
                 self.first_user.weight.copy_(w[:, : self.first_user.in_features])
                 self.first_item.weight.copy_(w[:, self.first_user.in_features :])
 
+    def tables(self, side: str) -> list[nn.Embedding]:
+        """The embedding tables of one side ("user" or "item"): GMF's, then MLP's."""
+        return [getattr(self, f"{b}_{side}") for b, used in (("gmf", self.use_gmf), ("mlp", self.use_mlp)) if used]
+
     def encode_users(self, users: torch.Tensor, distinct: bool = False) -> Encoding:
         """The users' encodings; distinct=True: the users are distinct and ascending (a cheaper backward)."""
         return self._encode("user", users, distinct)
@@ -108,9 +112,7 @@ class NeuMF(nn.Module):
         return self._encode("item", items, distinct)
 
     def _encode(self, side: str, ids: torch.Tensor, distinct: bool) -> Encoding:
-        tables = [
-            getattr(self, f"{branch}_{side}") for branch, used in (("gmf", self.use_gmf), ("mlp", self.use_mlp)) if used
-        ]
+        tables = self.tables(side)
         first = getattr(self, f"first_{side}") if self.use_mlp else None
         rows = list(lookup(tables, ids, distinct, first, self.onednn))
         return rows.pop(0) if self.use_gmf else None, rows.pop(0) if self.use_mlp else None
@@ -190,6 +192,10 @@ class MF(nn.Module):
         nn.init.normal_(self.item.weight, 0.0, 0.01)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
+
+    def tables(self, side: str) -> list[nn.Embedding]:
+        """The embedding tables of one side ("user" or "item"): the factors, then the biases."""
+        return [getattr(self, side), getattr(self, f"{side}_bias")]
 
     def encode_users(self, users: torch.Tensor, distinct: bool = False) -> Encoding:
         factors, bias = lookup([self.user, self.user_bias], users, distinct)

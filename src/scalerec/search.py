@@ -19,7 +19,7 @@ from scalerec.errors import OptionError
 
 # Options a range draws log-uniformly unless its table says `log = false`: a factor of 10 matters as much at
 # 1e-4 as at 1e-1 for these.
-LOG_SCALE = ("lr", "base_lr", "pretrain_lr", "weight_decay")
+LOG_SCALE = ("lr", "base_lr", "pretrain_lr", "weight_decay", "l2")
 
 
 @dataclass(frozen=True)

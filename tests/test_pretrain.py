@@ -93,9 +93,19 @@ def test_pretraining_killed_in_its_mlp_stage_resumes_to_the_same_run(tmp_path, c
     rc, _, _ = run_main(capsys, ["train", *options, *tiny(tmp_path / "cut", epochs=2)])
     assert rc != 0 and len(rows(tmp_path / "cut" / "mlp")) == 1 and not (tmp_path / "cut" / "metrics.jsonl").exists()
     monkeypatch.undo()
-    rc, out, _ = run_main(capsys, ["train", "--resume", tmp_path / "cut"])
+    monkeypatch.chdir(tmp_path)  # the same folder, its path written another way
+    rc, out, _ = run_main(capsys, ["train", "--resume", "cut"])
     assert rc == 0 and "== Pretraining GMF: finished" in out and "Resuming" in out
     for part in ("gmf", "mlp", "."):
         assert rows(tmp_path / "cut" / part) == rows(tmp_path / "whole" / part), part
     rc, _, err = run_main(capsys, ["train", *options, *tiny(tmp_path / "cut", epochs=2)])
     assert_one_line_error(rc, err, "holds an earlier run's results")  # a finished run is not trained over
+
+
+def test_a_diverged_stage_stops_the_run_in_one_line(tmp_path, capsys):
+    args = ["train", *SYNTHETIC, *tiny(tmp_path / "p"), "--pretrain", "--pretrain-optimizer", "sgd"]
+    rc, _, err = run_main(capsys, [*args, "--pretrain-lr", "1e12"])
+    assert_one_line_error(rc, err, "--pretrain: the GMF stage diverged (epoch 0", "lower --pretrain-lr")
+    assert not (tmp_path / "p" / "mlp").exists()
+    rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "p"])  # resumed: the same answer, at once
+    assert_one_line_error(rc, err, "the GMF stage diverged")

@@ -101,7 +101,9 @@ def test_random_search_end_to_end_writes_the_best_runs_config(tmp_path, capsys):
     args += ["--output", str(folder), "--data-dir", str(tmp_path / "data"), *TINY]
     assert main(args) == 0
     runs = collect(folder)
-    drawn = trials({"lr": Range(0.0005, 0.05, True, False), "batch_size": [64, 256], "optimizer": ["adam", "sgd"]}, 3, 5)
+    drawn = trials(
+        {"lr": Range(0.0005, 0.05, True, False), "batch_size": [64, 256], "optimizer": ["adam", "sgd"]}, 3, 5
+    )
     assert [r["name"] for r in runs] == [name for name, _ in drawn]
     for run, (_, values) in zip(runs, drawn):
         cfg = read_config(folder / run["name"] / CONFIG)
@@ -110,7 +112,7 @@ def test_random_search_end_to_end_writes_the_best_runs_config(tmp_path, capsys):
     best = max(runs, key=lambda r: best_row(r)["valid_sampled_HR@10"])
     report = (folder / "report.md").read_text()
     assert f"Best run: `{best['name']}` (valid_sampled_HR@10 = {best_row(best)['valid_sampled_HR@10']:.4f}" in report
-    assert "chosen on its validation items" in report
+    assert "of 3 finished runs compared on their validation items" in report
     again = build_config(read_config_file(folder / "best.toml"))
     trained = read_config(folder / best["name"] / CONFIG)
     assert again == build_config({**trained.to_dict(), "train": {**trained.to_dict()["train"], "output": None}})

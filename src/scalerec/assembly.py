@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -245,7 +246,7 @@ def largest_batch(
     found = find_batch(
         model,
         lambda m: optimizer_for(cfg, m, cfg.optim.lr)[0],
-        train_step,
+        functools.partial(train_step, l2=cfg.optim.l2),
         n_users,
         n_items,
         samples,

@@ -146,8 +146,10 @@ class ModelConfig:
             raise ValueError(f"pretrain trains GMF and MLP for NeuMF; the model is {self.model}")
         if self.pretrain and self.init_from:
             raise ValueError("pretrain starts NeuMF from its own GMF and MLP stages; not with init_from")
-        if self.pretrain_lr <= 0 or (self.pretrain_epochs is not None and self.pretrain_epochs < 1):
-            raise ValueError("pretrain_lr must be above 0 and pretrain_epochs at least 1")
+        if not self.pretrain_lr > 0:
+            raise ValueError(f"pretrain_lr must be > 0, got {self.pretrain_lr}")
+        if self.pretrain_epochs is not None and self.pretrain_epochs < 1:
+            raise ValueError(f"pretrain_epochs must be at least 1, got {self.pretrain_epochs}")
         self.layers = tuple(int(x) for x in self.layers)
         if self.factors < 1:
             raise ValueError(f"factors must be at least 1, got {self.factors}")
@@ -402,7 +404,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+    # a TOML basic string: JSON's escapes are TOML's; TOML also escapes DEL, and takes any other character as is
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 # Section name -> its dataclass, e.g. "optim" -> OptimConfig.

@@ -86,15 +86,14 @@ def train_step(
 
 
 def row_penalty(model, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """The sum over the samples of the squared norms of the embedding rows (and bias rows) each one uses: per
-    distinct row times its count, where a sparse table keeps its gradient sparse; on a GPU over whole tables by
-    counts (bincount: no host sync, where the distinct rows' count would be one)."""
+    """The sum over the samples of the squared norms of the embedding rows (and bias rows) each one uses: on the
+    CPU per distinct row times its count (a sparse table keeps its gradient sparse); on a GPU per sample, where
+    finding the distinct rows would sync with the host."""
     total = torch.zeros((), device=users.device)
     for ids, tables in ((users, model.tables("user")), (items, model.tables("item"))):
         if ids.device.type == "cuda":
-            counts = torch.bincount(ids, minlength=tables[0].num_embeddings).float()
             for t in tables:
-                total = total + counts @ t.weight.float().square().sum(1)
+                total = total + F.embedding(ids, t.weight).float().square().sum()
         else:
             distinct, counts = ids.unique(return_counts=True)
             for t in tables:

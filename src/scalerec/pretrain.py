@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from scalerec import checkpoint, run_folder
+from scalerec import checkpoint, distributed, run_folder
 from scalerec.config import Config, OptimConfig
 from scalerec.errors import UserError
 from scalerec.files import write_atomic
@@ -28,7 +28,7 @@ def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path
     NeuMF's summary."""
     from scalerec.training import train
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or distributed.restarts_allowed():
         raise UserError(
             "--pretrain: run it in one process (a data-parallel run can start from its stages' folders "
             "with --init-from)"
@@ -50,11 +50,23 @@ def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path
     for name in run_folder.PRETRAIN_STAGES:
         stage = stage_config(cfg, name, run_dir)
         summary = run_folder.read_summary(run_dir / name / run_folder.SUMMARY) or {}
-        if summary.get("state") in ("finished", "diverged") and run_folder.same_config(run_dir / name, stage):
-            log(f"== Pretraining {name.upper()}: {summary['state']} in {run_dir / name}, kept")
+        if summary.get("state") == "finished" and run_folder.same_config(run_dir / name, stage):
+            log(f"== Pretraining {name.upper()}: finished in {run_dir / name}, kept")
             continue
-        log(f"== Pretraining {name.upper()} ({stage.optim.optimizer}, lr {stage.optim.lr:g}) into {run_dir / name}")
-        train(stage, log, adopt=True)
+        if summary.get("state") != "diverged":
+            log(f"== Pretraining {name.upper()} ({stage.optim.optimizer}, lr {stage.optim.lr:g}) into {run_dir / name}")
+            try:
+                summary = train(stage, log, adopt=True)
+            except KeyboardInterrupt:
+                log(f"Stopped in the {name.upper()} stage; scalerec train --resume {run_dir} continues the run")
+                raise
+        if summary.get("state") == "diverged":
+            at = summary["diverged_at"]
+            raise UserError(
+                f"--pretrain: the {name.upper()} stage diverged (epoch {at['epoch']}, step {at['step']}, lr "
+                f"{at['lr']:g}); NeuMF starts from finished stages: train anew in another folder, with a lower "
+                "--pretrain-lr"
+            )
     log(f"== NeuMF from the pretrained GMF and MLP, into {run_dir}")
     if (run_dir / checkpoint.FILE).is_file():
         return train(cfg, log, resume=run_dir, pretrained=True)

@@ -243,17 +243,21 @@ def base_text(base: dict | None, runs: list[dict]) -> str:
 BEST_CONFIG = "best.toml"  # the best run's options, in a sweep folder
 
 
-def best_run(runs: list[dict]) -> tuple[dict, str] | None:
-    """Of two or more runs, the finished one whose best epoch scored highest, with the metric it was chosen on:
-    the validation items' where every such run has them, else the reported (test) one. Runs are compared on the
-    first finished run's metric (its protocol and K); None where no run finished."""
+def best_run(runs: list[dict]) -> tuple[dict, str, int] | None:
+    """Of two or more runs, the finished one whose best epoch scored highest, the metric it was chosen on, and how
+    many runs were compared: the finished runs that measured the first one's metric (its protocol and K), on their
+    validation items where every one has them and chose its best epoch on them, else on the reported (test) one.
+    None where no run finished."""
     done = [r for r in runs if r["config"] and r["metrics"] and r["summary"].get("state") == "finished"]
     if len(runs) < 2 or not done:
         return None
     hr = hr_key(done[0])
     done = [r for r in done if hr_key(r) == hr]
-    key = f"valid_{hr}" if all(f"valid_{hr}" in best_row(r) for r in done) else hr
-    return max(done, key=lambda r: best_row(r)[key]), key
+    on_valid = all(
+        f"valid_{hr}" in best_row(r) and r["config"]["eval"].get("select_on", "valid") == "valid" for r in done
+    )
+    key = f"valid_{hr}" if on_valid else hr
+    return max(done, key=lambda r: best_row(r)[key]), key, len(done)
 
 
 def best_text(path: Path, runs: list[dict]) -> list[str]:
@@ -263,16 +267,17 @@ def best_text(path: Path, runs: list[dict]) -> list[str]:
         if (path / SWEEP_FILE).is_file():  # a sweep's own file, from an earlier report
             (path / BEST_CONFIG).unlink(missing_ok=True)
         return []
-    run, key = best
+    run, key, compared = best
     row, test = best_row(run), key.removeprefix("valid_")
-    on = "its validation items" if key != test else "its test items (the runs have no validation split: --valid)"
-    header = f"scalerec train --config {BEST_CONFIG} --output RUN\nThe best of {len(runs)} runs in {path}: "
+    on = "their validation items" if key != test else "their test items (not every run chose on validation items)"
+    header = f"scalerec train --config {BEST_CONFIG} --output RUN\nThe best of {compared} finished runs in {path}: "
     header += f"{run['name']}, {key} = {row[key]:.4f} at epoch {row['epoch']}"
     write_atomic(path / BEST_CONFIG, build_config(run["config"]).to_toml(header))
     scores = f"{key} = {row[key]:.4f}" + (f", test {test} = {row[test]:.4f}" if key != test else "")
     return [
-        f"Best run: `{run['name']}` ({scores}, at epoch {row['epoch']}), chosen on {on}. Its options are in "
-        f"`{BEST_CONFIG}`: `scalerec train --config {path / BEST_CONFIG} --output RUN` trains it again.",
+        f"Best run: `{run['name']}` ({scores}, at epoch {row['epoch']}), of {compared} finished runs compared on "
+        f"{on}. Its options are in `{BEST_CONFIG}`: `scalerec train --config {path / BEST_CONFIG} --output RUN` "
+        "trains it again.",
         "",
     ]
 

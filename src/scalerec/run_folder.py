@@ -122,7 +122,10 @@ def _check_free(run_dir: Path, cfg: Config, adopt: bool) -> bool:
     """Whether to resume; UserError where the folder holds what another run made."""
     stages = PRETRAIN_STAGES if cfg.model.pretrain else ()
     if runs := sorted(d.name for d in run_dir.iterdir() if d.is_dir() and is_run_folder(d) and d.name not in stages):
-        raise UserError(f"--output {run_dir}: a sweep folder, holding runs ({few(runs)}); choose another folder")
+        what = (
+            "a --pretrain run's folder, holding its stages" if set(runs) <= set(PRETRAIN_STAGES) else "a sweep folder"
+        )
+        raise UserError(f"--output {run_dir}: {what} ({few(runs)}); choose another folder")
     logged = (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size > 0
     # results of an earlier run (a summary alone: stopped before its first epoch ended)
     earlier = logged or (run_dir / CHECKPOINT).is_file() or (run_dir / BEST).is_file()
@@ -152,8 +155,10 @@ SPEED_OPTIONS = ("threads", "cpu_matmul", "grad_sync", "device", "matmul_precisi
 
 def run_options(config: dict[str, Any]) -> dict[str, Any]:
     """A config's options (a Config's dict, or one as a file holds it: options added to scalerec since count at
-    their defaults) less the speed options: what makes two runs the same run."""
-    return {name: {k: v for k, v in section.items() if k not in SPEED_OPTIONS} for name, section in config.items()}
+    their defaults) less the speed options and --output (a run is where its folder is, however its path is
+    written): what makes two runs the same run."""
+    left_out = (*SPEED_OPTIONS, "output")
+    return {name: {k: v for k, v in section.items() if k not in left_out} for name, section in config.items()}
 
 
 def same_config(run_dir: Path, cfg: Config, name: str = CONFIG) -> bool:

@@ -265,3 +265,13 @@ def test_the_flag_places_the_steps_products(monkeypatch):
         # forward: each side's half of the first layer, the hidden layer; backward: the hidden layer's two
         # products, each side's d_x (the halves' weight gradients stay BLAS's)
         assert len(calls) == (7 if onednn else 0)
+
+
+@pytest.mark.parametrize("name", ["neumf", "mf"])
+def test_init_std_sets_the_embeddings_spread(name):
+    torch.manual_seed(0)
+    model = build_model(name, 500, 400, 16, (32, 16, 8), 0.0, init_std=0.1)
+    tables = [t for side in ("user", "item") for t in model.tables(side) if t.embedding_dim > 1]  # not mf's biases
+    for t in tables:
+        assert abs(float(t.weight.std()) - 0.1) < 0.005
+    assert abs(float(build_model(name, 500, 400, 16, (32, 16, 8), 0.0).tables("user")[0].weight.std()) - 0.01) < 5e-4

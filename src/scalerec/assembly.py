@@ -209,7 +209,8 @@ def build_run_model(
         # CPU only: measured there; on a GPU dense fused Adam is cheap, and coalescing sparse rows syncs the host
         rule = tables >= SPARSE_FROM_PARAMS_PER_SAMPLE * batch
         sparse = device.type == "cpu" and o.optimizer == "adam" and rule
-    model = build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse, variant).to(device)
+    model = build_model(m.model, n_users, n_items, m.factors, m.layers, m.dropout, sparse, variant, m.init_std)
+    model = model.to(device)
     if device.type == "cpu":  # elsewhere the setting places nothing
         set_cpu_matmul(model, cfg.train.cpu_matmul)
     return model

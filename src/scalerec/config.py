@@ -124,6 +124,9 @@ class ModelConfig:
     """MLP layer sizes; the first is the concatenated user+item MLP embedding, so each is half of it."""
     dropout: float = 0.0
     """Dropout probability after each hidden MLP layer."""
+    init_std: float = 0.01
+    """Standard deviation of the embeddings' normal initialisation (the NCF paper's code: 0.01; Rendle et al.'s
+    MF: 0.1)."""
     init_from: tuple[str, ...] = ()
     """Run folders whose best models start this model: each tensor of the same name and shape, from the first run
     that has it (NeuMF from a GMF and an MLP run: its prediction layer 0.5 x GMF's | 0.5 x MLP's). The runs must
@@ -160,6 +163,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
 
 
 @dataclass

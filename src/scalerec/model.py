@@ -58,6 +58,7 @@ class NeuMF(nn.Module):
         mlp: bool = True,
         sparse: bool = False,
         variant: str = "scalerec",
+        init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if not (gmf or mlp):
@@ -82,13 +83,13 @@ class NeuMF(nn.Module):
             self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(layers[1:-1], layers[2:]))
             out += layers[-1]
         self.predict = nn.Linear(out, 1)
-        self.reset_parameters()
+        self.reset_parameters(init_std)
 
-    def reset_parameters(self) -> None:
-        """Embeddings N(0, 0.01); linear layers Glorot uniform with zero biases (as in the NCF paper's code)."""
+    def reset_parameters(self, init_std: float = 0.01) -> None:
+        """Embeddings N(0, init_std); linear layers Glorot uniform with zero biases (as in the NCF paper's code)."""
         for m in self.modules():
             if isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.normal_(m.weight, 0.0, init_std)
             elif isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
@@ -178,7 +179,13 @@ class MF(nn.Module):
     """Matrix factorisation: dot(user, item) + user bias + item bias + global bias."""
 
     def __init__(
-        self, n_users: int, n_items: int, factors: int = 64, sparse: bool = False, variant: str = "scalerec"
+        self,
+        n_users: int,
+        n_items: int,
+        factors: int = 64,
+        sparse: bool = False,
+        variant: str = "scalerec",
+        init_std: float = 0.01,
     ) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
@@ -188,8 +195,8 @@ class MF(nn.Module):
         self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
         self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
         self.bias = nn.Parameter(torch.zeros(()))
-        nn.init.normal_(self.user.weight, 0.0, 0.01)
-        nn.init.normal_(self.item.weight, 0.0, 0.01)
+        nn.init.normal_(self.user.weight, 0.0, init_std)
+        nn.init.normal_(self.item.weight, 0.0, init_std)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
 
@@ -233,13 +240,15 @@ def build_model(
     dropout: float,
     sparse: bool = False,
     variant: str = "scalerec",
+    init_std: float = 0.01,
 ) -> nn.Module:
-    """The model `name` names; `variant`: how its CPU step is computed (VARIANTS; scalerec's own by default)."""
+    """The model `name` names; `variant`: how its CPU step is computed (VARIANTS; scalerec's own by default);
+    `init_std`: the embeddings' initial standard deviation."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} (expected {', '.join(VARIANTS)})")
     if name == "mf":
-        return MF(n_users, n_items, factors, sparse, variant)
+        return MF(n_users, n_items, factors, sparse, variant, init_std)
     if name not in ("neumf", "gmf", "mlp"):
         raise ValueError(f"unknown model {name!r} (expected neumf, gmf, mlp or mf)")
     gmf, mlp = name != "mlp", name != "gmf"
-    return NeuMF(n_users, n_items, factors, layers, dropout, gmf=gmf, mlp=mlp, sparse=sparse, variant=variant)
+    return NeuMF(n_users, n_items, factors, layers, dropout, gmf, mlp, sparse, variant, init_std)

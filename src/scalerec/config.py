@@ -132,9 +132,9 @@ class ModelConfig:
     that has it (NeuMF from a GMF and an MLP run: its prediction layer 0.5 x GMF's | 0.5 x MLP's). The runs must
     have trained on this run's data and split (default: none)."""
     pretrain: bool = False
-    """NeuMF as the NCF paper's best: train GMF, then MLP (--pretrain-optimizer, --pretrain-lr, --pretrain-epochs),
-    each in its own folder inside this run's (gmf/, mlp/), then NeuMF from their best models as --init-from does.
-    One run: --resume continues it in the stage where it stopped."""
+    """NeuMF as the NCF paper's best: train GMF, then MLP (--pretrain-optimizer, --pretrain-lr, --pretrain-epochs;
+    the run's --l2 and --decay), each in its own folder inside this run's (gmf/, mlp/), then NeuMF from their best
+    models as --init-from does. One run: --resume continues it in the stage where it stopped."""
     pretrain_optimizer: Literal["adam", "sgd", "lars", "lamb"] = "adam"
     """--pretrain: the GMF and MLP stages' optimizer (the paper's: Adam)."""
     pretrain_lr: float = 0.001

@@ -76,14 +76,14 @@ def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path
 
 
 def stage_config(cfg: Config, name: str, run_dir: Path) -> Config:
-    """A pretraining stage's options: the run's data, model sizes, batch and evaluation; the model `name`; the
-    optimizer --pretrain-optimizer at --pretrain-lr (every other optimizer option at its default); its epochs
-    --pretrain-epochs (default: the run's); its folder run_dir/name."""
-    m, t = cfg.model, cfg.train
+    """A pretraining stage's options: the run's data, model sizes, batch, negatives and evaluation; the model
+    `name`; the optimizer --pretrain-optimizer at --pretrain-lr, with the run's --l2 and --decay (every other
+    optimizer option at its default); its epochs --pretrain-epochs (default: the run's); its folder run_dir/name."""
+    m, t, o = cfg.model, cfg.train, cfg.optim
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(m, model=name, pretrain=False, init_from=()),
-        optim=OptimConfig(optimizer=m.pretrain_optimizer, lr=m.pretrain_lr),
+        optim=OptimConfig(optimizer=m.pretrain_optimizer, lr=m.pretrain_lr, l2=o.l2, decay=o.decay),
         train=dataclasses.replace(t, output=str(run_dir / name), epochs=m.pretrain_epochs or t.epochs),
     )
 

@@ -122,9 +122,8 @@ def _check_free(run_dir: Path, cfg: Config, adopt: bool) -> bool:
     """Whether to resume; UserError where the folder holds what another run made."""
     stages = PRETRAIN_STAGES if cfg.model.pretrain else ()
     if runs := sorted(d.name for d in run_dir.iterdir() if d.is_dir() and is_run_folder(d) and d.name not in stages):
-        what = (
-            "a --pretrain run's folder, holding its stages" if set(runs) <= set(PRETRAIN_STAGES) else "a sweep folder"
-        )
+        stages_only = set(runs) <= set(PRETRAIN_STAGES)
+        what = "a --pretrain run's folder, holding its stages" if stages_only else "a sweep folder, holding runs"
         raise UserError(f"--output {run_dir}: {what} ({few(runs)}); choose another folder")
     logged = (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size > 0
     # results of an earlier run (a summary alone: stopped before its first epoch ended)

@@ -100,6 +100,11 @@ def test_pretraining_killed_in_its_mlp_stage_resumes_to_the_same_run(tmp_path, c
         assert rows(tmp_path / "cut" / part) == rows(tmp_path / "whole" / part), part
     rc, _, err = run_main(capsys, ["train", *options, *tiny(tmp_path / "cut", epochs=2)])
     assert_one_line_error(rc, err, "holds an earlier run's results")  # a finished run is not trained over
+    interrupt_in_epoch(monkeypatch, 5)  # stopped in NeuMF's second epoch: the same command again continues it
+    assert run_main(capsys, ["train", *options, *tiny(tmp_path / "again", epochs=2)])[0] != 0
+    monkeypatch.undo()
+    rc, out, _ = run_main(capsys, ["train", *options, *tiny(tmp_path / "again", epochs=2)])
+    assert rc == 0 and "Resuming" in out and rows(tmp_path / "again") == rows(tmp_path / "whole")
 
 
 def test_a_diverged_stage_stops_the_run_in_one_line(tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_random_search_end_to_end_writes_the_best_runs_config(tmp_path, capsys):
     again = build_config(read_config_file(folder / "best.toml"))
     trained = read_config(folder / best["name"] / CONFIG)
     assert again == build_config({**trained.to_dict(), "train": {**trained.to_dict()["train"], "output": None}})
-    assert (folder / "best.toml").read_text().startswith("# scalerec train --config best.toml")
+    assert (folder / "best.toml").read_text().startswith(f"# scalerec train --config {folder / 'best.toml'}")
     capsys.readouterr()
     assert main(args) == 0  # the same seed again: the same runs, all finished
     assert capsys.readouterr().out.count("already finished, skipped") == 3

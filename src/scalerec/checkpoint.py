@@ -91,6 +91,8 @@ def load(run_dir: Path) -> dict[str, Any]:
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: {'not a folder' if run_dir.exists() else 'no such folder'} (expected a run)")
         if runs := sorted(d.name for d in run_dir.iterdir() if is_run_folder(d)):
+            if set(runs) <= {"gmf", "mlp"} and (run_dir / "config.json").is_file():
+                raise UserError(f"{run_dir}: a --pretrain run whose NeuMF has no epoch yet (its stages: {few(runs)})")
             raise UserError(f"{run_dir}: a sweep folder; give one of its runs ({few(runs)})")
         raise UserError(
             f"{run_dir}: no {FILE} in it (a run saves one after each epoch it finishes, unless trained with "

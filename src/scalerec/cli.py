@@ -148,7 +148,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 # Options that find-batch has no use for: it trains no epoch, evaluates nothing and writes no run folder.
 FIND_BATCH_UNUSED = ("eval", "epochs", "output", "shuffle", "lr_scaling", "base_lr", "base_batch", "warmup")
 FIND_BATCH_UNUSED += ("warmup_epochs", "decay", "checkpoint", "batch_schedule", "tensorboard", "patience")
-FIND_BATCH_UNUSED += ("init_from", "pretrain", "pretrain_optimizer", "pretrain_lr", "pretrain_epochs")
+FIND_BATCH_UNUSED += ("init_from", "pretrain", "pretrain_optimizer", "pretrain_lr", "pretrain_epochs", "init_std")
 
 
 def make_parser() -> argparse.ArgumentParser:

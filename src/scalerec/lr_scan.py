@@ -38,7 +38,7 @@ def scan(cfg, ds, batch: int, log: Callable[[str], None] = print) -> float:
         n = max(batch, min(MAX_SAMPLES, int(SHARE * p.samples)))
         users, items, labels = (x[:n] for x in p.sampler.epoch())
         steps, _ = train_epoch(p.model, p.optimizer, users, items, labels, batch, scaler=p.scaler, ctx=p.ctx,
-                               micro_batch=p.plan.micros[0])  # fmt: skip
+                               micro_batch=p.plan.micros[0], l2=cfg.optim.l2)  # fmt: skip
         tail = float(steps[-max(1, len(steps) // 10) :].mean())
         losses[lr] = tail if math.isfinite(tail) and bool(steps.isfinite().all()) else None
         if losses[lr] is None:

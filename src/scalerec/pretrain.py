@@ -23,9 +23,11 @@ from scalerec.files import write_atomic
 ALPHA = 0.5
 
 
-def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path | None, adopt: bool) -> dict:
+def train_with_pretraining(
+    cfg: Config, log: Callable[[str], None], resume: Path | None, tune_malloc: bool = True
+) -> dict:
     """The --pretrain run: its stages (each skipped where finished), then NeuMF from their best models; returns
-    NeuMF's summary."""
+    NeuMF's summary. The same options into the same folder continue an unfinished run, as --resume does."""
     from scalerec.training import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or distributed.restarts_allowed():
@@ -33,7 +35,7 @@ def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path
             "--pretrain: run it in one process (a data-parallel run can start from its stages' folders "
             "with --init-from)"
         )
-    held = run_folder.claim(cfg, resume, adopt)  # the run's checks; its lock while the stages train
+    held = run_folder.claim(cfg, resume, adopt=True)  # the run's checks; its lock while the stages train
     try:
         run_dir = held.run_dir
         if (run_dir / run_folder.CONFIG).is_file():
@@ -56,7 +58,7 @@ def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path
         if summary.get("state") != "diverged":
             log(f"== Pretraining {name.upper()} ({stage.optim.optimizer}, lr {stage.optim.lr:g}) into {run_dir / name}")
             try:
-                summary = train(stage, log, adopt=True)
+                summary = train(stage, log, adopt=True, tune_malloc=tune_malloc)
             except KeyboardInterrupt:
                 log(f"Stopped in the {name.upper()} stage; scalerec train --resume {run_dir} continues the run")
                 raise
@@ -69,10 +71,9 @@ def train_with_pretraining(cfg: Config, log: Callable[[str], None], resume: Path
             )
     log(f"== NeuMF from the pretrained GMF and MLP, into {run_dir}")
     if (run_dir / checkpoint.FILE).is_file():
-        return train(cfg, log, resume=run_dir, pretrained=True)
-    return train(
-        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output=str(run_dir))), log, pretrained=True
-    )
+        return train(cfg, log, resume=run_dir, tune_malloc=tune_malloc, pretrained=True)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output=str(run_dir)))
+    return train(cfg, log, adopt=True, tune_malloc=tune_malloc, pretrained=True)
 
 
 def stage_config(cfg: Config, name: str, run_dir: Path) -> Config:

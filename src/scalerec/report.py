@@ -270,7 +270,9 @@ def best_text(path: Path, runs: list[dict]) -> list[str]:
     run, key, compared = best
     row, test = best_row(run), key.removeprefix("valid_")
     on = "their validation items" if key != test else "their test items (not every run chose on validation items)"
-    header = f"scalerec train --config {BEST_CONFIG} --output RUN\nThe best of {compared} finished runs in {path}: "
+    header = (
+        f"scalerec train --config {path / BEST_CONFIG} --output RUN\nThe best of {compared} finished runs in {path}: "
+    )
     header += f"{run['name']}, {key} = {row[key]:.4f} at epoch {row['epoch']}"
     write_atomic(path / BEST_CONFIG, build_config(run["config"]).to_toml(header))
     scores = f"{key} = {row[key]:.4f}" + (f", test {test} = {row[test]:.4f}" if key != test else "")

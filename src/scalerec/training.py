@@ -52,7 +52,7 @@ def train(
     if cfg.model.pretrain and not pretrained:
         from scalerec.pretrain import train_with_pretraining
 
-        return train_with_pretraining(cfg, log, resume, adopt)
+        return train_with_pretraining(cfg, log, resume, tune_malloc)
     restarts = distributed.restarts_allowed()
     if restarts and resume is None and not cfg.train.output:
         raise OptionError("torchrun --max-restarts: give --output, the folder a restarted worker group continues from")

@@ -27,7 +27,7 @@ from scalerec.config import DataConfig, build_config, overrides_from_mapping
 from scalerec.data.download import default_data_dir
 from scalerec.errors import UserError
 from scalerec.files import few, is_run_folder, write_with
-from scalerec.run_folder import SUMMARY, checked_row, read_summary, run_options
+from scalerec.run_folder import CONFIG, PRETRAIN_STAGES, SUMMARY, checked_row, read_summary, run_options
 
 FILE, BEST = "checkpoint.pt", "best.pt"
 VERSION = 1
@@ -91,7 +91,7 @@ def load(run_dir: Path) -> dict[str, Any]:
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: {'not a folder' if run_dir.exists() else 'no such folder'} (expected a run)")
         if runs := sorted(d.name for d in run_dir.iterdir() if is_run_folder(d)):
-            if set(runs) <= {"gmf", "mlp"} and (run_dir / "config.json").is_file():
+            if set(runs) <= set(PRETRAIN_STAGES) and (run_dir / CONFIG).is_file():
                 raise UserError(f"{run_dir}: a --pretrain run whose NeuMF has no epoch yet (its stages: {few(runs)})")
             raise UserError(f"{run_dir}: a sweep folder; give one of its runs ({few(runs)})")
         raise UserError(

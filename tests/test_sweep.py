@@ -43,6 +43,10 @@ def test_notebook_preset_runs_follow_the_story():
     ]
     grow = runs["9-grow-to-192x"]
     assert grow["train"]["batch_schedule"] == "0:256,1:4096,2:49152" and grow["optim"]["lr"] == 0.005  # 3 epochs
+    # Runs 1-7 decay their lr (a cosine by default, else as asked); run 9 grows the batch instead.
+    assert [r["optim"]["decay"] for r in runs.values()] == ["cosine"] * 7 + ["none"]
+    steps = dict(notebook_runs(256, 0.005, 0.002, decay="step"))
+    assert [r["optim"]["decay"] for r in steps.values()] == ["step"] * 7 + ["none"]
     assert dict(notebook_runs(256, 0.005, 0.002, epochs=9))["9-grow-to-192x"]["train"]["batch_schedule"] == (
         "0:256,3:4096,6:49152"
     )

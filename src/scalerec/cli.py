@@ -369,7 +369,8 @@ def run_sweep(args: argparse.Namespace) -> Path:
         print(f"Notebook preset: base batch B = {b} ({why}); 16B = {16 * b}, 192B = {192 * b}; sweep folder {folder}")
         sgd_lr = cfg.optim.base_lr or sweep.base_lr_of(folder) or scan(cfg, ds, b)  # each says what it found
         eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
-        runs = sweep.notebook_runs(b, sgd_lr, lamb_lr=cfg.optim.lr, lars_eta=eta, epochs=cfg.train.epochs)
+        decay = base.get("optim", {}).get("decay", sweep.PRESET_DECAY)  # the user's --decay, where given
+        runs = sweep.notebook_runs(b, sgd_lr, cfg.optim.lr, eta, cfg.train.epochs, decay)
         final = sweep.better_in_bf16(runs)
     elif args.grid:
         runs = _grid_or_search(args, base)

@@ -111,6 +111,8 @@ def test_a_diverged_stage_stops_the_run_in_one_line(tmp_path, capsys):
     args = ["train", *SYNTHETIC, *tiny(tmp_path / "p"), "--pretrain", "--pretrain-optimizer", "sgd"]
     rc, _, err = run_main(capsys, [*args, "--pretrain-lr", "1e12"])
     assert_one_line_error(rc, err, "--pretrain: the GMF stage diverged (epoch 0", "lower --pretrain-lr")
+    assert rc == 3  # as a diverged run's
     assert not (tmp_path / "p" / "mlp").exists()
     rc, _, err = run_main(capsys, ["train", "--resume", tmp_path / "p"])  # resumed: the same answer, at once
     assert_one_line_error(rc, err, "the GMF stage diverged")
+    assert rc == 3

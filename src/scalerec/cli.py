@@ -18,7 +18,7 @@ from typing import Any, Literal
 from scalerec import __version__
 from scalerec.config import SECTIONS, DataConfig, build_config, field_docs, read_config_file
 from scalerec.data.download import RELEASES
-from scalerec.errors import OptionError, Terminated, UserError
+from scalerec.errors import Diverged, OptionError, Terminated, UserError
 from scalerec.run_folder import SPEED_OPTIONS
 
 DESCRIPTION = (
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scalerec: error: {which}{e}", file=sys.stderr)
         else:  # torchrun stops the others when one exits: the one that says it first
             _quiet_pause()
-        return 2 if isinstance(e, OptionError) else 1
+        return 2 if isinstance(e, OptionError) else 3 if isinstance(e, Diverged) else 1
     except OSError as e:  # a path that cannot be read or written: permissions, a file where a folder is expected
         where = f"{e.filename}: " if e.filename else ""
         if said_here(e):

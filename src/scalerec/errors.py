@@ -10,6 +10,10 @@ class OptionError(UserError):
     """A bad option value (on the command line or in a config or grid file): exit status 2, as argparse's own."""
 
 
+class Diverged(UserError):
+    """A stage of a run (a --pretrain stage) whose loss became nan or inf: exit status 3, as a diverged run's."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as a scheduler or container stops a job (Slurm, Docker, Kubernetes): handled as Ctrl-C is (the
     epochs so far kept, summary.json saying so), with exit status 143."""

@@ -15,7 +15,7 @@ import torch
 
 from scalerec import checkpoint, distributed, run_folder
 from scalerec.config import Config, OptimConfig
-from scalerec.errors import UserError
+from scalerec.errors import Diverged, UserError
 from scalerec.files import write_atomic
 
 # NeuMF's prediction layer from a pretrained GMF's and MLP's: alpha h_GMF ‖ (1 - alpha) h_MLP, its bias
@@ -64,7 +64,7 @@ def train_with_pretraining(
                 raise
         if summary.get("state") == "diverged":
             at = summary["diverged_at"]
-            raise UserError(
+            raise Diverged(
                 f"--pretrain: the {name.upper()} stage diverged (epoch {at['epoch']}, step {at['step']}, lr "
                 f"{at['lr']:g}); NeuMF starts from finished stages: train anew in another folder, with a lower "
                 "--pretrain-lr"

@@ -31,20 +31,22 @@ def test_row_penalty_is_the_samples_squared_rows(name, sparse):
     assert len(got) == {"mf": 4, "neumf": 4, "gmf": 2}[name]  # mf: factors and biases; neumf: GMF's and MLP's
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("micro", [None, 4])
-def test_an_sgd_step_shrinks_each_row_once_per_sample_that_uses_it(micro):
+def test_an_sgd_step_shrinks_each_row_once_per_sample_that_uses_it(micro, device):
     """With plain SGD, the step with l2 differs from the step without by -lr * l2 * count / batch * row, for every
-    row of every table, whatever the micro-batches."""
-    labels = torch.tensor([1.0, 0, 1, 0, 0, 1])
+    row of every table, whatever the micro-batches and the device (a GPU adds the penalty slice by slice)."""
+    labels = torch.tensor([1.0, 0, 1, 0, 0, 1], device=device)
+    users, items = USERS.to(device), ITEMS.to(device)
     lr, l2, after = 0.5, 0.1, {}
     for reg in (0.0, l2):
         torch.manual_seed(0)
-        model = build_model("mf", 7, 8, 4, (8, 8, 4), 0.0)
-        start = {s: model.tables(s)[0].weight.detach().clone() for s in ("user", "item")}
+        model = build_model("mf", 7, 8, 4, (8, 8, 4), 0.0).to(device)
+        start = {s: model.tables(s)[0].weight.detach().cpu().clone() for s in ("user", "item")}
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        loss, _ = train_step(model, opt, scaler, contextlib.nullcontext(), USERS, ITEMS, labels, micro, l2=reg)
-        after[reg] = ({s: model.tables(s)[0].weight.detach().clone() for s in ("user", "item")}, loss)
+        scaler = torch.amp.GradScaler(device, enabled=False)
+        loss, _ = train_step(model, opt, scaler, contextlib.nullcontext(), users, items, labels, micro, l2=reg)
+        after[reg] = ({s: model.tables(s)[0].weight.detach().cpu().clone() for s in ("user", "item")}, loss)
     for side, ids in (("user", USERS), ("item", ITEMS)):
         counts = torch.bincount(ids, minlength=len(start[side])).float()[:, None]
         shrink = -lr * l2 * counts / len(labels) * start[side]

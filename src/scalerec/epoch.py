@@ -59,7 +59,9 @@ def train_step(
     chunk = min(micro_batch or n, n)
     optimizer.zero_grad(set_to_none=True)
     ddp = group.ddp if by_ddp else None  # by_ddp: the whole share in one backward
-    penalty = l2 / 2 * row_penalty(model, users, items) / n if l2 else None
+    on_cpu = users.device.type == "cpu"
+    # On a GPU the penalty gathers a row per sample: in slices, as the cross-entropy, where the batch is.
+    penalty = l2 / 2 * row_penalty(model, users, items) / n if l2 and (chunk == n or on_cpu) else None
     if chunk == n:
         with ctx:
             logits = (ddp or model)(users, items)
@@ -71,12 +73,16 @@ def train_step(
             group.backward(scaler.scale(objective), weight)
         total = total.detach()
     else:
-        if users.device.type == "cpu":
+        if on_cpu:
             total = encoded_once(model, scaler, ctx, users, items, labels, chunk)
         else:  # finding the distinct rows would sync with the host (their count sizes the encodings)
             total = accumulated(model, scaler, ctx, users, items, labels, chunk)
         if penalty is not None:
             scaler.scale(penalty).backward()
+        elif l2:
+            for s in range(0, n, chunk):
+                sliced = row_penalty(model, users[s : s + chunk], items[s : s + chunk])
+                scaler.scale(l2 / 2 * sliced / n).backward()
     if group is not None and ddp is None:
         group.sum_gradients(model, weight)
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan

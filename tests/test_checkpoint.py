@@ -153,10 +153,10 @@ def test_a_diverged_run_is_not_resumed_and_a_run_stopped_before_its_first_epoch_
     (run / "summary.json").write_text(json.dumps({"state": "diverged"}))
     torch.save({"version": 1, "history": [{}], "best": {}}, run / "checkpoint.pt")
     rc, _, err = run_main(capsys, ["train", "--resume", run])
-    assert rc == 1 and "diverged; resuming would replay the same steps" in err
+    assert rc == 3 and "diverged; resuming would replay the same steps" in err
     (run / "checkpoint.pt").unlink()  # diverged in its first epoch: no checkpoint, and the message says why
     rc, _, err = run_main(capsys, ["train", "--resume", run])
-    assert rc == 1 and "diverged; resuming would replay the same steps" in err
+    assert rc == 3 and "diverged; resuming would replay the same steps" in err
     interrupt_in_epoch(monkeypatch, 0)
     assert run_main(capsys, ["train", *SYNTHETIC, *tiny(tmp_path / "early", epochs=1)])[0] == 130
     assert (tmp_path / "early" / "metrics.jsonl").read_text() == ""  # no epoch ended: the folder can be reused

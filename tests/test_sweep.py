@@ -71,6 +71,43 @@ def test_notebook_preset_runs_follow_the_story():
     )
 
 
+@pytest.mark.parametrize(
+    "given, before, expected",
+    [
+        ([], None, "cosine"),
+        (["--decay", "none"], None, "none"),
+        (["--decay", "step"], "none", "step"),
+        ([], "none", "none"),
+    ],
+    ids=["default", "given", "given-over-the-folders", "the-folders-own"],
+)
+def test_the_notebook_preset_decays_as_given_else_as_its_folder_did_else_by_a_cosine(
+    tmp_path, monkeypatch, capsys, given, before, expected
+):
+    from scalerec import lr_scan
+    from scalerec import sweep as sweep_module
+    from scalerec.config import Config
+
+    folder = tmp_path / "nb"
+    if before is not None:  # a notebook sweep already in the folder, its base run trained with `before`
+        (folder / "1-base").mkdir(parents=True)
+        cfg = Config()
+        cfg.optim.lr, cfg.optim.decay = 0.03, before
+        (folder / "1-base" / "config.json").write_text(cfg.to_json())
+    trained = {}
+    monkeypatch.setattr(lr_scan, "scan", lambda *a, **k: 0.1)
+    monkeypatch.setattr(sweep_module, "sweep", lambda base, runs, *a: trained.update(runs) or folder / "report.md")
+    data = ["--dataset", "synthetic", "--synthetic-users", "150", "--synthetic-items", "120", "--eval-negatives", "50"]
+    assert (
+        main(["sweep", "--preset", "notebook", *data, "--data-dir", str(tmp_path), "--output", str(folder), *given])
+        == 0
+    )
+    decays = {name: run["optim"]["decay"] for name, run in trained.items()}
+    assert decays.pop("9-grow-to-192x") == "none" and set(decays.values()) == {expected}
+    assert len(decays) == 7
+    assert ("Decay none: the sweep's own" in capsys.readouterr().out) == (before is not None and not given)
+
+
 @pytest.mark.slow
 def test_grid_sweep_end_to_end_with_a_failed_and_a_diverged_run(tmp_path):
     runs = grid_runs({"batch_size": [128, 1024], "optimizer": ["sgd", "lamb"]})

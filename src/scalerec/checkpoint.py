@@ -25,7 +25,7 @@ import torch
 
 from scalerec.config import DataConfig, build_config, overrides_from_mapping
 from scalerec.data.download import default_data_dir
-from scalerec.errors import UserError
+from scalerec.errors import Diverged, UserError
 from scalerec.files import few, is_run_folder, write_with
 from scalerec.run_folder import CONFIG, PRETRAIN_STAGES, SUMMARY, checked_row, read_summary, run_options
 
@@ -282,7 +282,7 @@ def to_resume(cfg, held, adopt: bool) -> dict[str, Any] | None:
         return None
     run_dir = held.run_dir
     if (read_summary(run_dir / SUMMARY) or {}).get("state") == "diverged":
-        raise UserError(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
+        raise Diverged(f"{run_dir}: diverged; resuming would replay the same steps (train anew, e.g. lower --lr)")
     saved = load(run_dir)
     check_run(saved, cfg, run_dir)
     # a run stopped after its last epoch's checkpoint, before its summary, is resumed to write its files whole

@@ -369,7 +369,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
         print(f"Notebook preset: base batch B = {b} ({why}); 16B = {16 * b}, 192B = {192 * b}; sweep folder {folder}")
         sgd_lr = cfg.optim.base_lr or sweep.base_lr_of(folder) or scan(cfg, ds, b)  # each says what it found
         eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
-        decay = base.get("optim", {}).get("decay", sweep.PRESET_DECAY)  # the user's --decay, where given
+        decay = base.get("optim", {}).get("decay") or sweep.decay_of(folder) or sweep.PRESET_DECAY
         runs = sweep.notebook_runs(b, sgd_lr, cfg.optim.lr, eta, cfg.train.epochs, decay)
         final = sweep.better_in_bf16(runs)
     elif args.grid:

@@ -11,7 +11,8 @@ class OptionError(UserError):
 
 
 class Diverged(UserError):
-    """A stage of a run (a --pretrain stage) whose loss became nan or inf: exit status 3, as a diverged run's."""
+    """A run, or a stage of one (--pretrain's), whose loss became nan or inf, refused or stopped: exit status 3,
+    as a diverged run's."""
 
 
 class Terminated(KeyboardInterrupt):

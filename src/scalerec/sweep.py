@@ -32,9 +32,9 @@ Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}
 # lr (the notebook's story) and sets eta so that this fraction is 1% at the peak lr: on ML-1M at 192 x 256, eta
 # 0.001 (the usual default, a 58% step) sent the loss to 1e22 in one epoch; 1% and 6% both reached HR@10 0.45.
 LARS_RELATIVE_STEP = 0.01
-# The preset's runs 1-7 decay their lr (cosine, after warmup) unless --decay says otherwise: without it the 192B runs
-# on MovieLens-100K stopped improving at their peak lr and ended 0.02-0.04 HR@10 below the base run over 10 epochs;
-# with it both ended above the base run (docs/large-batches.md).
+# The preset's runs 1-7 decay their lr (cosine, after warmup) unless --decay says otherwise: over 10 epochs on
+# MovieLens-100K without it, LARS and LAMB at 192B stopped improving at their peak lr and ended 0.040 and 0.016
+# HR@10 below the base run; with it (every run decayed), 0.047 and 0.016 above (docs/large-batches.md).
 PRESET_DECAY = "cosine"
 
 
@@ -69,6 +69,17 @@ def base_lr_of(folder: Path, log: Callable[[str], None] = print) -> float | None
     lr = read_config(config).optim.lr
     log(f"Base SGD lr {lr:g}: the sweep's own (its 1-base run's)")
     return lr
+
+
+def decay_of(folder: Path, log: Callable[[str], None] = print) -> str | None:
+    """The lr decay of the notebook sweep already in `folder` (its base run's), said; None where it has none yet:
+    a sweep run again without --decay goes on with the decay its runs trained with."""
+    config = Path(folder) / "1-base" / "config.json"
+    if not config.is_file():
+        return None
+    decay = read_config(config).optim.decay
+    log(f"Decay {decay}: the sweep's own (its 1-base run's)")
+    return decay
 
 
 def notebook_base_batch(samples_per_epoch: int, multiplier: int = 192, steps: int = 100) -> int:

@@ -19,4 +19,4 @@ build = f"CUDA {cuda}" if cuda else f"ROCm {hip}" if hip else "CPU"
 print(f"Installed: torch {torch.__version__} ({build} build), scalerec {scalerec.__version__}, in {sys.prefix}")
 '
 echo "Next: .venv/bin/scalerec train          # fetch MovieLens-100K, train NeuMF on it"
-echo "  or: .venv/bin/python -m pytest -q     # run the tests"
+echo "  or: .venv/bin/python -m pytest -q -n auto   # run the tests, one worker per core"

@@ -9,6 +9,8 @@ from scalerec.epoch import row_penalty, train_step
 from scalerec.model import build_model
 from tests.helpers import SYNTHETIC, run_main, tiny
 
+pytestmark = pytest.mark.usefixtures("isolated")  # the data cache in tmp_path, not the user's
+
 USERS = torch.tensor([0, 0, 2, 5, 0, 2])
 ITEMS = torch.tensor([1, 1, 1, 3, 4, 6])
 

@@ -12,6 +12,8 @@ from scalerec.model import build_model
 from scalerec.pretrain import ALPHA, init_from
 from tests.helpers import SYNTHETIC, assert_one_line_error, interrupt_in_epoch, rows, run_main, tiny
 
+pytestmark = pytest.mark.usefixtures("isolated")  # the data cache in tmp_path, not the user's
+
 LAYERS = (16, 16, 8)
 
 

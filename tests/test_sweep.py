@@ -77,7 +77,7 @@ def test_notebook_preset_runs_follow_the_story():
         ([], None, "cosine"),
         (["--decay", "none"], None, "none"),
         (["--decay", "step"], "none", "step"),
-        ([], "none", "none"),
+        ([], "poly", "poly"),
     ],
     ids=["default", "given", "given-over-the-folders", "the-folders-own"],
 )
@@ -94,9 +94,11 @@ def test_the_notebook_preset_decays_as_given_else_as_its_folder_did_else_by_a_co
         cfg = Config()
         cfg.optim.lr, cfg.optim.decay = 0.03, before
         (folder / "1-base" / "config.json").write_text(cfg.to_json())
-    trained = {}
+    trained, bases = {}, []
     monkeypatch.setattr(lr_scan, "scan", lambda *a, **k: 0.1)
-    monkeypatch.setattr(sweep_module, "sweep", lambda base, runs, *a: trained.update(runs) or folder / "report.md")
+    monkeypatch.setattr(
+        sweep_module, "sweep", lambda base, runs, *a: bases.append(base) or trained.update(runs) or folder / "report.md"
+    )
     data = ["--dataset", "synthetic", "--synthetic-users", "150", "--synthetic-items", "120", "--eval-negatives", "50"]
     assert (
         main(["sweep", "--preset", "notebook", *data, "--data-dir", str(tmp_path), "--output", str(folder), *given])
@@ -105,7 +107,8 @@ def test_the_notebook_preset_decays_as_given_else_as_its_folder_did_else_by_a_co
     decays = {name: run["optim"]["decay"] for name, run in trained.items()}
     assert decays.pop("9-grow-to-192x") == "none" and set(decays.values()) == {expected}
     assert len(decays) == 7
-    assert ("Decay none: the sweep's own" in capsys.readouterr().out) == (before is not None and not given)
+    assert "decay" not in bases[0]["optim"]  # each run's own: sweep.json compares the other options
+    assert (f"Decay {before}: the sweep's own" in capsys.readouterr().out) == (before is not None and not given)
 
 
 @pytest.mark.slow

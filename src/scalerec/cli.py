@@ -123,7 +123,8 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         "--preset",
         choices=["notebook"],
         help="the GHC 2019 notebook's scaling story at a base batch B "
-        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default: a short scan at B)",
+        "(--base-batch, default: 192B leaves ~100 steps per epoch) and SGD lr --base-lr (default: a short scan at B); "
+        "its runs but the batch-growing one decay the lr as --decay says (default: cosine, or as its folder's did)",
     )
     p.add_argument("--grid", metavar="FILE", help="TOML or YAML file with a [grid] table of option = [values]")
     p.add_argument(
@@ -369,7 +370,9 @@ def run_sweep(args: argparse.Namespace) -> Path:
         print(f"Notebook preset: base batch B = {b} ({why}); 16B = {16 * b}, 192B = {192 * b}; sweep folder {folder}")
         sgd_lr = cfg.optim.base_lr or sweep.base_lr_of(folder) or scan(cfg, ds, b)  # each says what it found
         eta = base.get("optim", {}).get("trust_coefficient")  # only where the user gave one
-        decay = base.get("optim", {}).get("decay") or sweep.decay_of(folder) or sweep.PRESET_DECAY
+        # Each run sets its own decay, so the sweep's options (sweep.json) leave it out: run again without --decay,
+        # a sweep keeps its runs' own.
+        decay = base.get("optim", {}).pop("decay", None) or sweep.decay_of(folder) or sweep.PRESET_DECAY
         runs = sweep.notebook_runs(b, sgd_lr, cfg.optim.lr, eta, cfg.train.epochs, decay)
         final = sweep.better_in_bf16(runs)
     elif args.grid:

@@ -7,7 +7,8 @@ The `notebook` preset replays the GHC 2019 notebook's story at a base batch B:
   1 B, SGD (momentum 0.9)      2 16B, same lr              3 16B, linear rule        4 192B, linear rule
   5 192B, linear + warmup      6 192B, LARS + warmup       7 192B, LAMB + warmup     8 the better of 6 and 7 in bf16
   9 from B to 192B by growing the batch (B, 16B, 192B over the epochs) at the base run's lr, instead of scaling it
-Runs 1-8 decay the lr with a cosine after warmup (--decay chooses another); run 9 grows the batch instead.
+Runs 1-8 decay the lr with a cosine after warmup (--decay chooses another; a sweep run again keeps its own); run 9
+grows the batch instead.
 """
 
 from __future__ import annotations

@@ -64,23 +64,24 @@ def growth(base_batch: int, epochs: int) -> str | None:
 def base_lr_of(folder: Path, log: Callable[[str], None] = print) -> float | None:
     """The SGD lr of the notebook sweep already in `folder` (its base run's), said; None where it has none yet: a
     sweep run again goes on with the lr its runs trained with, not another scan's."""
-    config = Path(folder) / "1-base" / "config.json"
-    if not config.is_file():
-        return None
-    lr = read_config(config).optim.lr
-    log(f"Base SGD lr {lr:g}: the sweep's own (its 1-base run's)")
-    return lr
+    return base_run_option(folder, "lr", "Base SGD lr", log)
 
 
 def decay_of(folder: Path, log: Callable[[str], None] = print) -> str | None:
     """The lr decay of the notebook sweep already in `folder` (its base run's), said; None where it has none yet:
     a sweep run again without --decay goes on with the decay its runs trained with."""
+    return base_run_option(folder, "decay", "Decay", log)
+
+
+def base_run_option(folder: Path, name: str, label: str, log: Callable[[str], None]) -> Any:
+    """The optimizer option `name` of the 1-base run in `folder`, logged as `label`; None where there is none."""
     config = Path(folder) / "1-base" / "config.json"
     if not config.is_file():
         return None
-    decay = read_config(config).optim.decay
-    log(f"Decay {decay}: the sweep's own (its 1-base run's)")
-    return decay
+    value = getattr(read_config(config).optim, name)
+    shown = f"{value:g}" if isinstance(value, float) else value
+    log(f"{label} {shown}: the sweep's own (its 1-base run's)")
+    return value
 
 
 def notebook_base_batch(samples_per_epoch: int, multiplier: int = 192, steps: int = 100) -> int:

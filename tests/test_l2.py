@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from scalerec.epoch import row_penalty, train_step
+from scalerec.epoch import accumulated, row_penalty, train_step
 from scalerec.model import build_model
 from tests.helpers import SYNTHETIC, run_main, tiny
 
@@ -64,3 +64,22 @@ def test_a_run_with_l2_ends_with_smaller_embeddings(tmp_path, capsys):
         weights = torch.load(tmp_path / l2 / "checkpoint.pt", weights_only=False)["model"]
         norms[l2] = weights["user.weight"].norm() + weights["item.weight"].norm()
     assert norms["1"] < 0.9 * norms["0"]
+
+
+def test_slices_on_a_gpu_add_up_to_the_whole_batchs_penalty():
+    """`accumulated`, the GPU's micro-batch path, run here on the CPU: its slices' cross-entropy and row penalty give
+    the gradients of the whole batch's."""
+    labels = torch.tensor([1.0, 0, 1, 0, 0, 1])
+    grads = []
+    for slices in (False, True):
+        torch.manual_seed(0)
+        model = build_model("neumf", 7, 8, 4, (8, 8, 4), 0.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        if slices:
+            accumulated(model, scaler, contextlib.nullcontext(), USERS, ITEMS, labels, 4, l2=0.1)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=0.0)
+            train_step(model, opt, scaler, contextlib.nullcontext(), USERS, ITEMS, labels, None, l2=0.1)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for whole, sliced in zip(*grads, strict=True):
+        torch.testing.assert_close(sliced, whole)

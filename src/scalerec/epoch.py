@@ -60,7 +60,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     ddp = group.ddp if by_ddp else None  # by_ddp: the whole share in one backward
     on_cpu = users.device.type == "cpu"
-    # On a GPU the penalty gathers a row per sample: in slices, as the cross-entropy, where the batch is.
+    # On a GPU the penalty gathers a row per sample: with micro-batches, `accumulated` adds it slice by slice.
     penalty = l2 / 2 * row_penalty(model, users, items) / n if l2 and (chunk == n or on_cpu) else None
     if chunk == n:
         with ctx:
@@ -76,13 +76,9 @@ def train_step(
         if on_cpu:
             total = encoded_once(model, scaler, ctx, users, items, labels, chunk)
         else:  # finding the distinct rows would sync with the host (their count sizes the encodings)
-            total = accumulated(model, scaler, ctx, users, items, labels, chunk)
+            total = accumulated(model, scaler, ctx, users, items, labels, chunk, l2)
         if penalty is not None:
             scaler.scale(penalty).backward()
-        elif l2:
-            for s in range(0, n, chunk):
-                sliced = row_penalty(model, users[s : s + chunk], items[s : s + chunk])
-                scaler.scale(l2 / 2 * sliced / n).backward()
     if group is not None and ddp is None:
         group.sum_gradients(model, weight)
     scaler.step(optimizer)  # unscales first, and skips the step if a gradient is inf/nan
@@ -134,16 +130,18 @@ def encoded_once(model, scaler, ctx, users, items, labels, chunk: int) -> torch.
     return total
 
 
-def accumulated(model, scaler, ctx, users, items, labels, chunk: int) -> torch.Tensor:
+def accumulated(model, scaler, ctx, users, items, labels, chunk: int, l2: float = 0.0) -> torch.Tensor:
     """A batch's gradients in slices of `chunk` samples, each slice's forward and backward whole, the gradients
-    adding up in the parameters' (fp32) .grad (train_step on a GPU: no host sync); the batch's mean loss."""
+    adding up in the parameters' (fp32) .grad (train_step on a GPU: no host sync); the batch's mean loss. With
+    `l2`, each slice's backward includes its samples' share of the row penalty (train_step)."""
     n = len(labels)
     total = torch.zeros((), device=labels.device)
     for s in range(0, n, chunk):
         with ctx:
             logits = model(users[s : s + chunk], items[s : s + chunk])
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels[s : s + chunk], reduction="sum") / n
-        scaler.scale(loss).backward()
+        penalty = l2 / 2 * row_penalty(model, users[s : s + chunk], items[s : s + chunk]) / n if l2 else 0.0
+        scaler.scale(loss + penalty).backward()
         total += loss.detach()
     return total
 
